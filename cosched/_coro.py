@@ -1,0 +1,770 @@
+"""The coroutine core behind ``cosched.coro``: coroutine objects, traps, and the chain driver.
+
+Design principles
+-----------------
+1. **One flat driver per chain.** A switching call made from main (``resume``,
+   ``transfer``, a wrap call, ``close``) becomes the *driver*: a loop that runs the
+   whole chain of coroutines entered from it. Inside a coroutine, switching calls
+   never call each other; they yield a small trap to that driver, which switches by
+   sending into another Python coroutine object. Python and C stacks stay flat, so
+   ``transfer`` cycles forever and deep ``resume`` chains cost memory, not stack.
+2. **Everything else belongs to the event loop.** A yielded value that is not one of
+   our traps came from trio (or another loop) deep inside the running coroutine; the
+   driver forwards it unchanged (``value = yield msg``, ``throw`` too), so I/O
+   suspends only this chain and never reaches a resumer (cross-yield by construction).
+3. **Validate in the caller, transition in the driver.** Each switching call checks
+   its arguments synchronously in the caller's frame, then yields exactly one trap;
+   the driver performs the transition and the cancel-scope checks, which need the
+   trio task. Misuse raises where it happened and leaves no state behind.
+4. **Status is state.** A coroutine's ``_state`` is its status (``initial`` reads as
+   ``suspended``); the switch that changes who runs writes it, nothing recomputes it.
+5. **The switch path is lean.** Traps are preallocated singletons; payloads travel
+   in two slots of the chain object; slots everywhere; ``type(x) is T`` checks.
+   Exceptions are delivered wrapped in ``_Delivery`` so Python's close-on-
+   GeneratorExit never fires on an outer frame and any other thrown exception is
+   recognisably the event loop's.
+
+Which code is "in a coroutine" is tracked per trio task by the context variable
+``_chain`` (trio runs each task in its own context). A task spawned from inside a
+coroutine inherits the variable; its first trap then reaches trio instead of a
+driver, trio throws ``TypeError`` back, and the call recovers by running as main
+(``_rejected``). Calls that would fail or answer without switching double-check the
+task first, so the inherited value is never trusted for an answer.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from contextvars import ContextVar
+from inspect import isawaitable
+
+try:  # the event loop is optional for the core; trio is what the scope rules talk about
+    from trio.lowlevel import current_task as _trio_current_task
+except ImportError:  # pragma: no cover
+    _trio_current_task = None
+
+__all__ = [
+    "Coroutine", "CoroutineError", "Wrapped", "SafeWrapped", "main",
+    "create", "resume", "yield_", "transfer", "status", "running", "current",
+    "isyieldable", "wrap", "safewrap", "close",
+]
+
+
+class CoroutineError(RuntimeError):
+    """Misuse of a coroutine: raised or returned by every rule of the contract."""
+
+
+# Status values. ``_INITIAL`` is "suspended and never started".
+_INITIAL = "initial"
+_SUSPENDED = "suspended"
+_RUNNING = "running"
+_NORMAL = "normal"
+_DEAD = "dead"
+
+_DEAD_MSG = "cannot resume dead coroutine"
+_NONSUSP_MSG = "cannot resume non-suspended coroutine"
+_SELF_TRANSFER_MSG = "cannot transfer to the running coroutine"
+
+
+class _Trap:
+    """A message from a switching call to its chain's driver. Singletons only."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<cosched trap {self.name}>"
+
+
+# Suspending traps: the caller becomes "suspended".
+YIELD = _Trap("yield")
+TRANSFER = _Trap("transfer")
+SAFEYIELD = _Trap("safewrap-yield")
+# Nesting traps: the caller becomes "normal" until its callee gives control back.
+RESUME = _Trap("resume")
+WRAP = _Trap("wrap")
+ITER = _Trap("wrap-iter")
+SAFECALL = _Trap("safewrap")
+SAFEITER = _Trap("safewrap-iter")
+CLOSE = _Trap("close")
+
+
+class _Delivery(BaseException):
+    """Carries an exception into a pending switching call, which re-raises it."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _MainType:
+    """``coro.main``: stands for whatever code runs outside every coroutine."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "coro.main"
+
+    def __reduce__(self) -> str:
+        return "main"
+
+
+main = _MainType()
+
+
+class Coroutine:
+    """A coroutine made by :func:`create`. Drive it with the module functions."""
+
+    __slots__ = (
+        "_fn",        # body callable until the first start, then None
+        "_co",        # the Python coroutine object while started and not dead
+        "_state",     # _INITIAL/_SUSPENDED/_RUNNING/_NORMAL/_DEAD: the status, stored once
+        "_resumer",   # Coroutine or _Chain that resumed it and still waits for it, else None
+        "_awaits",    # while _NORMAL: the coroutine its pending call waits for
+        "_pending",   # the trap of its pending call (how a delivery is formatted)
+        "_entry_cs",  # trio cancel status when it last gained control from a suspension
+        "_call_cs",   # trio cancel status its pending nesting call was made under
+        "_depth",     # resume nesting depth (main = 0)
+        "_error",     # what it died of, kept for close(); None after a clean end or close
+        "_closing",   # 0, or 1 while close() runs its cleanup, 2 once that cleanup tried to switch
+        "_sw",        # the SafeWrapped it is the body of, else None
+        "__weakref__",
+    )
+
+    def __init__(self, fn) -> None:
+        self._fn = fn
+        self._co = None
+        self._state = _INITIAL
+        self._resumer = None
+        self._awaits = None
+        self._pending = None
+        self._entry_cs = None
+        self._call_cs = None
+        self._depth = 0
+        self._error = None
+        self._closing = 0
+        self._sw = None
+
+    def __repr__(self) -> str:
+        s = _SUSPENDED if self._state is _INITIAL else self._state
+        return f"<cosched coroutine {s} at {id(self):#x}>"
+
+
+class _Chain:
+    """Main's side of one running chain: the pending call main made, and the driver's scratch.
+
+    It is the ``_resumer`` of the coroutine main entered, so it carries the same
+    fields a coroutine's pending call does.
+    """
+
+    __slots__ = (
+        "task",      # the trio task driving the chain (None outside trio)
+        "current",   # the coroutine executing (or awaiting I/O) in this chain
+        "target",    # trap payload: what the switching call names (cleared once read)
+        "args",      # trap payload: the values it passes (cleared once read)
+        "_state", "_pending", "_awaits", "_call_cs", "_depth", "_resumer",
+    )
+
+    def __init__(self, kind: _Trap, task) -> None:
+        self.task = task
+        self.current = None
+        self.target = None
+        self.args = None
+        self._state = _NORMAL
+        self._pending = kind
+        self._awaits = None
+        self._call_cs = task._cancel_status if task is not None else None
+        self._depth = 0
+        self._resumer = None
+
+
+_chain: ContextVar[_Chain | None] = ContextVar("cosched_chain", default=None)
+
+
+def _current_task():
+    if _trio_current_task is None:  # pragma: no cover
+        return None
+    try:
+        return _trio_current_task()
+    except RuntimeError:
+        return None
+
+
+def _active_chain() -> _Chain | None:
+    """The chain whose coroutine is executing in this trio task, or None in main."""
+    m = _chain.get()
+    if m is not None and m.task is not _current_task():
+        return None  # inherited from the task that spawned this one
+    return m
+
+
+def _depth_limit() -> int:
+    return max(200, sys.getrecursionlimit())
+
+
+def _pack(vals: tuple):
+    n = len(vals)
+    return None if n == 0 else vals[0] if n == 1 else vals
+
+
+def _unpack(result) -> tuple:
+    return () if result is None else result if type(result) is tuple else (result,)
+
+
+async def _await_any(awaitable):
+    return await awaitable
+
+
+@types.coroutine
+def _immediately(value):
+    return value
+    yield  # pragma: no cover - makes this a generator
+
+
+def _body(fn, args):
+    """The Python coroutine object that runs ``fn(*args)`` as a coroutine body."""
+    r = fn(*args)
+    if type(r) is types.CoroutineType:
+        return r
+    if isawaitable(r):
+        return _await_any(r)
+    return _immediately(r)
+
+
+# --------------------------------------------------------------------------------------
+# The driver
+
+
+def _release(dest) -> None:
+    """dest's pending nesting call finishes: the coroutine it waited for loses its link."""
+    a = dest._awaits
+    if a is not None:
+        dest._awaits = None
+        if a._resumer is dest:
+            a._resumer = None
+
+
+def _arrive(dest, vals: tuple, err: BaseException | None, ending: bool):
+    """Format what dest's pending call receives: (value, None), or (None, exc) to raise there."""
+    kind = dest._pending
+    if err is None:
+        if kind is RESUME:
+            return (True, *vals), None
+        if ending and (kind is ITER or kind is SAFEITER):
+            return None, StopAsyncIteration()
+        return _pack(vals), None
+    if kind is RESUME and isinstance(err, Exception):
+        return (False, err), None
+    return None, err
+
+
+def _scope_error(m: _Chain, cur: Coroutine, dest, what: str):
+    """Check the cancel-scope rules for cur handing control to dest; return an error or None."""
+    cs = m.task._cancel_status
+    if cs is not cur._entry_cs or (dest._state is _NORMAL and cs is not dest._call_cs):
+        return CoroutineError(
+            f"cannot {what} with a trio cancel scope or nursery opened inside the "
+            "coroutine still open (close it before switching)"
+        )
+    return None
+
+
+def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
+    """cur (a coroutine, or the chain for main) makes a nesting call; return (next, value, exc)."""
+    cs = m.task._cancel_status if m.task is not None else None
+    if kind is SAFECALL or kind is SAFEITER:
+        sw = target
+        target = sw._point
+        sw._caller = cur
+        if target._state is _INITIAL:
+            args = (sw._yield, *args)
+        if target is sw.coroutine:
+            target._resumer = cur
+    else:
+        target._resumer = cur
+    cur._state = _NORMAL
+    cur._pending = kind
+    cur._awaits = target
+    cur._call_cs = cs
+    target._depth = cur._depth + 1
+    target._entry_cs = cs
+    target._state = _RUNNING
+    if kind is CLOSE:
+        target._closing = 1
+        return target, None, GeneratorExit()
+    if target._fn is not None:
+        return target, args, None
+    return target, _pack(args), None
+
+
+def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
+    """cur suspends and hands vals to dest (a coroutine or a chain); return (next, value, exc)."""
+    if m.task is not None and cur is not m:
+        err = _scope_error(m, cur, dest, "yield" if kind is not TRANSFER else "transfer")
+        if err is not None:
+            return cur, None, err
+    if type(dest) is _Chain and dest is not m:
+        return cur, None, CoroutineError(
+            "cannot switch to a resumer that waits in another trio task")
+    if cur is not m:
+        cur._state = _SUSPENDED
+        cur._pending = kind
+    s = dest._state
+    if s is _NORMAL:
+        _release(dest)
+        value, exc = _arrive(dest, vals, None, False)
+    elif s is _INITIAL:
+        dest._depth = cur._depth
+        value, exc = vals, None
+    else:
+        dest._depth = cur._depth
+        value, exc = _pack(vals), None
+    if dest is not m:
+        dest._state = _RUNNING
+        if s is not _NORMAL and m.task is not None:
+            dest._entry_cs = m.task._cancel_status
+    return dest, value, exc
+
+
+def _end(m: _Chain, co: Coroutine, vals: tuple, err: BaseException | None):
+    """co's body returned vals or raised err: return (next, value, exc) for the driver."""
+    co._state = _DEAD
+    co._co = None
+    dest = co._resumer
+    co._resumer = None
+    if co._closing:
+        tried = co._error if co._closing == 2 else None
+        co._closing = 0
+        co._error = None
+        if dest is None:  # pragma: no cover - a closer always waits
+            dest = m
+        _release(dest)
+        dest._state = _RUNNING if dest is not m else _NORMAL
+        if tried is not None:
+            return dest, (False, tried), None
+        if err is None or type(err) is GeneratorExit:
+            return dest, (True,), None
+        if isinstance(err, Exception):
+            return dest, (False, err), None
+        return dest, None, err
+    co._error = err if err is not None and type(err) is not GeneratorExit else None
+    sw = co._sw
+    if sw is not None and sw._caller is not None:
+        dest = sw._caller
+        sw._caller = None
+    if dest is None:
+        dest = m
+        if err is None:
+            err = CoroutineError("coroutine ended without transferring control")
+    elif type(dest) is _Chain and dest is not m:
+        dest = m
+        err = CoroutineError("coroutine ended while its resumer waits in another trio task")
+    _release(dest)
+    value, exc = _arrive(dest, vals, err, True)
+    if dest is not m:
+        dest._state = _RUNNING
+    return dest, value, exc
+
+
+@types.coroutine
+def _drive(kind: _Trap, target, args: tuple):
+    """Main's switching call: run the chain it enters until control comes back to main.
+
+    Returns what main's pending call receives, or raises it.
+    """
+    m = _Chain(kind, _current_task())
+    token = _chain.set(m)
+    try:
+        if kind is TRANSFER:
+            co, value, err = _leave(m, m, kind, target, args)
+        else:
+            co, value, err = _enter(m, m, kind, target, args)
+        while co is not m:
+            m.current = co
+            throw = None if err is None else _Delivery(err)
+            while True:  # steps of co, forwarding event-loop traps, until it switches or ends
+                try:
+                    if throw is None:
+                        if co._fn is not None:  # first start: value holds the arguments
+                            fn = co._fn
+                            co._fn = None
+                            co._co = _body(fn, value)
+                            value = None
+                        msg = co._co.send(value)
+                    else:
+                        msg = co._co.throw(throw)
+                except StopIteration as e:
+                    co, value, err = _end(m, co, _unpack(e.value), None)
+                    break
+                except BaseException as e:  # noqa: BLE001 - delivered to the resumer by the rules
+                    co, value, err = _end(m, co, (), e)
+                    break
+                if type(msg) is _Trap:
+                    target = m.target
+                    args = m.args
+                    m.target = m.args = None
+                    if msg is YIELD:
+                        co, value, err = _leave(m, co, msg, co._resumer, args)
+                    elif msg is TRANSFER:
+                        co, value, err = _leave(m, co, msg, m if target is None else target, args)
+                    elif msg is SAFEYIELD:
+                        co, value, err = _safe_leave(m, co, target, args)
+                    else:
+                        co, value, err = _enter(m, co, msg, target, args)
+                    break
+                # An event-loop trap from deep inside co: forward it unchanged.
+                try:
+                    value = yield msg
+                    throw = None
+                except GeneratorExit:
+                    # Main itself is being closed: close the running coroutine with it.
+                    co._state = _DEAD
+                    co._resumer = None
+                    c, co._co = co._co, None
+                    c.close()
+                    raise
+                except BaseException as e:  # noqa: BLE001 - thrown in raw, as trio expects
+                    value = None
+                    throw = e
+        if err is not None:
+            raise err
+        return value
+    finally:
+        m.current = None
+        _chain.reset(token)
+
+
+def _safe_leave(m: _Chain, co: Coroutine, sw: SafeWrapped, vals: tuple):
+    dest = sw._caller
+    nxt, value, exc = _leave(m, co, SAFEYIELD, dest, vals)
+    if nxt is not co:
+        sw._point = co
+        sw._caller = None
+    return nxt, value, exc
+
+
+def _rejected(e: TypeError) -> bool:
+    """Did the event loop throw this because our trap reached it (no driver in this task)?"""
+    return "cosched trap" in str(e) and _chain.get() is not None and not _in_own_chain()
+
+
+def _in_own_chain() -> bool:
+    m = _chain.get()
+    return m is not None and m.task is _current_task()
+
+
+# --------------------------------------------------------------------------------------
+# The switching calls
+
+
+def create(fn) -> Coroutine:
+    """A new coroutine running ``fn``; nothing runs until it is resumed or transferred to."""
+    if not callable(fn):
+        raise TypeError(f"create: expected a callable, got {type(fn).__name__}")
+    return Coroutine(fn)
+
+
+def _not_a_coroutine(fname: str, x) -> TypeError:
+    return TypeError(f"{fname}: expected a coroutine, got {type(x).__name__}")
+
+
+def _refusal(co) -> CoroutineError:
+    return CoroutineError(_DEAD_MSG if co is not main and co._state is _DEAD else _NONSUSP_MSG)
+
+
+@types.coroutine
+def resume(co, *args):
+    """Resume ``co`` with ``args``; return ``(True, *values)`` or ``(False, exc)``."""
+    m = _chain.get()
+    if m is None:
+        if type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL):
+            return _resume_refused(co)
+        return (yield from _drive(RESUME, co, args))
+    if (type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL)
+            or m.current._depth >= _depth_limit()):
+        if m.task is not _current_task():
+            _chain.set(None)
+            return (yield from resume(co, *args))
+        if type(co) is Coroutine and (co._state is _SUSPENDED or co._state is _INITIAL):
+            return (False, RecursionError(
+                f"coroutine stack overflow: resume nested deeper than {_depth_limit()}"))
+        return _resume_refused(co)
+    m.target = co
+    m.args = args
+    try:
+        return (yield RESUME)
+    except _Delivery as d:
+        exc = d.exc
+    except TypeError as e:
+        if not _rejected(e):
+            raise
+        _chain.set(None)
+        return (yield from _drive(RESUME, co, args))
+    raise exc
+
+
+def _resume_refused(co):
+    if type(co) is not Coroutine and co is not main:
+        raise _not_a_coroutine("resume", co)
+    return (False, _refusal(co))
+
+
+@types.coroutine
+def yield_(*values):
+    """Suspend the running coroutine, handing ``values`` to its resumer."""
+    m = _chain.get()
+    if m is None:
+        raise CoroutineError("attempt to yield from outside a coroutine")
+    cur = m.current
+    if cur._resumer is None or cur._closing:
+        if m.task is not _current_task():
+            raise CoroutineError("attempt to yield from outside a coroutine")
+        if cur._closing:
+            raise _closing_switch(cur, "yield")
+        raise CoroutineError("attempt to yield from a coroutine that was not resumed")
+    m.args = values
+    try:
+        return (yield YIELD)
+    except _Delivery as d:
+        exc = d.exc
+    except TypeError as e:
+        if not _rejected(e):
+            raise
+        _chain.set(None)
+        raise CoroutineError("attempt to yield from outside a coroutine") from None
+    raise exc
+
+
+def _closing_switch(cur: Coroutine, what: str) -> CoroutineError:
+    err = CoroutineError(f"cannot {what} from a coroutine that is being closed")
+    if cur._closing == 1:
+        cur._closing = 2
+        cur._error = err
+    return err
+
+
+def _transfer_refused(target, m: _Chain | None):
+    """The error transfer raises for target, or None when the transfer may go ahead."""
+    if target is None or target is main:
+        return CoroutineError(_SELF_TRANSFER_MSG) if m is None else None
+    if type(target) is not Coroutine:
+        return _not_a_coroutine("transfer", target)
+    s = target._state
+    if s is _DEAD:
+        return CoroutineError("cannot transfer to a dead coroutine")
+    if s is _RUNNING:
+        return CoroutineError(_SELF_TRANSFER_MSG)
+    if s is _NORMAL and target._pending is CLOSE:
+        return CoroutineError("cannot transfer to a coroutine that is closing another")
+    if m is not None and m.current._closing:
+        return _closing_switch(m.current, "transfer")
+    return None
+
+
+@types.coroutine
+def transfer(target, *values):
+    """Suspend the caller and run ``target`` with ``values`` (``None``/``main``: to main)."""
+    m = _chain.get()
+    if m is not None and m.task is not _current_task():
+        _chain.set(None)
+        m = None
+    err = _transfer_refused(target, m)
+    if err is not None:
+        raise err
+    if m is None:
+        return (yield from _drive(TRANSFER, target, values))
+    m.target = None if target is main else target
+    m.args = values
+    try:
+        return (yield TRANSFER)
+    except _Delivery as d:
+        exc = d.exc
+    except TypeError as e:  # pragma: no cover - the task check above catches inheritance
+        if not _rejected(e):
+            raise
+        raise
+    raise exc
+
+
+def _nest(kind: _Trap, co: Coroutine, args: tuple):
+    """A wrap-style call from anywhere: the driver from main, a trap inside a coroutine."""
+    m = _chain.get()
+    if m is not None and m.task is not _current_task():
+        _chain.set(None)
+        m = None
+    if m is None:
+        return (yield from _drive(kind, co, args))
+    if m.current._depth >= _depth_limit():
+        raise RecursionError(f"coroutine stack overflow: resume nested deeper than {_depth_limit()}")
+    m.target = co
+    m.args = args
+    try:
+        return (yield kind)
+    except _Delivery as d:
+        exc = d.exc
+    raise exc
+
+
+@types.coroutine
+def _wrap_call(co: Coroutine, kind: _Trap, args: tuple):
+    s = co._state
+    if s is not _SUSPENDED and s is not _INITIAL:
+        if kind is ITER and s is _DEAD:
+            raise StopAsyncIteration
+        raise CoroutineError(_DEAD_MSG if s is _DEAD else _NONSUSP_MSG)
+    return (yield from _nest(kind, co, args))
+
+
+class Wrapped:
+    """``wrap(fn)``: awaiting ``w(*args)`` resumes the coroutine; ``async for`` iterates it."""
+
+    __slots__ = ("coroutine", "__weakref__")
+
+    def __init__(self, fn) -> None:
+        self.coroutine = create(fn)
+
+    def __call__(self, *args):
+        return _wrap_call(self.coroutine, WRAP, args)
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        return _wrap_call(self.coroutine, ITER, ())
+
+    def __repr__(self) -> str:
+        return f"<cosched wrap of {self.coroutine!r}>"
+
+
+def wrap(fn) -> Wrapped:
+    """A callable that resumes a new coroutine running ``fn`` and returns what it yields."""
+    return Wrapped(fn)
+
+
+@types.coroutine
+def _safe_call(sw: SafeWrapped, kind: _Trap, args: tuple):
+    if sw.coroutine._state is _DEAD:
+        if kind is SAFEITER:
+            raise StopAsyncIteration
+        raise CoroutineError(_DEAD_MSG)
+    s = sw._point._state
+    if s is not _SUSPENDED and s is not _INITIAL:
+        raise CoroutineError(_DEAD_MSG if s is _DEAD else _NONSUSP_MSG)
+    return (yield from _nest(kind, sw, args))
+
+
+@types.coroutine
+def _safe_yield(sw: SafeWrapped, values: tuple):
+    m = _chain.get()
+    if m is None or m.task is not _current_task():
+        raise CoroutineError("attempt to yield from outside a coroutine")
+    if m.current._closing:
+        raise _closing_switch(m.current, "yield")
+    if sw._caller is None:
+        raise CoroutineError("attempt to yield from a safewrap that is not being called")
+    m.target = sw
+    m.args = values
+    try:
+        return (yield SAFEYIELD)
+    except _Delivery as d:
+        exc = d.exc
+    raise exc
+
+
+class SafeWrapped:
+    """``safewrap(fn)``: like wrap, but ``fn(yield_fn, *args)`` may cross-yield from any depth."""
+
+    __slots__ = ("coroutine", "_point", "_caller", "_yield", "__weakref__")
+
+    def __init__(self, fn) -> None:
+        co = create(fn)
+        co._sw = self
+        self.coroutine = co
+        self._point = co       # where the next call resumes: the body, or where yield_fn was called
+        self._caller = None    # the coroutine or chain waiting in the latest call, while it waits
+        self._yield = self._yield_fn
+
+    def _yield_fn(self, *values):
+        return _safe_yield(self, values)
+
+    def __call__(self, *args):
+        return _safe_call(self, SAFECALL, args)
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        return _safe_call(self, SAFEITER, ())
+
+    def __repr__(self) -> str:
+        return f"<cosched safewrap of {self.coroutine!r}>"
+
+
+def safewrap(fn) -> SafeWrapped:
+    """Like :func:`wrap`, but ``fn`` receives a ``yield_fn`` that always returns to the caller."""
+    return SafeWrapped(fn)
+
+
+@types.coroutine
+def close(co):
+    """Close ``co``: run its pending cleanup; ``(True,)`` or ``(False, exc)``."""
+    if type(co) is not Coroutine:
+        if co is main:
+            raise CoroutineError(
+                "cannot close a running coroutine" if _active_chain() is None
+                else "cannot close a normal coroutine")
+        raise _not_a_coroutine("close", co)
+    s = co._state
+    if s is _INITIAL:
+        co._state = _DEAD
+        co._fn = None
+        return (True,)
+    if s is _DEAD:
+        err, co._error = co._error, None
+        return (True,) if err is None else (False, err)
+    if s is _RUNNING:
+        raise CoroutineError("cannot close a running coroutine")
+    if s is _NORMAL:
+        raise CoroutineError("cannot close a normal coroutine")
+    return (yield from _nest(CLOSE, co, ()))
+
+
+# --------------------------------------------------------------------------------------
+# Queries
+
+
+def status(co) -> str:
+    """``"suspended"``, ``"running"``, ``"normal"`` or ``"dead"``."""
+    if type(co) is Coroutine:
+        s = co._state
+        return _SUSPENDED if s is _INITIAL else s
+    if co is main:
+        return _RUNNING if _active_chain() is None else _NORMAL
+    raise _not_a_coroutine("status", co)
+
+
+def running():
+    """``(co, False)`` inside a coroutine, ``(main, True)`` in main."""
+    m = _active_chain()
+    return (main, True) if m is None else (m.current, False)
+
+
+def current():
+    """The running coroutine, or ``None`` in main."""
+    m = _active_chain()
+    return None if m is None else m.current
+
+
+def isyieldable(co=None) -> bool:
+    """True for a coroutine, False for main; without an argument, for the running one."""
+    if co is None:
+        return _active_chain() is not None
+    if type(co) is Coroutine:
+        return True
+    if co is main:
+        return False
+    raise _not_a_coroutine("isyieldable", co)
