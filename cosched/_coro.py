@@ -253,7 +253,7 @@ def _arrive(dest, vals: tuple, err: BaseException | None, ending: bool):
     kind = dest._pending
     if err is None:
         if kind is RESUME:
-            return (True, *vals), None
+            return (True,) + vals, None
         if ending and (kind is ITER or kind is SAFEITER):
             return None, StopAsyncIteration()
         return _pack(vals), None
@@ -295,7 +295,7 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
     target._state = _RUNNING
     if kind is CLOSE:
         target._closing = 1
-        return target, None, GeneratorExit()
+        return target, None, _Delivery(GeneratorExit())
     if target._fn is not None:
         return target, args, None
     return target, _pack(args), None
@@ -306,17 +306,17 @@ def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
     if m.task is not None and cur is not m:
         err = _scope_error(m, cur, dest, "yield" if kind is not TRANSFER else "transfer")
         if err is not None:
-            return cur, None, err
+            return cur, None, _Delivery(err)
     if type(dest) is _Chain and dest is not m:
-        return cur, None, CoroutineError(
-            "cannot switch to a resumer that waits in another trio task")
+        return cur, None, _Delivery(CoroutineError(
+            "cannot switch to a resumer that waits in another trio task"))
     if cur is not m:
         cur._state = _SUSPENDED
         cur._pending = kind
     s = dest._state
     if s is _NORMAL:
         _release(dest)
-        value, exc = _arrive(dest, vals, None, False)
+        value, exc = _arrive(dest, vals, None, False)  # values never make an exception here
     elif s is _INITIAL:
         dest._depth = cur._depth
         value, exc = vals, None
@@ -350,7 +350,7 @@ def _end(m: _Chain, co: Coroutine, vals: tuple, err: BaseException | None):
             return dest, (True,), None
         if isinstance(err, Exception):
             return dest, (False, err), None
-        return dest, None, err
+        return dest, None, err if dest is m else _Delivery(err)
     co._error = err if err is not None and type(err) is not GeneratorExit else None
     sw = co._sw
     if sw is not None and sw._caller is not None:
@@ -365,18 +365,22 @@ def _end(m: _Chain, co: Coroutine, vals: tuple, err: BaseException | None):
         err = CoroutineError("coroutine ended while its resumer waits in another trio task")
     _release(dest)
     value, exc = _arrive(dest, vals, err, True)
-    if dest is not m:
-        dest._state = _RUNNING
-    return dest, value, exc
+    if dest is m:
+        return dest, value, exc
+    dest._state = _RUNNING
+    return dest, value, None if exc is None else _Delivery(exc)
 
 
 @types.coroutine
 def _drive(kind: _Trap, target, args: tuple):
     """Main's switching call: run the chain it enters until control comes back to main.
 
-    Returns what main's pending call receives, or raises it.
+    Returns what main's pending call receives, or raises it. ``err`` always holds
+    what is to be thrown into ``co`` as is: a ``_Delivery`` for a pending switching
+    call, a raw exception for an event-loop trap, a raw one for main.
     """
-    m = _Chain(kind, _current_task())
+    task = _current_task()
+    m = _Chain(kind, task)
     token = _chain.set(m)
     try:
         if kind is TRANSFER:
@@ -385,57 +389,90 @@ def _drive(kind: _Trap, target, args: tuple):
             co, value, err = _enter(m, m, kind, target, args)
         while co is not m:
             m.current = co
-            throw = None if err is None else _Delivery(err)
-            while True:  # steps of co, forwarding event-loop traps, until it switches or ends
-                try:
-                    if throw is None:
-                        if co._fn is not None:  # first start: value holds the arguments
-                            fn = co._fn
-                            co._fn = None
-                            co._co = _body(fn, value)
-                            value = None
-                        msg = co._co.send(value)
-                    else:
-                        msg = co._co.throw(throw)
-                except StopIteration as e:
-                    co, value, err = _end(m, co, _unpack(e.value), None)
-                    break
-                except BaseException as e:  # noqa: BLE001 - delivered to the resumer by the rules
-                    co, value, err = _end(m, co, (), e)
-                    break
-                if type(msg) is _Trap:
-                    target = m.target
-                    args = m.args
-                    m.target = m.args = None
-                    if msg is YIELD:
-                        co, value, err = _leave(m, co, msg, co._resumer, args)
-                    elif msg is TRANSFER:
-                        co, value, err = _leave(m, co, msg, m if target is None else target, args)
-                    elif msg is SAFEYIELD:
-                        co, value, err = _safe_leave(m, co, target, args)
-                    else:
-                        co, value, err = _enter(m, co, msg, target, args)
-                    break
+            try:
+                if err is None:
+                    if co._fn is not None:  # first start: value holds the arguments
+                        fn = co._fn
+                        co._fn = None
+                        co._co = _body(fn, value)
+                        value = None
+                    msg = co._co.send(value)
+                else:
+                    msg = co._co.throw(err)
+                    err = None
+            except StopIteration as e:
+                co, value, err = _end(m, co, _unpack(e.value), None)
+                continue
+            except BaseException as e:  # noqa: BLE001 - delivered to the resumer by the rules
+                co, value, err = _end(m, co, (), e)
+                continue
+            if type(msg) is not _Trap:
                 # An event-loop trap from deep inside co: forward it unchanged.
                 try:
                     value = yield msg
-                    throw = None
                 except GeneratorExit:
-                    # Main itself is being closed: close the running coroutine with it.
-                    co._state = _DEAD
-                    co._resumer = None
-                    c, co._co = co._co, None
-                    c.close()
+                    _abandon(co)
                     raise
                 except BaseException as e:  # noqa: BLE001 - thrown in raw, as trio expects
-                    value = None
-                    throw = e
+                    err = e
+                continue
+            args = m.args
+            m.args = None
+            if msg is YIELD:
+                # The hot path, inlined: hand the values to the resumer waiting for co.
+                dest = co._resumer
+                if (task is None or task._cancel_status is co._entry_cs is dest._call_cs) and (
+                        type(dest) is Coroutine or dest is m):
+                    co._state = _SUSPENDED
+                    co._pending = YIELD
+                    co._resumer = None
+                    dest._awaits = None
+                    if dest._pending is RESUME:
+                        value = (True,) + args
+                    else:
+                        value = None if not args else args[0] if len(args) == 1 else args
+                    if dest is not m:
+                        dest._state = _RUNNING
+                    co = dest
+                else:
+                    co, value, err = _leave(m, co, msg, dest, args)
+                continue
+            target = m.target
+            m.target = None
+            if msg is RESUME or msg is WRAP or msg is ITER:
+                # The other hot path, inlined: start or continue target nested under co.
+                cs = None if task is None else task._cancel_status
+                co._state = _NORMAL
+                co._pending = msg
+                co._awaits = target
+                co._call_cs = cs
+                target._resumer = co
+                target._depth = co._depth + 1
+                target._entry_cs = cs
+                target._state = _RUNNING
+                value = args if target._fn is not None else (
+                    None if not args else args[0] if len(args) == 1 else args)
+                co = target
+            elif msg is TRANSFER:
+                co, value, err = _leave(m, co, msg, m if target is None else target, args)
+            elif msg is SAFEYIELD:
+                co, value, err = _safe_leave(m, co, target, args)
+            else:
+                co, value, err = _enter(m, co, msg, target, args)
         if err is not None:
             raise err
         return value
     finally:
         m.current = None
         _chain.reset(token)
+
+
+def _abandon(co: Coroutine) -> None:
+    """Main itself is being closed while co runs: close co's Python coroutine with it."""
+    co._state = _DEAD
+    co._resumer = None
+    c, co._co = co._co, None
+    c.close()
 
 
 def _safe_leave(m: _Chain, co: Coroutine, sw: SafeWrapped, vals: tuple):
@@ -485,7 +522,7 @@ def resume(co, *args):
             return _resume_refused(co)
         return (yield from _drive(RESUME, co, args))
     if (type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL)
-            or m.current._depth >= _depth_limit()):
+            or m.current._depth >= 200 and m.current._depth >= _depth_limit()):
         if m.task is not _current_task():
             _chain.set(None)
             return (yield from resume(co, *args))

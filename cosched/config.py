@@ -1,0 +1,311 @@
+"""coschedd configuration: the schema, the TOML loader and the typed result.
+
+SCHEMA is the one description of every key (default, doc, accepted values).
+Validation, the defaults and the shipped config/coschedd.toml (rendered by
+`python -m cosched.config`) are all derived from it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import grp
+import json
+import math
+import os
+import pwd
+import re
+import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "coschedd.toml"
+SYSTEM_CONFIG = Path("/etc/cosched/coschedd.toml")
+SOCKET_PATH_MAX = 107  # sizeof(sun_path) on Linux minus the terminating NUL
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable, not TOML, or does not fit SCHEMA."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    default: Any
+    doc: str
+    expect: str                    # what a valid value looks like, for errors and the docs
+    accept: Callable[[Any], bool]  # type and range check of the TOML-decoded value
+    convert: Callable[[Any], Any] = lambda v: v  # may raise ValueError(reason)
+
+
+def _toml(v: Any) -> str:
+    """A value spelled as in TOML, for the shipped file and for error messages."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml, v)) + "]"
+    return str(v)  # numbers; the empty table {} of job.<name>.config
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # bool is an int subclass
+
+
+def _seconds(default: float, doc: str, *, positive: bool = False) -> Key:
+    def accept(v: Any) -> bool:
+        number = (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+        return number and (v > 0 or v == 0 and not positive)
+    return Key(default, doc, "a number > 0" if positive else "a number >= 0", accept, float)
+
+
+def _int(default: int, doc: str, lo: int, hi: int) -> Key:
+    return Key(default, doc, f"an integer from {lo} to {hi}", lambda v: _is_int(v) and lo <= v <= hi)
+
+
+def _choice(default: str, doc: str, *choices: str) -> Key:
+    return Key(default, doc, "one of " + ", ".join(map(_toml, choices)), lambda v: v in choices)
+
+
+def _typed(kind: type, expect: str) -> Callable[[Any, str], Key]:
+    return lambda default, doc: Key(default, doc, expect, lambda v: isinstance(v, kind))
+
+
+_bool, _str = _typed(bool, "true or false"), _typed(str, "a string")
+
+
+def _mode(v: str) -> int:
+    if int(v, 8) & 0o007:
+        raise ValueError(f'{_toml(v)} grants access to other users; its last digit must be 0')
+    return int(v, 8)
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, str) and v != "" or _is_int(v) and v >= 0
+
+
+def _resolver(kind: str, lookup: Callable[[str], int]) -> Callable[[str | int], int]:
+    def resolve(v: str | int) -> int:
+        if _is_int(v) or v.isascii() and v.isdigit():
+            return int(v)  # numeric ids need no passwd/group entry (containers, LDAP outages)
+        try:
+            return lookup(v)
+        except KeyError:
+            raise ValueError(f"unknown {kind} {_toml(v)}") from None
+    return resolve
+
+
+_uid = _resolver("user", lambda name: pwd.getpwnam(name).pw_uid)
+_gid = _resolver("group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "daemon": {
+        "jobs_dir": _str("../jobs", "Folder of job scripts. Relative paths, here and below, "
+                         "are relative to this file's folder."),
+        "runtime_dir": _str("", 'State and socket folder. "" means $RUNTIME_DIRECTORY (set by '
+                            "systemd; the first one if several), else $XDG_RUNTIME_DIR/cosched, "
+                            "else ../.run from this file's folder."),
+        "step_warning": _seconds(0.5, "Seconds; a single task step running longer than this "
+                                 "logs a warning. 0 disables the warning."),
+        "stop_timeout": _seconds(10.0, "Seconds SIGTERM waits for the tasks' cleanup."),
+        "watchdog": _bool(True, "Ping the systemd watchdog when WATCHDOG_USEC is set."),
+    },
+    "control": {
+        "socket": _str("", 'Path of the unix socket. "" means <runtime_dir>/coschedd.sock.'),
+        "mode": Key("0660", "Permissions of the socket. Must grant nothing to other users.",
+                    'an octal string like "0660"',
+                    lambda v: isinstance(v, str) and bool(re.fullmatch(r"0?[0-7]{3}", v)), _mode),
+        "allowed_users": Key([], "Users (names or uids) allowed to connect besides the daemon's "
+                             "own user and root.", "a list of user names or uids",
+                             lambda v: isinstance(v, list) and all(map(_is_id, v)),
+                             lambda v: tuple(dict.fromkeys(map(_uid, v)))),  # dedupe, keep order
+        "allowed_group": Key("", 'Members of this group (name or gid) may connect; "": none.',
+                             "a group name or gid", lambda v: v == "" or _is_id(v),
+                             lambda v: None if v == "" else _gid(v)),
+        "max_request_bytes": _int(65536, "Longest request line accepted, in bytes.",
+                                  256, 16777216),
+    },
+    "log": {
+        "format": _choice("auto", '"console", "json" (one object per line), or "auto": console '
+                          "on a tty, JSON otherwise.", "auto", "console", "json"),
+        "level": _choice("info", "Lowest level logged.", "debug", "info", "warning", "error"),
+    },
+    "jobs": {
+        "restart": _choice("on-failure", "When an ended task is started again: never, after it "
+                           "failed, or after any end.", "no", "on-failure", "always"),
+        "restart_delay": _seconds(1.0, "Seconds before the first restart; doubles with each "
+                                  "further one."),
+        "restart_delay_max": _seconds(30.0, "Seconds; cap of the doubling restart delay."),
+        "start_limit_burst": _int(5, "More starts than this within start_limit_interval: give up, "
+                                  'job state "failed (start limit)".', 1, 1_000_000),
+        "start_limit_interval": _seconds(60.0, "Seconds; the window of start_limit_burst.",
+                                         positive=True),
+        "autostart": _bool(True, "Start a task for the job when it is loaded."),
+    },
+}
+
+JOB_KEYS: dict[str, Key] = {  # what a [job.<name>] table may hold
+    **SCHEMA["jobs"],
+    "config": Key({}, "Any table; handed to the job as task.config.", "a table",
+                  lambda v: isinstance(v, dict), copy.deepcopy),
+    "enabled": _bool(True, "false: the job file is known but never started."),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobPolicy:
+    restart: str
+    restart_delay: float
+    restart_delay_max: float
+    start_limit_burst: int
+    start_limit_interval: float
+    autostart: bool
+    enabled: bool
+    config: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None
+    jobs_dir: Path
+    runtime_dir: Path
+    socket: Path
+    socket_mode: int
+    allowed_users: tuple[int, ...]
+    allowed_group: int | None
+    max_request_bytes: int
+    log_format: str
+    log_level: str
+    step_warning: float
+    stop_timeout: float
+    watchdog: bool
+    job_defaults: JobPolicy
+    jobs: Mapping[str, JobPolicy]  # merged policies of the jobs that have a [job.<name>] table
+
+    def job_policy(self, name: str) -> JobPolicy:
+        """job_defaults merged with [job.<name>]. config is copied per call so that a
+        task changing its task.config cannot leak into its next start."""
+        policy = self.jobs.get(name, self.job_defaults)
+        return dataclasses.replace(policy, config=copy.deepcopy(policy.config))
+
+
+def _check(dotted: str, key: Key, value: Any) -> Any:
+    if not key.accept(value):
+        raise ConfigError(f"{dotted}: expected {key.expect}, got {_toml(value)}")
+    try:
+        return key.convert(value)
+    except ValueError as e:
+        raise ConfigError(f"{dotted}: {e}") from None
+
+
+def _table(name: str, table: Any, keys: Mapping[str, Key], *, defaults: bool) -> dict[str, Any]:
+    """The validated values of one table; with defaults=True missing keys get theirs."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: expected a table, got {_toml(table)}")
+    for k in table:
+        if k not in keys:
+            raise ConfigError(f"unknown key {name}.{k}")
+    given = {k: table.get(k, key.default) for k, key in keys.items()} if defaults else table
+    return {k: _check(f"{name}.{k}", keys[k], v) for k, v in given.items()}
+
+
+def _path(base: Path, p: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(base / p))  # normalise "..", but keep symlinks as given
+
+
+def _runtime_dir(value: str, base: Path, environ: Mapping[str, str]) -> Path:
+    if value:
+        return _path(base, value)
+    if systemd := environ.get("RUNTIME_DIRECTORY"):
+        return _path(base, systemd.split(":")[0])  # several RuntimeDirectory= are ":"-joined
+    if xdg := environ.get("XDG_RUNTIME_DIR"):
+        return _path(base, xdg) / "cosched"
+    return _path(base, "../.run")
+
+
+def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None = None,
+                 environ: Mapping[str, str] = os.environ) -> Config:
+    """Validate decoded TOML; relative paths resolve against base_dir."""
+    for name, table in data.items():
+        if name not in SCHEMA and name != "job":
+            raise ConfigError(f"unknown {'table' if isinstance(table, dict) else 'key'} {name}")
+    v = {name: _table(name, data.get(name, {}), keys, defaults=True)
+         for name, keys in SCHEMA.items()}
+    job_defaults = JobPolicy(**(_table("job", {}, JOB_KEYS, defaults=True) | v["jobs"]))
+    if not isinstance(job_tables := data.get("job", {}), dict):
+        raise ConfigError(f"job: expected [job.<name>] tables, got {_toml(job_tables)}")
+    jobs = {name: dataclasses.replace(job_defaults, **_table(f"job.{name}", t, JOB_KEYS,
+                                                             defaults=False))
+            for name, t in job_tables.items()}
+    daemon, control, log = v["daemon"], v["control"], v["log"]
+    runtime_dir = _runtime_dir(daemon["runtime_dir"], base_dir, environ)
+    socket = runtime_dir / "coschedd.sock"
+    if control["socket"]:
+        socket = _path(base_dir, control["socket"])
+    if len(os.fsencode(socket)) > SOCKET_PATH_MAX:  # bind() would fail much later, less clearly
+        raise ConfigError(f"control.socket: {socket} is longer than the {SOCKET_PATH_MAX} bytes "
+                          "a unix socket path may have")
+    return Config(
+        path=path, jobs_dir=_path(base_dir, daemon["jobs_dir"]), runtime_dir=runtime_dir,
+        socket=socket, socket_mode=control["mode"], allowed_users=control["allowed_users"],
+        allowed_group=control["allowed_group"], max_request_bytes=control["max_request_bytes"],
+        log_format=log["format"], log_level=log["level"], step_warning=daemon["step_warning"],
+        stop_timeout=daemon["stop_timeout"], watchdog=daemon["watchdog"],
+        job_defaults=job_defaults, jobs=jobs)
+
+
+def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """$COSCHED_CONFIG, else /etc/cosched/coschedd.toml if present, else the repo's copy."""
+    if env := environ.get("COSCHED_CONFIG"):
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else REPO_CONFIG
+
+
+def load_config(path: str | os.PathLike | None = None,
+                environ: Mapping[str, str] = os.environ) -> Config:
+    path = Path(os.path.abspath(default_config_path(environ) if path is None else path))
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except ValueError as e:  # TOMLDecodeError ends in "(at line L, column C)"; or bad UTF-8
+        raise ConfigError(f"{path}: {e}") from None
+    return parse_config(data, path.parent, path=path, environ=environ)
+
+
+def _key_doc(key: Key) -> list[str]:
+    wrap = lambda text: textwrap.wrap(text, 78, initial_indent="# ", subsequent_indent="# ")
+    return wrap(key.doc) + wrap(f"Expected: {key.expect}. Default: {_toml(key.default)}.")
+
+
+def default_toml() -> str:
+    """The text of the shipped config/coschedd.toml: every key at its default, documented."""
+    out = ["# coschedd configuration. Every key is optional; the values below are the defaults.",
+           "# Generated from cosched.config.SCHEMA:",
+           "#   python -m cosched.config > config/coschedd.toml"]
+    for section, keys in SCHEMA.items():
+        out += ["", f"[{section}]"]
+        for k, key in keys.items():
+            out += ["", *_key_doc(key), f"{k} = {_toml(key.default)}"]
+    out += ["", "# Per-job overrides, one table per job: any key of [jobs] (the defaults for",
+            "# every job), plus the keys below.",
+            "#", "# [job.example]"]
+    for k, key in JOB_KEYS.items():
+        if k not in SCHEMA["jobs"]:
+            out += [*_key_doc(key), f"# {k} = {_toml(key.default)}", "#"]
+    return "\n".join(out[:-1]) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_toml(), end="")

@@ -1,0 +1,397 @@
+"""usage: coschedctl [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARG...]
+
+Control a running coschedd through its unix socket.
+
+Commands:
+  status [TASK]           the daemon (pid, uptime, memory, CPU), a table of the
+                          tasks, and the jobs that failed to load; or one task
+  show TASK               one task in detail: state, yielded values, stack, traceback
+  resume TASK [VALUE...]  resume a suspended task with values and wait until it
+                          yields, ends, or the daemon stops waiting (5 seconds
+                          before --timeout, at most half of it earlier). Each VALUE
+                          is parsed as JSON, else taken as a string:
+                          resume t 1 '"x"' abc '{"a":1}' sends [1, "x", "abc", {"a": 1}]
+  kill TASK               cancel a task
+  start JOB               start a new task for a job
+  reload                  rescan the jobs folder
+  jobs                    list the jobs and their state
+  ping                    check that the daemon answers
+
+TASK is a task id (a number) or a task name.
+
+Options (before or after the command):
+  --socket PATH           the daemon's socket; default $COSCHED_SOCKET, else the
+                          socket of the default configuration, else
+                          $XDG_RUNTIME_DIR/cosched/coschedd.sock
+  --json                  print the daemon's raw result as JSON
+  --timeout SECONDS       how long to wait to connect and for the answer (default 35)
+  -h, --help              show this text
+
+Exit status:
+  0  done
+  1  the daemon refused the request; "coschedctl: CODE: MESSAGE" is printed
+  2  usage error
+  3  the daemon cannot be reached
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from . import protocol
+from .protocol import ControlError
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+DEFAULT_TIMEOUT = 35.0
+RESUME_MARGIN = 5.0  # the daemon stops waiting on a resume this long before we do
+USAGE = __doc__.splitlines()[0].removeprefix("usage: ")
+
+
+class Unreachable(Exception):
+    """The daemon could not be connected to, or gave no (readable) answer."""
+
+
+# -- where the daemon is ----------------------------------------------------------
+
+def default_socket_path(environ: dict[str, str] | None = None) -> str:
+    """$COSCHED_SOCKET, else the socket of the default configuration, else
+    $XDG_RUNTIME_DIR/cosched/coschedd.sock."""
+    env = os.environ if environ is None else environ
+    if env.get("COSCHED_SOCKET"):
+        return env["COSCHED_SOCKET"]
+    try:
+        from .config import load_config
+        return os.fspath(load_config(None).socket)
+    except Exception:
+        runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+        return os.path.join(runtime, "cosched", "coschedd.sock")
+
+
+# -- the client -------------------------------------------------------------------
+
+def call(path: str, cmd: str, args: dict[str, Any], timeout: float) -> Any:
+    """Send one request and return its result. Raises ``ControlError`` when the daemon
+    answers with an error and ``Unreachable`` when it cannot be asked."""
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
+            line = _read_line(sock, deadline)
+    except TimeoutError:
+        raise Unreachable(f"no answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise Unreachable(exc.strerror or str(exc)) from None
+    try:
+        return protocol.decode_response(line).result
+    except ValueError as exc:
+        raise Unreachable(f"unreadable answer: {exc}") from None
+
+
+def _send_request(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon may have answered and hung up already (busy, forbidden)
+
+
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    buf = bytearray()
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        data = sock.recv(65536)
+        if not data:
+            raise Unreachable("the daemon closed the connection without answering")
+        buf += data
+    return bytes(buf[:buf.index(b"\n")])
+
+
+# -- argument parsing -------------------------------------------------------------
+
+def task_arg(text: str) -> int | str:
+    """A TASK: a number is an id, anything else a name."""
+    return int(text) if re.fullmatch(r"[0-9]+", text) else text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def value_arg(text: str) -> Any:
+    """A resume VALUE: JSON if it parses (NaN and Infinity excepted), else the string."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        return text
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def resume_wait(timeout: float) -> float:
+    """How long the daemon waits on a resume, so that its answer arrives within ours."""
+    return max(timeout - RESUME_MARGIN, timeout / 2)
+
+
+# -- rendering --------------------------------------------------------------------
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def fmt_duration(seconds: Any) -> str:
+    """350ms, 1.2s, 3m04s, 2h05m, 3d04h; '-' for a missing value."""
+    if not _is_number(seconds):
+        return "-" if seconds is None else str(seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def fmt_bytes(count: Any) -> str:
+    """512 B, 12.3 MiB, ..."""
+    if not _is_number(count):
+        return "-" if count is None else str(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def fmt_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    cells = [headers] + [[_text(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _job_errors(errors: list[dict]) -> list[str]:
+    return [f"  {e.get('job')} ({e.get('path')}): {e.get('error')}" for e in errors]
+
+
+def render_status(result: dict) -> str:
+    d = result.get("daemon") or {}
+    cpu = f"{fmt_duration(d.get('cpu_time'))}"
+    if _is_number(d.get("cpu_percent")):
+        cpu += f" ({d['cpu_percent']:.1f}%)"
+    lines = [
+        f"coschedd {_text(d.get('version'))}  pid {_text(d.get('pid'))}  "
+        f"up {fmt_duration(d.get('uptime'))}  mem {fmt_bytes(d.get('rss'))}  cpu {cpu}  "
+        f"tasks {_text(d.get('num_tasks'))}",
+        f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}",
+        "",
+        table(["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
+              [[t.get("id"), t.get("name"), t.get("state"), t.get("waiting_on"),
+                fmt_duration(t.get("busy")), t.get("steps"), fmt_duration(t.get("age"))]
+               for t in result.get("tasks") or []]),
+    ]
+    errors = result.get("job_errors") or []
+    if errors:
+        lines += ["", "job errors:", *_job_errors(errors)]
+    return "\n".join(lines)
+
+
+def _started_at(value: Any) -> str:
+    if not _is_number(value):
+        return _text(value)
+    return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
+
+
+_SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("id", "id", _text), ("name", "name", _text), ("job", "job", _text),
+    ("state", "state", _text), ("waiting on", "waiting_on", _text), ("error", "error", _text),
+    ("busy", "busy", fmt_duration), ("longest step", "longest_step", fmt_duration),
+    ("steps", "steps", _text), ("switches", "switches", _text), ("age", "age", fmt_duration),
+    ("started at", "started_at", _started_at), ("restarts", "restarts", _text),
+    ("config", "config", fmt_json), ("yielded", "yielded", lambda v: _text(v) if v is None else fmt_json(v)),
+]
+
+
+def render_show(result: dict) -> str:
+    lines = [f"{label}: {fmt(result.get(key))}" for label, key, fmt in _SHOW_FIELDS]
+    stack = result.get("stack") or []
+    lines.append("stack:" if stack else "stack: -")
+    lines += [f"  {f.get('file')}:{f.get('line')} {f.get('function')}" for f in stack]
+    traceback = result.get("traceback")
+    lines.append("traceback:" if traceback else "traceback: -")
+    if traceback:
+        lines += ["  " + line for line in traceback.rstrip("\n").splitlines()]
+    return "\n".join(lines)
+
+
+def render_resume(result: dict) -> str:
+    outcome = result.get("outcome")
+    if outcome in ("yielded", "finished"):
+        return f"{outcome}: {fmt_json(result.get('values') or [])}"
+    if outcome == "failed":
+        return f"failed: {result.get('error')}"
+    if outcome == "running":
+        return "still running"
+    return f"{outcome}: {fmt_json(result)}"
+
+
+def _task_line(verb: str, result: dict) -> str:
+    task = result.get("task") or {}
+    return (f"{verb} task {_text(task.get('id'))} ({_text(task.get('name'))}, "
+            f"job {_text(task.get('job'))}): {_text(task.get('state'))}")
+
+
+def render_reload(result: dict) -> str:
+    lines = [f"{key}: {', '.join(result.get(key) or []) or '-'}" for key in ("loaded", "removed")]
+    errors = result.get("errors") or []
+    if errors:
+        lines += ["errors:", *_job_errors(errors)]
+    return "\n".join(lines)
+
+
+def render_jobs(result: dict) -> str:
+    jobs = result.get("jobs") or []
+    lines = [table(["NAME", "STATE", "TASKS", "PATH"],
+                   [[j.get("name"), j.get("state"),
+                     ",".join(map(str, j.get("tasks") or [])) or "-", j.get("path")]
+                    for j in jobs])]
+    failed = [j for j in jobs if j.get("error")]
+    if failed:
+        lines += ["", "errors:", *[f"  {j.get('name')}: {j.get('error')}" for j in failed]]
+    return "\n".join(lines)
+
+
+def render_ping(result: dict) -> str:
+    return f"pong from coschedd pid {_text(result.get('pid'))}"
+
+
+# -- the command table ------------------------------------------------------------
+
+class Cmd(NamedTuple):
+    """One coschedctl command: its positional arguments (argparse keywords), how to
+    turn the parsed arguments into the request's args, and how to print the result."""
+
+    name: str
+    args: tuple[tuple[str, dict], ...]
+    build: Callable[[argparse.Namespace], dict]
+    render: Callable[[Any], str]
+
+    @property
+    def help(self) -> str:
+        return protocol.COMMANDS[self.name].help
+
+
+_TASK = ("task", {"type": task_arg, "metavar": "TASK"})
+
+COMMANDS: tuple[Cmd, ...] = (
+    Cmd("status", (("task", {"type": task_arg, "metavar": "TASK", "nargs": "?"}),),
+        lambda ns: {} if ns.task is None else {"task": ns.task}, render_status),
+    Cmd("show", (_TASK,), lambda ns: {"task": ns.task}, render_show),
+    Cmd("resume", (_TASK, ("values", {"type": value_arg, "metavar": "VALUE", "nargs": "*"})),
+        lambda ns: {"task": ns.task, "values": ns.values, "timeout": resume_wait(ns.timeout)},
+        render_resume),
+    Cmd("kill", (_TASK,), lambda ns: {"task": ns.task}, lambda r: _task_line("killed", r)),
+    Cmd("start", (("job", {"metavar": "JOB"}),), lambda ns: {"job": ns.job},
+        lambda r: _task_line("started", r)),
+    Cmd("reload", (), lambda ns: {}, render_reload),
+    Cmd("jobs", (), lambda ns: {}, render_jobs),
+    Cmd("ping", (), lambda ns: {}, render_ping),
+)
+_BY_NAME = {cmd.name: cmd for cmd in COMMANDS}
+
+
+class _PrintDoc(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(__doc__, end="")
+        parser.exit(EXIT_OK)
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The global options; on the subcommands (``suppress``) they override only when given."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+    parser.add_argument("--socket", metavar="PATH", default=default(None))
+    parser.add_argument("--json", action="store_true", default=default(False))
+    parser.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
+                        default=default(DEFAULT_TIMEOUT))
+    parser.add_argument("-h", "--help", action=_PrintDoc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coschedctl", usage=USAGE, add_help=False)
+    _add_global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="coschedctl")
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, add_help=False)
+        _add_global_options(p, suppress=True)
+        for name, kwargs in cmd.args:
+            p.add_argument(name, **kwargs)
+    return parser
+
+
+# -- main -------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if ns.command is None:
+        print(f"usage: {USAGE}\ncoschedctl: no command given (see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    cmd = _BY_NAME[ns.command]
+    path = ns.socket or default_socket_path()
+    try:
+        result = call(path, cmd.name, cmd.build(ns), ns.timeout)
+    except Unreachable as exc:
+        print(f"coschedctl: cannot reach coschedd at {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ControlError as exc:
+        print(f"coschedctl: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(json.dumps(result, indent=2, ensure_ascii=False) if ns.json else cmd.render(result))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The control protocol spoken on coschedd's unix socket, shared by server and clients.
+
+Framing: newline-delimited JSON over a unix stream socket, UTF-8, one object per
+line in each direction. A client may send several requests on one connection; they
+are answered in order. Blank lines are ignored by the server.
+
+Request::
+
+    {"id": <int|str>, "cmd": "<name>", "args": {...}}      # "args" is optional
+
+Responses::
+
+    {"id": ..., "ok": true, "result": ...}
+    {"id": ..., "ok": false, "error": {"code": "<code>", "message": "<human text>"}}
+
+A request without a usable id is answered with ``"id": null``.
+
+Error codes (stable; clients may branch on them):
+
+``bad-request``
+    Not JSON, not an object, missing or invalid ``id`` or ``cmd``, ``args`` not an
+    object, an unknown, missing or mistyped argument. The message names the argument
+    and the expected type. The server closes the connection after a malformed line.
+``too-large``
+    The request line is longer than the server's limit; the connection is closed.
+``unknown-command``
+    ``cmd`` names no command; the message lists the valid ones.
+``no-such-task``
+    No task has that id or name.
+``no-such-job``
+    No job has that name.
+``not-suspended``
+    ``resume`` of a task that is not suspended.
+``not-alive``
+    ``kill`` of a task that has already finished.
+``forbidden``
+    The peer's credentials are not allowed; the connection is closed.
+``busy``
+    Too many connections at once; the connection is closed.
+``timeout``
+    The daemon gave up waiting on something.
+``internal``
+    A bug in the daemon; the message carries the exception's type and text.
+
+Commands (``COMMANDS`` is the single table of them)::
+
+    ping    {}                                   -> {"pong": true, "pid": int}
+    status  {task?: str|int}                     daemon and task overview
+    show    {task: str|int}                      one task in detail
+    resume  {task: str|int, values: list = [], timeout: number = 30}
+    kill    {task: str|int}
+    start   {job: str}
+    reload  {}                                   rescan the jobs folder
+    jobs    {}                                   list the jobs
+
+This module holds the error codes, ``ControlError``, the command table, request
+validation and the encoding helpers. It does no I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+BAD_REQUEST = "bad-request"
+TOO_LARGE = "too-large"
+UNKNOWN_COMMAND = "unknown-command"
+NO_SUCH_TASK = "no-such-task"
+NO_SUCH_JOB = "no-such-job"
+NOT_SUSPENDED = "not-suspended"
+NOT_ALIVE = "not-alive"
+FORBIDDEN = "forbidden"
+BUSY = "busy"
+TIMEOUT = "timeout"
+INTERNAL = "internal"
+
+ERROR_CODES = frozenset({
+    BAD_REQUEST, TOO_LARGE, UNKNOWN_COMMAND, NO_SUCH_TASK, NO_SUCH_JOB, NOT_SUSPENDED,
+    NOT_ALIVE, FORBIDDEN, BUSY, TIMEOUT, INTERNAL,
+})
+
+_MAX_DEPTH = 100  # nesting kept by the fallback encoder; deeper parts become repr strings
+
+
+class ControlError(Exception):
+    """An error answer: ``code`` is one of the codes above, ``message`` is for humans.
+
+    ``request_id`` is the id of the request it answers, when one was readable.
+    """
+
+    def __init__(self, code: str, message: str, *, request_id: int | str | None = None):
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class Arg(NamedTuple):
+    """Schema of one command argument."""
+
+    types: tuple[type, ...]
+    required: bool = False
+    default: Any = None
+    valid: Callable[[Any], bool] | None = None  # extra check once the type is right
+    expected: str | None = None  # wording for errors; derived from ``types`` if None
+
+
+class Command(NamedTuple):
+    """One entry of ``COMMANDS``: the argument schema and a one-line help."""
+
+    args: dict[str, Arg]
+    help: str
+
+
+def _finite_non_negative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+_TASK = Arg((str, int), required=True)
+
+COMMANDS: dict[str, Command] = {
+    "ping": Command({}, "Check that the daemon answers."),
+    "status": Command({"task": Arg((str, int))},
+                      "Daemon overview and all tasks, or just one task."),
+    "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values."),
+    "resume": Command({
+        "task": _TASK,
+        "values": Arg((list,), default=[]),
+        "timeout": Arg((int, float), default=30, valid=_finite_non_negative,
+                       expected="a non-negative number"),
+    }, "Resume a suspended task with values; wait until it yields, ends or the timeout."),
+    "kill": Command({"task": _TASK}, "Cancel a task."),
+    "start": Command({"job": Arg((str,), required=True)}, "Start a new task for a job."),
+    "reload": Command({}, "Rescan the jobs folder: load new and changed jobs, drop removed ones."),
+    "jobs": Command({}, "List the known jobs and their state."),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A validated request: ``args`` has every argument of the command, defaults filled in."""
+
+    id: int | str
+    cmd: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful response as read by a client."""
+
+    id: int | str | None
+    result: Any
+
+
+# -- type wording -----------------------------------------------------------------
+
+_TYPE_WORDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object", type(None): "null"}
+
+
+def json_type_name(value: Any) -> str:
+    """How a decoded JSON value is called in error messages ("an integer", ...)."""
+    return _TYPE_WORDS.get(type(value), type(value).__name__)
+
+
+def _expected(arg: Arg) -> str:
+    if arg.expected:
+        return arg.expected
+    if set(arg.types) == {int, float}:
+        return "a number"
+    return " or ".join(_TYPE_WORDS[t] for t in arg.types)
+
+
+def _is_instance(value: Any, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a JSON boolean is never taken for a number."""
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _is_valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+# -- requests ---------------------------------------------------------------------
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_json(line: bytes) -> Any:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ControlError(BAD_REQUEST, f"request is not valid UTF-8: {exc.reason} "
+                                        f"at byte {exc.start}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ControlError(BAD_REQUEST, f"request is not valid JSON: {exc}") from None
+
+
+def validate_args(cmd: Any, args: Any) -> dict[str, Any]:
+    """Check ``cmd`` and ``args`` against ``COMMANDS``; return the args with defaults.
+
+    Raises ``ControlError`` with ``bad-request`` or ``unknown-command``.
+    """
+    if not isinstance(cmd, str):
+        raise ControlError(BAD_REQUEST, f"'cmd' must be a string naming a command, got "
+                                        f"{json_type_name(cmd)}")
+    spec = COMMANDS.get(cmd)
+    if spec is None:
+        raise ControlError(UNKNOWN_COMMAND, f"unknown command {cmd!r}; valid commands: "
+                                            f"{', '.join(sorted(COMMANDS))}")
+    if not isinstance(args, dict):
+        raise ControlError(BAD_REQUEST, f"'args' must be an object, got {json_type_name(args)}")
+    unknown = sorted(set(args) - set(spec.args))
+    if unknown:
+        takes = ", ".join(spec.args) if spec.args else "no arguments"
+        raise ControlError(BAD_REQUEST, f"unknown argument {unknown[0]!r} for {cmd!r}; "
+                                        f"it takes: {takes}")
+    return {name: _check_arg(cmd, name, arg, args) for name, arg in spec.args.items()}
+
+
+def _check_arg(cmd: str, name: str, arg: Arg, args: dict[str, Any]) -> Any:
+    if name not in args:
+        if arg.required:
+            raise ControlError(BAD_REQUEST, f"{cmd!r} needs argument {name!r} "
+                                            f"({_expected(arg)})")
+        return copy.deepcopy(arg.default)
+    value = args[name]
+    if not _is_instance(value, arg.types) or (arg.valid is not None and not arg.valid(value)):
+        raise ControlError(BAD_REQUEST, f"argument {name!r} of {cmd!r} must be "
+                                        f"{_expected(arg)}, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    """'an integer 3', 'a string "abc"', 'an array': type and a short rendering."""
+    if isinstance(value, (list, dict)):
+        return json_type_name(value)
+    text = json.dumps(value)
+    return f"{json_type_name(value)} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse and validate one request line (a trailing newline is allowed).
+
+    Raises ``ControlError``; its ``request_id`` is the request's id when that was usable.
+    """
+    obj = _parse_json(line)
+    if not isinstance(obj, dict):
+        raise ControlError(BAD_REQUEST, f"a request must be a JSON object, got "
+                                        f"{json_type_name(obj)}")
+    rid = obj.get("id")
+    if not _is_valid_id(rid):
+        what = "missing" if "id" not in obj else f"got {json_type_name(rid)}"
+        raise ControlError(BAD_REQUEST, f"'id' must be an integer or a string ({what})")
+    try:
+        args = validate_args(obj.get("cmd"), obj.get("args", {}))
+    except ControlError as exc:
+        exc.request_id = rid
+        raise
+    return Request(rid, obj["cmd"], args)
+
+
+def make_request(id: int | str, cmd: str, args: dict[str, Any] | None = None) -> dict:
+    """A request object, ready for ``encode``."""
+    return {"id": id, "cmd": cmd, "args": args or {}}
+
+
+# -- responses --------------------------------------------------------------------
+
+def ok(id: int | str | None, result: Any) -> dict:
+    """A success response."""
+    return {"id": id, "ok": True, "result": result}
+
+
+def err(id: int | str | None, code: str, message: str) -> dict:
+    """An error response."""
+    return {"id": id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def decode_response(line: bytes) -> Response:
+    """Parse a response line: a ``Response`` on success, ``ControlError`` on an error answer.
+
+    Raises ``ValueError`` when the line is not a well-formed response.
+    """
+    obj = json.loads(line.decode("utf-8"))
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
+        raise ValueError("response is not an object with a boolean 'ok'")
+    if obj["ok"]:
+        return Response(obj.get("id"), obj.get("result"))
+    error = obj.get("error")
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        raise ValueError("error response without an error code")
+    raise ControlError(error["code"], str(error.get("message", "")), request_id=obj.get("id"))
+
+
+# -- encoding ---------------------------------------------------------------------
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except BaseException:  # a broken __repr__ must not break a response
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def _dumps(obj: Any, ascii_only: bool = False) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=ascii_only, allow_nan=False,
+                      default=_safe_repr)
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return _dumps(_jsonable(key, 0, set()))
+    return _safe_repr(key)
+
+
+def _jsonable(value: Any, depth: int, active: set[int]) -> Any:
+    """A copy of ``value`` that ``json.dumps`` accepts: odd keys, cycles, NaN and
+    unrepresentable values become strings (or null for non-finite floats)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)  # very long ints exceed the str conversion limit
+        except ValueError:
+            return f"<int with {value.bit_length()} bits>"
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, (dict, list, tuple)):
+        return _safe_repr(value)
+    if depth >= _MAX_DEPTH or id(value) in active:
+        return f"<{type(value).__name__} too deep or recursive>"
+    active.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {_json_key(k): _jsonable(v, depth + 1, active) for k, v in value.items()}
+        return [_jsonable(v, depth + 1, active) for v in value]
+    finally:
+        active.discard(id(value))
+
+
+def encode(obj: Any) -> bytes:
+    """One compact JSON line. Never fails: values JSON cannot hold are rendered with
+    ``repr``, non-finite floats become null, cycles and odd keys are replaced."""
+    try:
+        text = _dumps(obj)
+    except (TypeError, ValueError, RecursionError):
+        obj = _jsonable(obj, 0, set())
+        text = _dumps(obj)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # lone surrogates in a string: let JSON escape them
+        return _dumps(obj, ascii_only=True).encode("ascii") + b"\n"

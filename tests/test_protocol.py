@@ -1,0 +1,181 @@
+"""Tests of cosched.protocol: encoding, request validation and the error codes."""
+
+import json
+
+import pytest
+
+from cosched import protocol
+from cosched.protocol import ControlError
+
+
+def rejected(line: bytes) -> ControlError:
+    with pytest.raises(ControlError) as info:
+        protocol.decode_request(line)
+    return info.value
+
+
+def test_encode_is_one_compact_json_line():
+    data = protocol.encode({"id": 1, "ok": True, "result": {"a": [1, 2], "s": "é"}})
+    assert data == '{"id":1,"ok":true,"result":{"a":[1,2],"s":"é"}}\n'.encode()
+    assert data.count(b"\n") == 1
+
+
+def test_encode_renders_non_json_values_with_repr():
+    class Thing:
+        def __repr__(self):
+            return "<Thing 7>"
+
+    decoded = json.loads(protocol.encode({"values": [Thing(), {1, 2}, (3, 4)]}))
+    assert decoded == {"values": ["<Thing 7>", "{1, 2}", [3, 4]]}
+
+
+def test_encode_survives_cycles_odd_keys_nan_and_broken_repr():
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no")
+
+    cyclic = []
+    cyclic.append(cyclic)
+    data = protocol.encode({"c": cyclic, (1, 2): "tuple key", 3: "int key",
+                            "nan": float("nan"), "b": Broken()})
+    decoded = json.loads(data)  # strict enough: NaN would have been emitted as NaN
+    assert decoded["(1, 2)"] == "tuple key" and decoded["3"] == "int key"
+    assert decoded["nan"] is None
+    assert decoded["b"] == "<unrepresentable Broken>"
+    assert isinstance(decoded["c"][0], str)
+    assert b"NaN" not in data
+
+
+def test_encode_escapes_lone_surrogates():
+    data = protocol.encode({"s": "a\udc80b"})
+    data.decode("utf-8")  # valid UTF-8
+    assert json.loads(data) == {"s": "a\udc80b"}
+
+
+def test_decode_request_fills_defaults():
+    request = protocol.decode_request(b'{"id": "x", "cmd": "resume", "args": {"task": 3}}\n')
+    assert request == protocol.Request("x", "resume", {"task": 3, "values": [], "timeout": 30})
+
+
+def test_decode_request_without_args_and_with_optional_arg():
+    assert protocol.decode_request(b'{"id": 4, "cmd": "status"}').args == {"task": None}
+    assert protocol.decode_request(
+        b'{"id": 4, "cmd": "status", "args": {"task": "t"}}').args == {"task": "t"}
+
+
+def test_defaults_are_not_shared_between_requests():
+    first = protocol.decode_request(b'{"id": 1, "cmd": "resume", "args": {"task": 1}}')
+    first.args["values"].append("mutated")
+    second = protocol.decode_request(b'{"id": 2, "cmd": "resume", "args": {"task": 1}}')
+    assert second.args["values"] == []
+
+
+def test_request_round_trip_through_encode():
+    line = protocol.encode(protocol.make_request(9, "start", {"job": "ticker"}))
+    assert protocol.decode_request(line) == protocol.Request(9, "start", {"job": "ticker"})
+
+
+def test_not_json_is_bad_request_without_id():
+    error = rejected(b'{"id": 1, "cmd": ')
+    assert (error.code, error.request_id) == ("bad-request", None)
+    assert "JSON" in error.message
+
+
+def test_invalid_utf8_is_bad_request():
+    assert rejected(b'{"id": 1, "cmd": "\xff"}').code == "bad-request"
+
+
+def test_nan_is_not_json():
+    error = rejected(b'{"id": 1, "cmd": "resume", "args": {"task": 1, "timeout": NaN}}')
+    assert error.code == "bad-request"
+
+
+def test_json_array_is_bad_request():
+    error = rejected(b'[1, "ping"]')
+    assert error.code == "bad-request" and "object" in error.message
+
+
+def test_missing_id_is_bad_request():
+    error = rejected(b'{"cmd": "ping"}')
+    assert (error.code, error.request_id) == ("bad-request", None)
+    assert "'id'" in error.message
+
+
+@pytest.mark.parametrize("bad_id", [b"true", b"1.5", b"null", b"[1]"])
+def test_id_of_wrong_type_is_bad_request(bad_id):
+    error = rejected(b'{"id": ' + bad_id + b', "cmd": "ping"}')
+    assert (error.code, error.request_id) == ("bad-request", None)
+
+
+def test_cmd_of_wrong_type_is_bad_request_with_id():
+    error = rejected(b'{"id": 7, "cmd": 5}')
+    assert (error.code, error.request_id) == ("bad-request", 7)
+    assert "'cmd'" in error.message
+
+
+def test_args_not_an_object_is_bad_request():
+    error = rejected(b'{"id": 7, "cmd": "ping", "args": [1]}')
+    assert (error.code, error.request_id) == ("bad-request", 7)
+    assert "'args'" in error.message and "object" in error.message
+
+
+def test_wrong_arg_type_names_argument_and_type():
+    error = rejected(b'{"id": 7, "cmd": "show", "args": {"task": [1]}}')
+    assert (error.code, error.request_id) == ("bad-request", 7)
+    assert "'task'" in error.message and "a string or an integer" in error.message
+
+
+def test_boolean_is_not_taken_for_a_number():
+    error = rejected(b'{"id": 7, "cmd": "resume", "args": {"task": 1, "timeout": true}}')
+    assert error.code == "bad-request" and "'timeout'" in error.message
+
+
+def test_negative_timeout_is_bad_request():
+    error = rejected(b'{"id": 7, "cmd": "resume", "args": {"task": 1, "timeout": -1}}')
+    assert error.code == "bad-request" and "'timeout'" in error.message
+
+
+def test_missing_required_arg_is_bad_request():
+    error = rejected(b'{"id": 7, "cmd": "start", "args": {}}')
+    assert error.code == "bad-request" and "'job'" in error.message
+
+
+def test_unknown_arg_is_bad_request():
+    error = rejected(b'{"id": 7, "cmd": "ping", "args": {"loud": true}}')
+    assert error.code == "bad-request" and "'loud'" in error.message
+
+
+def test_unknown_command_lists_commands():
+    error = rejected(b'{"id": "q", "cmd": "frobnicate"}')
+    assert (error.code, error.request_id) == ("unknown-command", "q")
+    assert "frobnicate" in error.message
+    for name in protocol.COMMANDS:
+        assert name in error.message
+
+
+def test_command_table_has_the_commands():
+    assert set(protocol.COMMANDS) == {"ping", "status", "show", "resume", "kill", "start",
+                                      "reload", "jobs"}
+    assert all(spec.help for spec in protocol.COMMANDS.values())
+
+
+def test_error_codes_are_documented():
+    for code in protocol.ERROR_CODES:
+        assert f"``{code}``" in protocol.__doc__
+
+
+def test_ok_and_err_shapes():
+    assert protocol.ok(1, {"x": 1}) == {"id": 1, "ok": True, "result": {"x": 1}}
+    assert protocol.err(None, "busy", "later") == {
+        "id": None, "ok": False, "error": {"code": "busy", "message": "later"}}
+
+
+def test_decode_response_returns_result_or_raises():
+    assert protocol.decode_response(protocol.encode(protocol.ok(3, [1]))) == \
+        protocol.Response(3, [1])
+    with pytest.raises(ControlError) as info:
+        protocol.decode_response(protocol.encode(protocol.err(3, "no-such-task", "none")))
+    assert (info.value.code, info.value.message, info.value.request_id) == \
+        ("no-such-task", "none", 3)
+    with pytest.raises(ValueError):
+        protocol.decode_response(b'{"id": 3}\n')
