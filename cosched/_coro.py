@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import sys
 import types
+import weakref
 from contextvars import ContextVar
 from inspect import isawaitable
 
@@ -183,6 +184,9 @@ class _Chain:
 
 
 _chain: ContextVar[_Chain | None] = ContextVar("cosched_chain", default=None)
+# The coroutine that last transferred control to main in this context, weakly: a
+# dispatcher that drives chains needs it to continue them (see last_transfer_to_main).
+_handed_off: ContextVar = ContextVar("cosched_handed_off", default=None)
 
 
 def _current_task():
@@ -313,6 +317,8 @@ def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
     if cur is not m:
         cur._state = _SUSPENDED
         cur._pending = kind
+        if dest is m:
+            _handed_off.set(weakref.ref(cur))
     s = dest._state
     if s is _NORMAL:
         _release(dest)
@@ -805,3 +811,55 @@ def isyieldable(co=None) -> bool:
     if co is main:
         return False
     raise _not_a_coroutine("isyieldable", co)
+
+
+# --------------------------------------------------------------------------------------
+# Introspection for dispatchers (not part of the coroutine contract)
+
+
+def last_transfer_to_main() -> Coroutine | None:
+    """The coroutine that most recently transferred (or safewrap-yielded) to main in this
+    trio task, if it is still alive. A dispatcher continues it with ``transfer``."""
+    ref = _handed_off.get()
+    co = None if ref is None else ref()
+    return co if co is not None and co._state is _SUSPENDED else None
+
+
+def stack_of(obj) -> list[tuple[str, int, str]]:
+    """(file, line, function) of each frame an await chain is suspended in, outermost first.
+
+    ``obj`` is a Coroutine or a Python coroutine/generator object (a trio task's
+    ``coro``). It sees through chain drivers into the coroutine they run, and follows
+    a normal coroutine into the one it waits for. Frames of this module are left out.
+    """
+    frames = []
+    seen = 0
+    while obj is not None and seen < 1000:
+        seen += 1
+        if type(obj) is Coroutine:
+            nxt = obj._awaits if obj._state is _NORMAL else None
+            frames += stack_of(obj._co) if obj._co is not None else []
+            obj = nxt
+            continue
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        if code is _drive.__code__:
+            # A chain driver: show the chain from the coroutine main entered, down the
+            # coroutines waiting in nested calls, and the running one if a transfer
+            # took control elsewhere.
+            m = frame.f_locals.get("m")
+            if m is None or m.current is None:
+                break
+            head = m._awaits if m._awaits is not None else m.current
+            frames += stack_of(head)
+            while head is not None and head is not m.current:
+                head = head._awaits if head._state is _NORMAL else None
+            if head is None:
+                frames += stack_of(m.current._co)
+            break
+        if code.co_filename != __file__:
+            frames.append((code.co_filename, frame.f_lineno, code.co_qualname))
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+    return frames
