@@ -1,0 +1,142 @@
+"""coschedd: run the jobs folder as supervised coroutines, with a control socket.
+
+usage: coschedd [--config PATH] [--jobs-dir DIR] [--socket PATH]
+                [--log-format auto|console|json] [--log-level LEVEL]
+
+Signals: SIGTERM/SIGINT stop gracefully (every task is killed and its cleanup
+runs, within daemon.stop_timeout); SIGHUP reloads the jobs folder. Under
+systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and pings
+the watchdog from the event loop when WatchdogSec is set.
+
+Exit codes: 0 stopped cleanly, 1 failed while running, 2 bad configuration or
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+import trio
+
+from . import log as logsetup
+from .config import ConfigError, load_config
+from .control import serve
+from .supervisor import Supervisor
+from .systemd import Notifier
+from .watch import DirWatcher, WatchError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+log = structlog.get_logger("cosched.daemon")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="coschedd", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, help="configuration file (default: $COSCHED_CONFIG, "
+                   "/etc/cosched/coschedd.toml, or the repository's config/coschedd.toml)")
+    p.add_argument("--jobs-dir", type=Path, help="override daemon.jobs_dir")
+    p.add_argument("--socket", type=Path, help="override control.socket")
+    p.add_argument("--log-format", choices=["auto", "console", "json"], help="override log.format")
+    p.add_argument("--log-level", choices=sorted(logsetup.LEVELS), help="override log.level")
+    return p.parse_args(argv)
+
+
+def configure(args):
+    config = load_config(args.config)
+    changes = {k: v for k, v in {
+        "jobs_dir": args.jobs_dir and args.jobs_dir.resolve(),
+        "socket": args.socket and args.socket.resolve(),
+        "log_format": args.log_format, "log_level": args.log_level}.items() if v}
+    return dataclasses.replace(config, **changes)
+
+
+async def run(config, notifier: Notifier) -> None:
+    sup = Supervisor(config)
+    config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await nursery.start(lambda task_status: serve(
+            config.socket, config.socket_mode, sup, allowed_uids=set(config.allowed_users),
+            allowed_gid=config.allowed_group, max_line=config.max_request_bytes,
+            task_status=task_status))
+        nursery.start_soon(watch_jobs, sup)
+        if config.watchdog:
+            nursery.start_soon(notifier.watchdog_loop)
+        notifier.ready(status=_status_line(sup))
+        log.info("coschedd ready", socket=str(config.socket), jobs_dir=str(config.jobs_dir),
+                 tasks=len(sup.tasks))
+        await handle_signals(sup, notifier, config)
+        nursery.cancel_scope.cancel()
+
+
+async def handle_signals(sup: Supervisor, notifier: Notifier, config) -> None:
+    """SIGHUP reloads; SIGTERM/SIGINT stop gracefully (returns once tasks are cleaned up)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                notifier.reloading()
+                report = sup.rescan()
+                log.info("reloaded", **report)
+                notifier.ready(status=_status_line(sup))
+                continue
+            notifier.stopping()
+            log.info("stopping", signal=signal.Signals(signum).name, timeout=config.stop_timeout)
+            await sup.stop(config.stop_timeout)
+            return
+
+
+async def watch_jobs(sup: Supervisor) -> None:
+    """Follow the jobs folder with inotify; re-watch it if it is replaced."""
+    folder = sup.config.jobs_dir
+    while True:
+        try:
+            watcher = DirWatcher(folder)
+        except WatchError as e:
+            log.error("cannot watch the jobs folder; use SIGHUP or coschedctl reload", error=str(e))
+            return
+        with watcher:
+            async for batch in watcher.changes():
+                for change in batch:
+                    if change.kind == "rescan":
+                        sup.rescan()
+                    else:
+                        sup.sync_file(change.path)
+        if not folder.is_dir():
+            log.error("jobs folder is gone; use coschedctl reload once it is back", folder=str(folder))
+            return
+        sup.rescan()
+
+
+def _status_line(sup: Supervisor) -> str:
+    alive = sum(t.alive for t in sup.tasks.values())
+    return f"{alive} tasks, {len(sup.job_table)} jobs"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config = configure(args)
+    except ConfigError as e:
+        print(f"coschedd: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    logsetup.setup(config.log_format, config.log_level)
+    notifier = Notifier()
+    try:
+        trio.run(run, config, notifier)
+    except OSError as e:
+        log.error("coschedd failed", error=str(e))
+        return EXIT_FAILED
+    finally:
+        notifier.close()
+    log.info("coschedd stopped")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Tests of coschedctl: the real CLI in a subprocess against the real control server,
+which runs in a background thread with a recording backend of our own."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from cosched import ctl
+from cosched.control import serve
+from cosched.protocol import ControlError
+
+REPO = Path(__file__).resolve().parent.parent
+WAIT = 10  # seconds; bound of every wait
+
+TASK = {"id": 7, "name": "ticker", "job": "ticker", "state": "suspended",
+        "waiting_on": "trio.sleep at jobs/ticker.py:12", "busy": 1.23, "steps": 42,
+        "age": 184.0, "restarts": 0, "yielded": [1, "x"], "error": None}
+
+
+class Backend:
+    """Answers like the supervisor; records calls. Task "missing" does not exist;
+    resuming task "done", "broken" or "slow" finishes, fails or keeps running."""
+
+    def __init__(self, socket_path):
+        self.socket_path = socket_path
+        self.calls = []
+
+    def _task(self, task):
+        if task == "missing":
+            raise ControlError("no-such-task", f"no task {task!r}")
+        return TASK
+
+    def status(self, task):
+        self.calls.append(("status", task))
+        tasks = [TASK] if task is None else [self._task(task)]
+        return {
+            "daemon": {"pid": 4321, "uptime": 3700.0, "rss": 12 * 1024 * 1024,
+                       "cpu_time": 1.25, "cpu_percent": 0.5, "num_tasks": 1,
+                       "version": "0.1.0", "jobs_dir": "/srv/jobs", "socket": self.socket_path},
+            "tasks": tasks,
+            "job_errors": [{"job": "broken", "path": "/srv/jobs/broken.py",
+                            "error": "SyntaxError: invalid syntax (line 3)"}],
+        }
+
+    def show(self, task):
+        self.calls.append(("show", task))
+        return dict(self._task(task), stack=[
+            {"file": "jobs/ticker.py", "line": 3, "function": "main"},
+            {"file": "jobs/ticker.py", "line": 12, "function": "tick"},
+        ], traceback="Traceback (most recent call last):\nValueError: old", longest_step=0.25,
+            switches=99, started_at=1_700_000_000.0, config={"every": 5})
+
+    async def resume(self, task, values, timeout):
+        self.calls.append(("resume", task, values, timeout))
+        outcome = {"done": "finished", "broken": "failed", "slow": "running"}.get(task, "yielded")
+        error = "ValueError: bad value" if outcome == "failed" else None
+        return {"task": self._task(task), "outcome": outcome,
+                "values": None if error or outcome == "running" else values, "error": error}
+
+    async def kill(self, task):
+        self.calls.append(("kill", task))
+        return {"task": dict(self._task(task), state="killed")}
+
+    async def start(self, job):
+        self.calls.append(("start", job))
+        return {"task": dict(TASK, id=8, job=job, state="starting")}
+
+    async def reload(self):
+        self.calls.append(("reload",))
+        return {"loaded": ["ticker", "mailer"], "removed": ["old"],
+                "errors": [{"job": "broken", "path": "/srv/jobs/broken.py", "error": "boom"}]}
+
+    def jobs(self):
+        self.calls.append(("jobs",))
+        return {"jobs": [
+            {"name": "ticker", "path": "/srv/jobs/ticker.py", "state": "loaded", "error": None,
+             "tasks": [7, 8]},
+            {"name": "broken", "path": "/srv/jobs/broken.py", "state": "error",
+             "error": "boom", "tasks": []},
+        ]}
+
+
+class ServerThread:
+    """``serve`` in its own thread with its own trio.run; ``stop`` cancels and joins it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.backend = Backend(str(path))
+        self.ready = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def _main(self):
+        self.token = trio.lowlevel.current_trio_token()
+        self.scope = trio.CancelScope()
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(partial(serve, self.path, 0o660, self.backend,
+                                                allowed_uids=set(), allowed_gid=None,
+                                                max_line=65536))
+                    self.ready.set()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.ready.set()
+
+    def start(self):
+        self.thread.start()
+        assert self.ready.wait(WAIT), "server did not start"
+        assert self.error is None, self.error
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.token.run_sync_soon(self.scope.cancel)
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "server thread did not stop"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    server = ServerThread(tmp_path / "c.sock")
+    server.start()
+    yield server
+    server.stop()
+
+
+def coschedctl(*args, env=None):
+    """Run the CLI; COSCHED_SOCKET comes only from ``env``."""
+    environ = {k: v for k, v in os.environ.items() if k != "COSCHED_SOCKET"}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")]))
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cosched.ctl", *map(str, args)], cwd=REPO,
+                          env=environ, capture_output=True, text=True, timeout=WAIT)
+
+
+def at(daemon, *args):
+    return coschedctl("--socket", daemon.path, *args)
+
+
+# -- rendering ----------------------------------------------------------------------
+
+def test_status_prints_daemon_header_task_table_and_job_errors(daemon):
+    proc = at(daemon, "status")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = lines[0]
+    for part in ("pid 4321", "up 1h01m", "mem 12.0 MiB", "cpu 1.2s (0.5%)", "0.1.0"):
+        assert part in header, header
+    columns = next(line for line in lines if line.startswith("ID"))
+    assert columns.split() == ["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"]
+    row = next(line for line in lines if line.startswith("7 "))
+    assert row.split() == ["7", "ticker", "suspended", "trio.sleep", "at", "jobs/ticker.py:12",
+                           "1.2s", "42", "3m04s"]
+    assert "broken (/srv/jobs/broken.py): SyntaxError: invalid syntax (line 3)" in proc.stdout
+    assert daemon.backend.calls == [("status", None)]
+
+
+def test_task_argument_is_an_int_id_or_a_name(daemon):
+    assert at(daemon, "status", "7").returncode == ctl.EXIT_OK
+    assert at(daemon, "show", "ticker").returncode == ctl.EXIT_OK
+    assert daemon.backend.calls == [("status", 7), ("show", "ticker")]
+
+
+def test_show_prints_fields_yielded_stack_and_traceback(daemon):
+    proc = at(daemon, "show", "7")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    out = proc.stdout
+    for line in ("name: ticker", "state: suspended",
+                 "waiting on: trio.sleep at jobs/ticker.py:12", "busy: 1.2s",
+                 "longest step: 250ms", "switches: 99", 'yielded: [1, "x"]',
+                 'config: {"every": 5}', "  jobs/ticker.py:3 main", "  jobs/ticker.py:12 tick",
+                 "  ValueError: old"):
+        assert line in out.splitlines(), (line, out)
+    assert out.index("stack:") < out.index("traceback:")
+
+
+def test_json_prints_the_raw_result(daemon):
+    before = json.loads(at(daemon, "--json", "jobs").stdout)
+    after = json.loads(at(daemon, "jobs", "--json").stdout)
+    assert before == after == daemon.backend.jobs()
+
+
+def test_resume_parses_each_value_as_json_else_string(daemon):
+    proc = at(daemon, "resume", "t", "1", '"x"', "abc", '{"a":1}', "NaN", "-2")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    values = [1, "x", "abc", {"a": 1}, "NaN", -2]
+    assert daemon.backend.calls == [("resume", "t", values, 30.0)]
+    assert proc.stdout.strip() == "yielded: " + json.dumps(values)
+
+
+def test_resume_daemon_wait_stays_within_the_client_timeout(daemon):
+    assert at(daemon, "--timeout", "4", "resume", "t").returncode == ctl.EXIT_OK
+    _, _, _, wait = daemon.backend.calls[0]
+    assert 0 < wait < 4
+
+
+def test_resume_prints_each_outcome(daemon):
+    outputs = [at(daemon, "resume", task, "5").stdout.strip()
+               for task in ("done", "broken", "slow")]
+    assert outputs == ["finished: [5]", "failed: ValueError: bad value", "still running"]
+
+
+def test_kill_start_reload_jobs_and_ping_print_their_results(daemon):
+    assert at(daemon, "kill", "7").stdout.strip() == "killed task 7 (ticker, job ticker): killed"
+    assert at(daemon, "start", "mailer").stdout.strip() == \
+        "started task 8 (ticker, job mailer): starting"
+    reload = at(daemon, "reload").stdout
+    assert "loaded: ticker, mailer" in reload and "removed: old" in reload
+    assert "broken (/srv/jobs/broken.py): boom" in reload
+    jobs = at(daemon, "jobs").stdout.splitlines()
+    assert jobs[0].split() == ["NAME", "STATE", "TASKS", "PATH"]
+    assert jobs[1].split() == ["ticker", "loaded", "7,8", "/srv/jobs/ticker.py"]
+    assert at(daemon, "ping").stdout.strip() == f"pong from coschedd pid {os.getpid()}"
+    assert [c[0] for c in daemon.backend.calls] == ["kill", "start", "reload", "jobs"]
+
+
+# -- exit codes -------------------------------------------------------------------
+
+def test_refused_request_exits_1_with_code_and_message(daemon):
+    proc = at(daemon, "show", "missing")
+    assert proc.returncode == ctl.EXIT_REFUSED == 1
+    assert proc.stderr.strip() == "coschedctl: no-such-task: no task 'missing'"
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["show"], [], ["--timeout", "-1", "ping"]])
+def test_usage_error_exits_2(daemon, args):
+    proc = at(daemon, *args)
+    assert proc.returncode == ctl.EXIT_USAGE == 2, proc.stderr
+    assert "usage:" in proc.stderr
+    assert daemon.backend.calls == []
+
+
+def test_help_prints_the_module_docstring(tmp_path):
+    proc = coschedctl("--help")
+    assert proc.returncode == ctl.EXIT_OK
+    assert proc.stdout == ctl.__doc__
+
+
+def test_missing_socket_exits_3_naming_the_path(tmp_path):
+    missing = tmp_path / "absent.sock"
+    proc = coschedctl("--socket", missing, "ping")
+    assert proc.returncode == ctl.EXIT_UNREACHABLE == 3
+    assert proc.stderr.startswith(f"coschedctl: cannot reach coschedd at {missing}: ")
+
+
+def test_silent_daemon_exits_3_after_the_timeout(tmp_path):
+    path = tmp_path / "mute.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(str(path))
+        mute.listen()  # accepts (in the kernel) but never answers
+        proc = coschedctl("--socket", path, "--timeout", "0.5", "ping")
+    assert proc.returncode == ctl.EXIT_UNREACHABLE
+    assert f"cannot reach coschedd at {path}: no answer within 0.5s" in proc.stderr
+
+
+def test_cosched_socket_environment_variable_is_honoured(daemon, tmp_path):
+    proc = coschedctl("ping", env={"COSCHED_SOCKET": str(daemon.path)})
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    assert "pong" in proc.stdout
+
+
+def test_socket_option_overrides_the_environment(daemon, tmp_path):
+    proc = coschedctl("--socket", daemon.path, "ping",
+                      env={"COSCHED_SOCKET": str(tmp_path / "absent.sock")})
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+
+
+# -- helpers, in process ------------------------------------------------------------
+
+def test_durations_are_human_readable():
+    assert [ctl.fmt_duration(s) for s in (0.35, 1.23, 59.0, 184, 7500, 200000, None)] == \
+        ["350ms", "1.2s", "59.0s", "3m04s", "2h05m", "2d07h", "-"]
+
+
+def test_default_socket_prefers_the_environment(monkeypatch):
+    assert ctl.default_socket_path({"COSCHED_SOCKET": "/x/y.sock"}) == "/x/y.sock"
