@@ -11,15 +11,12 @@ $(BIN)/coschedd: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-.PHONY: run test bench demo
+.PHONY: run test bench
 run: $(BIN)/coschedd
 	$(BIN)/coschedd --config config/coschedd.toml
 
 test: $(BIN)/coschedd
 	$(BIN)/python -m pytest -q
-
-demo: $(BIN)/coschedd
-	$(BIN)/python -m cosched.demo
 
 bench: $(BIN)/coschedd
 	$(BIN)/python tests/bench/bench_coro.py

@@ -119,7 +119,8 @@ class LineReader:
         return line
 
 
-async def send_all(sock: trio.socket.SocketType, data: bytes, timeout: float = SEND_TIMEOUT) -> None:
+async def send_all(sock: trio.socket.SocketType, data: bytes,
+                   timeout: float = SEND_TIMEOUT) -> None:
     """Write all of ``data``; ``TimeoutError`` if the peer does not take it in time."""
     view = memoryview(data)
     with trio.move_on_after(timeout):

@@ -200,6 +200,10 @@ def _text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _json_or_dash(value: Any) -> str:
+    return "-" if value is None else fmt_json(value)
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     cells = [headers] + [[_text(c) for c in row] for row in rows]
@@ -245,7 +249,7 @@ _SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("busy", "busy", fmt_duration), ("longest step", "longest_step", fmt_duration),
     ("steps", "steps", _text), ("switches", "switches", _text), ("age", "age", fmt_duration),
     ("started at", "started_at", _started_at), ("restarts", "restarts", _text),
-    ("config", "config", fmt_json), ("yielded", "yielded", lambda v: _text(v) if v is None else fmt_json(v)),
+    ("config", "config", fmt_json), ("yielded", "yielded", _json_or_dash),
 ]
 
 

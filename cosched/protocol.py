@@ -20,7 +20,7 @@ Error codes (stable; clients may branch on them):
 ``bad-request``
     Not JSON, not an object, missing or invalid ``id`` or ``cmd``, ``args`` not an
     object, an unknown, missing or mistyped argument. The message names the argument
-    and the expected type. The server closes the connection after a malformed line.
+    and the expected type. The server closes the connection after answering one.
 ``too-large``
     The request line is longer than the server's limit; the connection is closed.
 ``unknown-command``

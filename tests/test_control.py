@@ -11,9 +11,9 @@ import stat
 from functools import partial
 
 import pytest
-import structlog
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from cosched import protocol
 from cosched.control import peer_allowed, serve, user_in_group
@@ -305,7 +305,7 @@ def test_backend_bug_is_internal_and_the_next_request_works(tmp_path):
         assert error_of(response) == "internal" and response["id"] == 4
         assert response["error"]["message"] == "RuntimeError: the backend tripped"
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         run_server(tmp_path, body)
     assert any(e["log_level"] == "error" and e.get("exc_info") for e in logs), logs
 
@@ -333,7 +333,7 @@ def test_peer_leaving_mid_request_is_dropped_quietly(tmp_path):
         await trio.testing.wait_all_tasks_blocked()
         assert (await ask(path, request(3, "ping")))["ok"] is True
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         run_server(tmp_path, body)
     assert [e for e in logs if e["event"] == "control peer dropped"], logs
     assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
@@ -351,7 +351,7 @@ def test_peer_leaving_before_its_response_is_dropped_quietly(tmp_path):
         await trio.testing.wait_all_tasks_blocked()  # ... and is done with it
         assert (await ask(path, request(2, "ping")))["ok"] is True
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         run_server(tmp_path, body, backend)
     assert backend.calls[0][0] == "resume"
     assert [e for e in logs if e["event"] == "control peer dropped"], logs
@@ -482,7 +482,7 @@ def test_peer_allowed_by_process_gid():
 
 
 def test_peer_allowed_by_primary_group_of_the_user():
-    user = pwd.getpwuid(NOBODY) if _has_uid(NOBODY) else pytest.skip("no uid 65534")
+    user = _nobody()
     assert allowed(user.pw_uid, 54321, allowed_gid=user.pw_gid)
     assert user_in_group(user.pw_uid, user.pw_gid)
 
@@ -497,18 +497,17 @@ def test_peer_allowed_by_supplementary_group_membership():
 
 
 def test_peer_refused_when_not_in_the_group():
-    user = pwd.getpwuid(NOBODY) if _has_uid(NOBODY) else pytest.skip("no uid 65534")
+    user = _nobody()
     assert not allowed(user.pw_uid, user.pw_gid, allowed_gid=0)
     assert not user_in_group(user.pw_uid, 0)
     assert not allowed(987654, 987654, allowed_gid=0)  # no such user
 
 
-def _has_uid(uid):
+def _nobody():
     try:
-        pwd.getpwuid(uid)
+        return pwd.getpwuid(NOBODY)
     except KeyError:
-        return False
-    return True
+        pytest.skip(f"no user with uid {NOBODY} here")
 
 
 def _member_and_group():
@@ -597,7 +596,7 @@ def test_foreign_peer_is_forbidden_for_real(tmp_path):
         assert f"uid {uid}" in response["error"]["message"]
         assert (await ask(path, request(2, "ping")))["ok"] is True  # we are root or trusted
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         run_server(tmp_path, body, backend, **options)
     assert [e for e in logs if e["event"] == "control peer refused" and e["uid"] == uid]
 

@@ -283,5 +283,11 @@ def test_durations_are_human_readable():
         ["350ms", "1.2s", "59.0s", "3m04s", "2h05m", "2d07h", "-"]
 
 
-def test_default_socket_prefers_the_environment(monkeypatch):
+def test_default_socket_prefers_the_environment():
     assert ctl.default_socket_path({"COSCHED_SOCKET": "/x/y.sock"}) == "/x/y.sock"
+
+
+def test_default_socket_falls_back_to_xdg_runtime_dir_without_config(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cosched.config", None)  # the import fails
+    assert ctl.default_socket_path({"XDG_RUNTIME_DIR": "/run/user/5"}) == \
+        "/run/user/5/cosched/coschedd.sock"
