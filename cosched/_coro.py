@@ -44,6 +44,10 @@ try:  # the event loop is optional for the core; trio is what the scope rules ta
     from trio.lowlevel import current_task as _trio_current_task
 except ImportError:  # pragma: no cover
     _trio_current_task = None
+try:  # trio.lowlevel.current_task() reads this; reading it directly saves a call and a try
+    from trio._core._run import GLOBAL_RUN_CONTEXT as _TRIO_RUN
+except ImportError:  # pragma: no cover
+    _TRIO_RUN = None
 
 __all__ = [
     "Coroutine", "CoroutineError", "Wrapped", "SafeWrapped", "main",
@@ -190,11 +194,14 @@ _handed_off: ContextVar = ContextVar("cosched_handed_off", default=None)
 
 
 def _current_task():
+    """The trio task running this code, or None outside trio."""
+    if _TRIO_RUN is not None:
+        return getattr(_TRIO_RUN, "task", None)
     if _trio_current_task is None:  # pragma: no cover
         return None
-    try:
+    try:  # pragma: no cover
         return _trio_current_task()
-    except RuntimeError:
+    except RuntimeError:  # pragma: no cover
         return None
 
 
@@ -389,7 +396,16 @@ def _drive(kind: _Trap, target, args: tuple):
     m = _Chain(kind, task)
     token = _chain.set(m)
     try:
-        if kind is TRANSFER:
+        if kind is RESUME:  # the common entry, inlined (see _enter)
+            m._awaits = co = target
+            co._resumer = m
+            co._depth = 1
+            co._entry_cs = m._call_cs
+            co._state = _RUNNING
+            value = args if co._fn is not None else (
+                None if not args else args[0] if len(args) == 1 else args)
+            err = None
+        elif kind is TRANSFER:
             co, value, err = _leave(m, m, kind, target, args)
         else:
             co, value, err = _enter(m, m, kind, target, args)
@@ -519,14 +535,23 @@ def _refusal(co) -> CoroutineError:
     return CoroutineError(_DEAD_MSG if co is not main and co._state is _DEAD else _NONSUSP_MSG)
 
 
-@types.coroutine
 def resume(co, *args):
-    """Resume ``co`` with ``args``; return ``(True, *values)`` or ``(False, exc)``."""
+    """Resume ``co`` with ``args``; awaiting gives ``(True, *values)`` or ``(False, exc)``.
+
+    A plain function picking the awaitable: from main, the chain driver itself (one
+    generator less on the path main-driven dispatchers take most); inside a
+    coroutine, the trap.
+    """
     m = _chain.get()
-    if m is None:
-        if type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL):
-            return _resume_refused(co)
-        return (yield from _drive(RESUME, co, args))
+    if m is not None:
+        return _resume_trap(m, co, args)
+    if type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL):
+        return _immediately(_resume_refused(co))
+    return _drive(RESUME, co, args)
+
+
+@types.coroutine
+def _resume_trap(m: _Chain, co, args: tuple):
     if (type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL)
             or m.current._depth >= 200 and m.current._depth >= _depth_limit()):
         if m.task is not _current_task():

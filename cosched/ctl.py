@@ -255,6 +255,9 @@ _SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
 
 def render_show(result: dict) -> str:
     lines = [f"{label}: {fmt(result.get(key))}" for label, key, fmt in _SHOW_FIELDS]
+    known = {key for _, key, _ in _SHOW_FIELDS} | {"stack", "traceback"}
+    lines += [f"{key.replace('_', ' ')}: {_json_or_dash(value)}"  # fields added later
+              for key, value in result.items() if key not in known]
     stack = result.get("stack") or []
     lines.append("stack:" if stack else "stack: -")
     lines += [f"  {f.get('file')}:{f.get('line')} {f.get('function')}" for f in stack]

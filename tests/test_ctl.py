@@ -56,7 +56,7 @@ class Backend:
             {"file": "jobs/ticker.py", "line": 3, "function": "main"},
             {"file": "jobs/ticker.py", "line": 12, "function": "tick"},
         ], traceback="Traceback (most recent call last):\nValueError: old", longest_step=0.25,
-            switches=99, started_at=1_700_000_000.0, config={"every": 5})
+            switches=99, started_at=1_700_000_000.0, config={"every": 5}, parent_task=3)
 
     async def resume(self, task, values, timeout):
         self.calls.append(("resume", task, values, timeout))
@@ -178,7 +178,8 @@ def test_show_prints_fields_yielded_stack_and_traceback(daemon):
     for line in ("name: ticker", "state: suspended",
                  "waiting on: trio.sleep at jobs/ticker.py:12", "busy: 1.2s",
                  "longest step: 250ms", "switches: 99", 'yielded: [1, "x"]',
-                 'config: {"every": 5}', "  jobs/ticker.py:3 main", "  jobs/ticker.py:12 tick",
+                 'config: {"every": 5}', "parent task: 3", "  jobs/ticker.py:3 main",
+                 "  jobs/ticker.py:12 tick",
                  "  ValueError: old"):
         assert line in out.splitlines(), (line, out)
     assert out.index("stack:") < out.index("traceback:")
