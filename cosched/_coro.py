@@ -28,7 +28,7 @@ Which code is "in a coroutine" is tracked per trio task by the context variable
 ``_chain`` (trio runs each task in its own context). A task spawned from inside a
 coroutine inherits the variable; its first trap then reaches trio instead of a
 driver, trio throws ``TypeError`` back, and the call recovers by running as main
-(``_rejected``). Calls that would fail or answer without switching double-check the
+(``_Rejected``). Calls that would fail or answer without switching double-check the
 task first, so the inherited value is never trusted for an answer.
 """
 
@@ -208,7 +208,7 @@ def _current_task():
 def _active_chain() -> _Chain | None:
     """The chain whose coroutine is executing in this trio task, or None in main."""
     m = _chain.get()
-    if m is not None and m.task is not _current_task():
+    if m is not None and (m.current is None or m.task is not _current_task()):
         return None  # inherited from the task that spawned this one
     return m
 
@@ -230,10 +230,8 @@ async def _await_any(awaitable):
     return await awaitable
 
 
-@types.coroutine
-def _immediately(value):
+async def _immediately(value):
     return value
-    yield  # pragma: no cover - makes this a generator
 
 
 def _body(fn, args):
@@ -506,18 +504,49 @@ def _safe_leave(m: _Chain, co: Coroutine, sw: SafeWrapped, vals: tuple):
     return nxt, value, exc
 
 
-def _rejected(e: TypeError) -> bool:
-    """Did the event loop throw this because our trap reached it (no driver in this task)?"""
-    return "cosched trap" in str(e) and _chain.get() is not None and not _in_own_chain()
+class _Rejected(Exception):
+    """The event loop bounced a trap: no driver runs this task (an inherited context)."""
 
 
-def _in_own_chain() -> bool:
+@types.coroutine
+def _trap(kind: _Trap):
+    """The one place that yields to a chain driver: hand it ``kind``, return what comes back.
+
+    The caller has put the payload in its chain's ``target``/``args`` first. An
+    exception delivered by the driver arrives wrapped and is raised here, at the
+    innermost pending call (so cleanup code above may still await).
+    """
+    try:
+        return (yield kind)
+    except _Delivery as d:
+        exc = d.exc
+    except TypeError as e:
+        # trio throws TypeError("...unrecognized yield message <cosched trap ...>")
+        # back when a trap reaches it: this task inherited a chain it does not run.
+        if "cosched trap" not in str(e) or _chain.get() is None:
+            raise
+        raise _Rejected from None
+    raise exc
+
+
+def _own_chain() -> _Chain | None:
+    """This task's running chain; forgets one inherited from the task that spawned it."""
     m = _chain.get()
-    return m is not None and m.task is _current_task()
+    if m is not None and (m.current is None or m.task is not _current_task()):
+        _chain.set(None)
+        return None
+    return m
+
+
+def _resumable(co) -> bool:
+    return type(co) is Coroutine and (co._state is _SUSPENDED or co._state is _INITIAL)
 
 
 # --------------------------------------------------------------------------------------
-# The switching calls
+# The switching calls. Each validates in the caller's frame, then either drives the
+# chain (called from main) or traps to the driver (called inside a coroutine). The
+# hot ones trust a live chain in the context variable and learn about an inherited
+# one from _Rejected; calls that answer without switching check the task first.
 
 
 def create(fn) -> Coroutine:
@@ -535,76 +564,50 @@ def _refusal(co) -> CoroutineError:
     return CoroutineError(_DEAD_MSG if co is not main and co._state is _DEAD else _NONSUSP_MSG)
 
 
-def resume(co, *args):
-    """Resume ``co`` with ``args``; awaiting gives ``(True, *values)`` or ``(False, exc)``.
+def _too_deep() -> RecursionError:
+    return RecursionError(f"coroutine stack overflow: resume nested deeper than {_depth_limit()}")
 
-    A plain function picking the awaitable: from main, the chain driver itself (one
-    generator less on the path main-driven dispatchers take most); inside a
-    coroutine, the trap.
-    """
+
+async def resume(co, *args):
+    """Resume ``co`` with ``args``; return ``(True, *values)`` or ``(False, exc)``."""
     m = _chain.get()
-    if m is not None:
-        return _resume_trap(m, co, args)
-    if type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL):
-        return _immediately(_resume_refused(co))
-    return _drive(RESUME, co, args)
-
-
-@types.coroutine
-def _resume_trap(m: _Chain, co, args: tuple):
-    if (type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL)
-            or m.current._depth >= 200 and m.current._depth >= _depth_limit()):
-        if m.task is not _current_task():
-            _chain.set(None)
-            return (yield from resume(co, *args))
-        if type(co) is Coroutine and (co._state is _SUSPENDED or co._state is _INITIAL):
-            return (False, RecursionError(
-                f"coroutine stack overflow: resume nested deeper than {_depth_limit()}"))
-        return _resume_refused(co)
-    m.target = co
-    m.args = args
-    try:
-        return (yield RESUME)
-    except _Delivery as d:
-        exc = d.exc
-    except TypeError as e:
-        if not _rejected(e):
-            raise
-        _chain.set(None)
-        return (yield from _drive(RESUME, co, args))
-    raise exc
-
-
-def _resume_refused(co):
+    if m is not None and m.current is not None:
+        d = m.current._depth
+        if _resumable(co) and (d < 200 or d < _depth_limit()):
+            m.target = co
+            m.args = args
+            try:
+                return await _trap(RESUME)
+            except _Rejected:
+                _chain.set(None)
+                return await _drive(RESUME, co, args)
+        m = _own_chain()
+        if m is not None and _resumable(co):
+            return (False, _too_deep())
+    if m is None and _resumable(co):
+        return await _drive(RESUME, co, args)
     if type(co) is not Coroutine and co is not main:
         raise _not_a_coroutine("resume", co)
     return (False, _refusal(co))
 
 
-@types.coroutine
-def yield_(*values):
+async def yield_(*values):
     """Suspend the running coroutine, handing ``values`` to its resumer."""
     m = _chain.get()
-    if m is None:
-        raise CoroutineError("attempt to yield from outside a coroutine")
-    cur = m.current
-    if cur._resumer is None or cur._closing:
-        if m.task is not _current_task():
-            raise CoroutineError("attempt to yield from outside a coroutine")
-        if cur._closing:
-            raise _closing_switch(cur, "yield")
-        raise CoroutineError("attempt to yield from a coroutine that was not resumed")
-    m.args = values
-    try:
-        return (yield YIELD)
-    except _Delivery as d:
-        exc = d.exc
-    except TypeError as e:
-        if not _rejected(e):
-            raise
-        _chain.set(None)
-        raise CoroutineError("attempt to yield from outside a coroutine") from None
-    raise exc
+    if m is not None and m.current is not None:
+        cur = m.current
+        if cur._resumer is not None and not cur._closing:
+            m.args = values
+            try:
+                return await _trap(YIELD)
+            except _Rejected:
+                _chain.set(None)
+                raise CoroutineError("attempt to yield from outside a coroutine") from None
+        if _own_chain() is not None:
+            if cur._closing:
+                raise _closing_switch(cur, "yield")
+            raise CoroutineError("attempt to yield from a coroutine that was not resumed")
+    raise CoroutineError("attempt to yield from outside a coroutine")
 
 
 def _closing_switch(cur: Coroutine, what: str) -> CoroutineError:
@@ -633,58 +636,35 @@ def _transfer_refused(target, m: _Chain | None):
     return None
 
 
-@types.coroutine
-def transfer(target, *values):
+async def transfer(target, *values):
     """Suspend the caller and run ``target`` with ``values`` (``None``/``main``: to main)."""
-    m = _chain.get()
-    if m is not None and m.task is not _current_task():
-        _chain.set(None)
-        m = None
+    m = _own_chain()
     err = _transfer_refused(target, m)
     if err is not None:
         raise err
     if m is None:
-        return (yield from _drive(TRANSFER, target, values))
+        return await _drive(TRANSFER, target, values)
     m.target = None if target is main else target
     m.args = values
-    try:
-        return (yield TRANSFER)
-    except _Delivery as d:
-        exc = d.exc
-    except TypeError as e:  # pragma: no cover - the task check above catches inheritance
-        if not _rejected(e):
-            raise
-        raise
-    raise exc
+    return await _trap(TRANSFER)
 
 
-def _nest(kind: _Trap, co: Coroutine, args: tuple):
-    """A wrap-style call from anywhere: the driver from main, a trap inside a coroutine."""
+async def _nest(kind: _Trap, co, args: tuple):
+    """A wrap-style call (wrap, safewrap, close) from anywhere, once validated."""
     m = _chain.get()
-    if m is not None and m.task is not _current_task():
-        _chain.set(None)
-        m = None
-    if m is None:
-        return (yield from _drive(kind, co, args))
-    if m.current._depth >= _depth_limit():
-        raise RecursionError(f"coroutine stack overflow: resume nested deeper than {_depth_limit()}")
-    m.target = co
-    m.args = args
-    try:
-        return (yield kind)
-    except _Delivery as d:
-        exc = d.exc
-    raise exc
-
-
-@types.coroutine
-def _wrap_call(co: Coroutine, kind: _Trap, args: tuple):
-    s = co._state
-    if s is not _SUSPENDED and s is not _INITIAL:
-        if kind is ITER and s is _DEAD:
-            raise StopAsyncIteration
-        raise CoroutineError(_DEAD_MSG if s is _DEAD else _NONSUSP_MSG)
-    return (yield from _nest(kind, co, args))
+    if m is not None and m.current is not None:
+        d = m.current._depth
+        if d < 200 or d < _depth_limit():
+            m.target = co
+            m.args = args
+            try:
+                return await _trap(kind)
+            except _Rejected:
+                _chain.set(None)
+                return await _drive(kind, co, args)
+        if _own_chain() is not None:
+            raise _too_deep()
+    return await _drive(kind, co, args)
 
 
 class Wrapped:
@@ -695,14 +675,22 @@ class Wrapped:
     def __init__(self, fn) -> None:
         self.coroutine = create(fn)
 
-    def __call__(self, *args):
-        return _wrap_call(self.coroutine, WRAP, args)
+    async def __call__(self, *args):
+        co = self.coroutine
+        if not _resumable(co):
+            raise _refusal(co)
+        return await _nest(WRAP, co, args)
 
     def __aiter__(self):
         return self
 
-    def __anext__(self):
-        return _wrap_call(self.coroutine, ITER, ())
+    async def __anext__(self):
+        co = self.coroutine
+        if not _resumable(co):
+            if co._state is _DEAD:
+                raise StopAsyncIteration
+            raise _refusal(co)
+        return await _nest(ITER, co, ())
 
     def __repr__(self) -> str:
         return f"<cosched wrap of {self.coroutine!r}>"
@@ -711,36 +699,6 @@ class Wrapped:
 def wrap(fn) -> Wrapped:
     """A callable that resumes a new coroutine running ``fn`` and returns what it yields."""
     return Wrapped(fn)
-
-
-@types.coroutine
-def _safe_call(sw: SafeWrapped, kind: _Trap, args: tuple):
-    if sw.coroutine._state is _DEAD:
-        if kind is SAFEITER:
-            raise StopAsyncIteration
-        raise CoroutineError(_DEAD_MSG)
-    s = sw._point._state
-    if s is not _SUSPENDED and s is not _INITIAL:
-        raise CoroutineError(_DEAD_MSG if s is _DEAD else _NONSUSP_MSG)
-    return (yield from _nest(kind, sw, args))
-
-
-@types.coroutine
-def _safe_yield(sw: SafeWrapped, values: tuple):
-    m = _chain.get()
-    if m is None or m.task is not _current_task():
-        raise CoroutineError("attempt to yield from outside a coroutine")
-    if m.current._closing:
-        raise _closing_switch(m.current, "yield")
-    if sw._caller is None:
-        raise CoroutineError("attempt to yield from a safewrap that is not being called")
-    m.target = sw
-    m.args = values
-    try:
-        return (yield SAFEYIELD)
-    except _Delivery as d:
-        exc = d.exc
-    raise exc
 
 
 class SafeWrapped:
@@ -756,17 +714,35 @@ class SafeWrapped:
         self._caller = None    # the coroutine or chain waiting in the latest call, while it waits
         self._yield = self._yield_fn
 
-    def _yield_fn(self, *values):
-        return _safe_yield(self, values)
+    async def _yield_fn(self, *values):
+        m = _own_chain()
+        if m is None:
+            raise CoroutineError("attempt to yield from outside a coroutine")
+        if m.current._closing:
+            raise _closing_switch(m.current, "yield")
+        if self._caller is None:
+            raise CoroutineError("attempt to yield from a safewrap that is not being called")
+        m.target = self
+        m.args = values
+        return await _trap(SAFEYIELD)
+
+    async def _call(self, kind: _Trap, args: tuple):
+        if self.coroutine._state is _DEAD:
+            if kind is SAFEITER:
+                raise StopAsyncIteration
+            raise CoroutineError(_DEAD_MSG)
+        if not _resumable(self._point):
+            raise _refusal(self._point)
+        return await _nest(kind, self, args)
 
     def __call__(self, *args):
-        return _safe_call(self, SAFECALL, args)
+        return self._call(SAFECALL, args)
 
     def __aiter__(self):
         return self
 
     def __anext__(self):
-        return _safe_call(self, SAFEITER, ())
+        return self._call(SAFEITER, ())
 
     def __repr__(self) -> str:
         return f"<cosched safewrap of {self.coroutine!r}>"
@@ -777,8 +753,7 @@ def safewrap(fn) -> SafeWrapped:
     return SafeWrapped(fn)
 
 
-@types.coroutine
-def close(co):
+async def close(co):
     """Close ``co``: run its pending cleanup; ``(True,)`` or ``(False, exc)``."""
     if type(co) is not Coroutine:
         if co is main:
@@ -798,7 +773,7 @@ def close(co):
         raise CoroutineError("cannot close a running coroutine")
     if s is _NORMAL:
         raise CoroutineError("cannot close a normal coroutine")
-    return (yield from _nest(CLOSE, co, ()))
+    return await _nest(CLOSE, co, ())
 
 
 # --------------------------------------------------------------------------------------

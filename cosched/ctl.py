@@ -164,10 +164,12 @@ def _is_number(value: Any) -> bool:
 
 
 def fmt_duration(seconds: Any) -> str:
-    """350ms, 1.2s, 3m04s, 2h05m, 3d04h; '-' for a missing value."""
+    """0.2ms, 350ms, 1.2s, 3m04s, 2h05m, 3d04h; '-' for a missing value."""
     if not _is_number(seconds):
         return "-" if seconds is None else str(seconds)
-    if seconds < 1:
+    if seconds < 0.0095:
+        return "0s" if seconds == 0 else f"{seconds * 1000:.1f}ms"
+    if round(seconds, 3) < 1:
         return f"{seconds * 1000:.0f}ms"
     if round(seconds, 1) < 60:
         return f"{seconds:.1f}s"
@@ -204,6 +206,11 @@ def _json_or_dash(value: Any) -> str:
     return "-" if value is None else fmt_json(value)
 
 
+def _plain(value: Any) -> str:
+    """Strings as they are, other values as JSON, '-' for null."""
+    return value if isinstance(value, str) else _json_or_dash(value)
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     cells = [headers] + [[_text(c) for c in row] for row in rows]
@@ -217,7 +224,7 @@ def _job_errors(errors: list[dict]) -> list[str]:
 
 def render_status(result: dict) -> str:
     d = result.get("daemon") or {}
-    cpu = f"{fmt_duration(d.get('cpu_time'))}"
+    cpu = fmt_duration(d.get("cpu_time"))
     if _is_number(d.get("cpu_percent")):
         cpu += f" ({d['cpu_percent']:.1f}%)"
     lines = [
@@ -256,7 +263,7 @@ _SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
 def render_show(result: dict) -> str:
     lines = [f"{label}: {fmt(result.get(key))}" for label, key, fmt in _SHOW_FIELDS]
     known = {key for _, key, _ in _SHOW_FIELDS} | {"stack", "traceback"}
-    lines += [f"{key.replace('_', ' ')}: {_json_or_dash(value)}"  # fields added later
+    lines += [f"{key.replace('_', ' ')}: {_plain(value)}"  # fields added later
               for key, value in result.items() if key not in known]
     stack = result.get("stack") or []
     lines.append("stack:" if stack else "stack: -")

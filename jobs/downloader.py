@@ -12,7 +12,8 @@ Config (``[job.downloader] config = {...}``):
     mode    "concurrent" (default) or "blocking"
 
 Interact: nothing to do; each download is logged (path, bytes) and the task
-finishes with a dict path -> bytes (``coschedctl show downloader``).
+finishes with a dict path -> bytes (the "task finished" log line).
+``coschedctl start downloader`` runs it again.
 """
 
 from functools import partial

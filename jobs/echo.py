@@ -13,8 +13,9 @@ Config (``[job.echo] config = {...}``):
     host    address to listen on (default "127.0.0.1")
     port    TCP port; 0 picks a free one (default 0)
 
-Interact: ``coschedctl show echo`` shows the bound port (logged, and kept in
-task.state["port"]); then e.g. ``nc 127.0.0.1 PORT``.
+Interact: the bound port is logged ("listening", port=...) and kept in
+task.state["port"]; then e.g. ``nc 127.0.0.1 PORT``. ``coschedctl kill echo``
+stops the server.
 """
 
 import trio

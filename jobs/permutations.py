@@ -9,7 +9,7 @@ Config (``[job.permutations] config = {...}``):
     items   list of items to permute (default ["a", "b", "c"])
 
 Interact: nothing to do; each permutation is logged and the task finishes
-with their number as its result.
+with their number as its result. ``coschedctl start permutations`` runs it again.
 """
 
 from cosched import coro

@@ -11,7 +11,7 @@ Config (``[job.pipeline] config = {...}``):
     output  file to write the numbered lines to (default: none, each line is logged)
 
 Interact: nothing to do; the task finishes with the number of lines as its
-result (``coschedctl show pipeline``).
+result (the "task finished" log line). ``coschedctl start pipeline`` runs it again.
 """
 
 import trio

@@ -7,8 +7,10 @@ Config (``[job.ticker] config = {...}``):
     interval  seconds between ticks, > 0 (default 5.0)
 
 Interact:
-    coschedctl list                 # state "waiting" in trio.sleep_until between ticks
-    coschedctl kill ticker          # the counter in task.state is kept for the next start
+    coschedctl status ticker        # "waiting" in trio.sleep_until between ticks
+    coschedctl kill ticker          # stops it; ``coschedctl start ticker`` is a new task
+The counter lives in task.state, so a restart of the same task (restart
+policy) continues counting; a newly started task counts from 0.
 """
 
 import trio

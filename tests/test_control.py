@@ -252,6 +252,16 @@ def test_over_long_line_is_too_large_and_closes_the_connection(tmp_path):
     run_server(tmp_path, body)
 
 
+def test_over_long_line_is_refused_before_its_newline_arrives(tmp_path):
+    async def body(path):
+        with await connect(path) as sock:
+            await send(sock, b"x" * (MAX_LINE * 3))  # no newline, connection left open
+            response = await read_response(sock)
+        assert error_of(response) == "too-large"
+
+    run_server(tmp_path, body)
+
+
 def test_line_of_exactly_max_line_bytes_is_accepted(tmp_path):
     async def body(path):
         line = protocol.encode(request(1, "ping")).rstrip(b"\n")

@@ -280,8 +280,9 @@ def test_socket_option_overrides_the_environment(daemon, tmp_path):
 # -- helpers, in process ------------------------------------------------------------
 
 def test_durations_are_human_readable():
-    assert [ctl.fmt_duration(s) for s in (0.35, 1.23, 59.0, 184, 7500, 200000, None)] == \
-        ["350ms", "1.2s", "59.0s", "3m04s", "2h05m", "2d07h", "-"]
+    assert [ctl.fmt_duration(s) for s in (0, 0.000224, 0.35, 0.9999, 1.23, 59.0, 184, 7500,
+                                          200000, None)] == \
+        ["0s", "0.2ms", "350ms", "1.0s", "1.2s", "59.0s", "3m04s", "2h05m", "2d07h", "-"]
 
 
 def test_default_socket_prefers_the_environment():

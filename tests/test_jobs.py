@@ -149,6 +149,14 @@ def test_permutations_in_the_seed_order():
         "b c a", "c b a", "c a b", "a c b", "b a c", "a b c"]
 
 
+def test_permutations_generator_yields_independent_lists():
+    async def body():
+        return [p async for p in load("permutations").permutations(["a", "b", "c"])]
+
+    assert run(body) == [list("bca"), list("cba"), list("cab"),
+                         list("acb"), list("bac"), list("abc")]
+
+
 def test_permutations_of_configured_items():
     async def body():
         return await start("permutations", {"items": [1, 2, 3, 4]})
