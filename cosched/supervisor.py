@@ -322,7 +322,8 @@ class Supervisor:
         while t.starts and now - t.starts[0] > p.start_limit_interval:
             t.starts.popleft()
         if len(t.starts) >= p.start_limit_burst:
-            t.error = f"{t.error}; start limit hit ({p.start_limit_burst} starts in {p.start_limit_interval:g}s)"
+            limit = f"start limit hit ({p.start_limit_burst} starts in {p.start_limit_interval:g}s)"
+            t.error = limit if t.error is None else f"{t.error}; {limit}"
             log.error("task hit its start limit; not restarting", task=t.name, id=t.id)
             return None
         return min(p.restart_delay * 2 ** t.restarts, p.restart_delay_max)

@@ -479,8 +479,6 @@ def test_start_limit_stops_restarting(daemon, tmp_path):
     assert [t["id"] for t in d.status()["tasks"]] == [task["id"]]
 
 
-@pytest.mark.xfail(strict=True, reason="a task that finished normally and then hits its start "
-                   "limit reports the error as 'None; start limit hit (...)'")
 def test_start_limit_error_of_a_finished_task_is_readable(daemon):
     d = daemon(jobs={"eager": "async def main(task):\n    return 1\n"},
                config={"job": {"eager": {"restart": "always", "start_limit_burst": 2}}})
