@@ -304,6 +304,9 @@ class Supervisor:
                     break
                 t.restarts += 1
         finally:
+            # This last step ends after the task is unregistered: account for it here.
+            t.busy += time.perf_counter() - t.step_began
+            t.steps += 1
             del self.by_trio[t.trio_task]
             t.trio_task = None
             t.yielded = None
@@ -429,7 +432,7 @@ class Supervisor:
             traceback=t.traceback, longest_step=t.longest_step, started_at=t.started_at,
             config=t.policy.config, parent=t.parent.id if t.parent else None,
             children=[c.id for c in t.children], path=str(t.job.path),
-            switches=None)
+            result=t.result if t.state == "finished" else None, task_state=t.ctx.state)
         return info
 
     async def resume(self, task: str | int, values: list, timeout: float) -> dict:

@@ -1230,6 +1230,30 @@ def test_ending_transfer_entered_body_returning_while_main_waits_in_resume():
     run(main)
 
 
+def test_ending_transfer_entered_body_ending_while_main_waits_in_a_wrap_call():
+    async def main():
+        e = Boom()
+
+        async def returns():
+            return "ignored"
+
+        async def raises():
+            raise e
+
+        for body, expected in ((returns, CoroutineError), (raises, Boom)):
+            co_x = coro.create(body)
+            w = coro.wrap(lambda: coro.transfer(co_x))
+            with pytest.raises(expected) as info:
+                await w()
+            if expected is Boom:
+                assert info.value is e
+            else:
+                assert is_error(info.value, ENDED)
+            assert coro.status(co_x) == "dead"
+
+    run(main)
+
+
 def test_ending_transfer_entered_body_raising_gives_main_the_exception():
     async def main():
         e = Boom("x")
@@ -1443,6 +1467,10 @@ def test_task_spawned_inside_a_coroutine_has_its_own_main():
                 await coro.transfer(None)
             except CoroutineError as e:
                 seen["transfer"] = e
+            seen["wrap"] = await coro.wrap(child_body)()
+            seen["transfer to"] = await coro.transfer(
+                coro.create(lambda: coro.transfer(None, "back in child")))
+            seen["safewrap"] = await coro.safewrap(lambda yield_fn: yield_fn("sw"))()
 
         async def body():
             async with trio.open_nursery() as nursery:
@@ -1458,6 +1486,9 @@ def test_task_spawned_inside_a_coroutine_has_its_own_main():
         assert seen["resume"] == (True, "child coroutine")
         assert is_error(seen["yield"], OUTSIDE)
         assert is_error(seen["transfer"], SELF_TRANSFER)
+        assert seen["wrap"] == "child coroutine"
+        assert seen["transfer to"] == "back in child"
+        assert seen["safewrap"] == "sw"
 
     run(main)
 
@@ -1610,6 +1641,15 @@ def test_wrap_dead_raises():
             await w2()
         with pytest.raises(CoroutineError, match=DEAD):
             await w2()
+
+        async def yields():
+            await coro.yield_(1)
+
+        w3 = coro.wrap(yields)
+        assert await w3() == 1
+        assert await coro.close(w3.coroutine) == (True,)
+        with pytest.raises(CoroutineError, match=DEAD):
+            await w3()
 
     run(main)
 
@@ -1850,9 +1890,17 @@ def test_safewrap_calling_it_while_running_raises():
 
         async def body(yield_fn):
             try:
-                await sw()
+                await sw()  # its coroutine is running
             except CoroutineError as e:
                 seen.append(e)
+
+            async def caller_inside():
+                try:
+                    await sw()  # its coroutine is normal
+                except CoroutineError as e:
+                    seen.append(e)
+
+            await coro.resume(coro.create(caller_inside))
 
             async def leaf():
                 await yield_fn("parked in leaf")
@@ -1867,7 +1915,7 @@ def test_safewrap_calling_it_while_running_raises():
         sw = coro.safewrap(body)
         assert await sw() == "parked in leaf"
         assert await sw() == (True, "leaf done")
-        assert len(seen) == 2
+        assert len(seen) == 3
         assert all(is_error(e, NONSUSP) for e in seen)
 
     run(main)
@@ -1899,9 +1947,9 @@ def test_safewrap_coroutine_attribute():
         sw = coro.safewrap(body)
         assert isinstance(sw.coroutine, coro.Coroutine)
         assert coro.status(sw.coroutine) == "suspended"
-        await sw()
+        assert await sw() is None
         assert coro.status(sw.coroutine) == "suspended"
-        await sw()
+        assert await sw() is None
         assert coro.status(sw.coroutine) == "dead"
 
     run(main)
@@ -2125,6 +2173,32 @@ def test_close_cleanup_trying_to_yield_is_reported_even_if_caught():
         assert ok is False
         assert isinstance(err, CoroutineError)
         assert len(log) == 1 and isinstance(log[0], CoroutineError)
+        assert coro.status(co) == "dead"
+
+    run(main)
+
+
+def test_close_cleanup_may_resume_other_coroutines():
+    async def main():
+        log = []
+
+        async def helper(x):
+            got = await coro.yield_(x + 1)
+            return got * 2
+
+        async def body():
+            try:
+                await coro.yield_(1)
+            finally:
+                h = coro.create(helper)
+                log.append(await coro.resume(h, 1))
+                log.append(await coro.resume(h, 5))
+                log.append(await coro.wrap(helper)(10))
+
+        co = coro.create(body)
+        await coro.resume(co)
+        assert await coro.close(co) == (True,)
+        assert log == [(True, 2), (True, 10), 11]
         assert coro.status(co) == "dead"
 
     run(main)
@@ -2384,21 +2458,57 @@ def test_cross_yield_inside_a_wrap_generator_iterated_in_a_coroutine():
     run(main)
 
 
+def test_cross_yield_subprocess_and_event_inside_nested_coroutines():
+    async def main():
+        event = trio.Event()
+        setter_ran = []
+
+        async def inner():
+            proc = await trio.run_process(
+                [sys.executable, "-c", "print('from child')"], capture_stdout=True)
+            await coro.yield_(proc.returncode, proc.stdout.decode().strip())
+            await event.wait()
+            return "inner done"
+
+        async def outer_body():
+            co_inner = coro.create(inner)
+            r1 = await coro.resume(co_inner)
+            r2 = await coro.resume(co_inner)
+            return [r1, r2]
+
+        async def setter():
+            await trio.testing.wait_all_tasks_blocked()
+            setter_ran.append(True)
+            event.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(setter)
+            assert await coro.resume(coro.create(outer_body)) == (
+                True, [(True, 0, "from child"), (True, "inner done")])
+        assert setter_ran == [True]
+
+    run(main)
+
+
 # ---------------------------------------------------------------------------
 # Cancel scopes
 
 
-@pytest.mark.parametrize("how", ["yield", "transfer"])
+@pytest.mark.parametrize("how", ["yield", "transfer", "transfer-to-coroutine"])
 def test_switch_inside_a_cancel_scope_opened_in_the_coroutine_raises_inside(how):
     async def main():
+        other = coro.create(lambda: coro.transfer(None, "other ran"))
+
         async def body():
             err = None
             with trio.move_on_after(100):
                 try:
                     if how == "yield":
                         await coro.yield_("in scope")
-                    else:
+                    elif how == "transfer":
                         await coro.transfer(None, "in scope")
+                    else:
+                        await coro.transfer(other, "in scope")
                 except CoroutineError as e:
                     err = e
             await coro.yield_("after", err)
@@ -2408,6 +2518,7 @@ def test_switch_inside_a_cancel_scope_opened_in_the_coroutine_raises_inside(how)
         ok, what, err = await coro.resume(co)
         assert (ok, what) == (True, "after")
         assert isinstance(err, CoroutineError)
+        assert coro.status(other) == "suspended"  # never started
         await trio.sleep(0)  # the caller's own scopes are intact
         assert await coro.resume(co) == (True, "end")
         assert coro.status(co) == "dead"
@@ -2415,17 +2526,21 @@ def test_switch_inside_a_cancel_scope_opened_in_the_coroutine_raises_inside(how)
     run(main)
 
 
-@pytest.mark.parametrize("how", ["yield", "transfer"])
+@pytest.mark.parametrize("how", ["yield", "transfer", "transfer-to-coroutine"])
 def test_switch_inside_a_nursery_opened_in_the_coroutine_raises_inside(how):
     async def main():
+        other = coro.create(lambda: coro.transfer(None, "other ran"))
+
         async def body():
             err = None
             async with trio.open_nursery():
                 try:
                     if how == "yield":
                         await coro.yield_("in nursery")
-                    else:
+                    elif how == "transfer":
                         await coro.transfer(None, "in nursery")
+                    else:
+                        await coro.transfer(other, "in nursery")
                 except CoroutineError as e:
                     err = e
             await coro.yield_("after", err)
@@ -2435,6 +2550,7 @@ def test_switch_inside_a_nursery_opened_in_the_coroutine_raises_inside(how):
         ok, what, err = await coro.resume(co)
         assert (ok, what) == (True, "after")
         assert isinstance(err, CoroutineError)
+        assert coro.status(other) == "suspended"  # never started
         await trio.sleep(0)
         assert await coro.resume(co) == (True, "end")
 
@@ -2752,8 +2868,20 @@ def _check_outer_chain_still_works():
     return mid
 
 
-def test_limits_unbounded_nesting_returns_recursion_error_from_the_innermost_resume():
-    cap = sys.getrecursionlimit() + 50
+@pytest.fixture(params=["default", 300])
+def recursion_limit(request):
+    old = sys.getrecursionlimit()
+    if request.param != "default":
+        sys.setrecursionlimit(request.param)
+    try:
+        yield sys.getrecursionlimit()
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def test_limits_unbounded_nesting_returns_recursion_error_from_the_innermost_resume(
+        recursion_limit):
+    cap = recursion_limit + 50
 
     async def main():
         async def level(n):
@@ -2778,15 +2906,15 @@ def test_limits_unbounded_nesting_returns_recursion_error_from_the_innermost_res
         assert result[0] == "limit", result[:2]
         _, n, err = result
         assert isinstance(err, RecursionError)
-        assert 200 <= n <= sys.getrecursionlimit()
+        assert 200 <= n <= recursion_limit
         assert await coro.resume(co_top, 5) == (True, [(True, 12)])
         assert await coro.resume(coro.create(_check_outer_chain_still_works()), 1) == (True, 4)
 
     run(main)
 
 
-def test_limits_unbounded_nesting_makes_a_wrap_call_raise_recursion_error():
-    cap = sys.getrecursionlimit() + 50
+def test_limits_unbounded_nesting_makes_a_wrap_call_raise_recursion_error(recursion_limit):
+    cap = recursion_limit + 50
 
     async def main():
         async def level(n):
@@ -2803,7 +2931,7 @@ def test_limits_unbounded_nesting_makes_a_wrap_call_raise_recursion_error():
         assert result[0] == "limit", result[:2]
         _, n, err = result
         assert isinstance(err, RecursionError)
-        assert 200 <= n <= sys.getrecursionlimit()
+        assert 200 <= n <= recursion_limit
         assert await coro.wrap(_check_outer_chain_still_works())(1) == 4
 
     run(main)

@@ -856,7 +856,7 @@ def test_config_with_unknown_key_exits_2(tmp_path):
     (tmp_path / "jobs").mkdir()
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     proc = subprocess.run([COSCHEDD, "--config", str(path)], capture_output=True, text=True,
-                          timeout=CTL_TIMEOUT, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+                          timeout=WAIT, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc
     assert "daemon.bogus_key" in proc.stderr
     assert not (tmp_path / "run" / "coschedd.sock").exists()
@@ -868,7 +868,7 @@ def test_config_with_unknown_job_key_exits_2(tmp_path):
     path.write_text(render_toml(config))
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     proc = subprocess.run([COSCHEDD, "--config", str(path)], capture_output=True, text=True,
-                          timeout=CTL_TIMEOUT, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+                          timeout=WAIT, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc
     assert "job.x.restrat" in proc.stderr
 
