@@ -223,7 +223,8 @@ def _pack(vals: tuple):
 
 
 def _unpack(result) -> tuple:
-    return () if result is None else result if type(result) is tuple else (result,)
+    """A body's return value as values: None -> none, any tuple -> its items, else one."""
+    return () if result is None else tuple(result) if isinstance(result, tuple) else (result,)
 
 
 async def _await_any(awaitable):
@@ -271,14 +272,22 @@ def _arrive(dest, vals: tuple, err: BaseException | None, ending: bool):
     return None, err
 
 
-def _scope_error(m: _Chain, cur: Coroutine, dest, what: str):
-    """Check the cancel-scope rules for cur handing control to dest; return an error or None."""
+def _scope_error(m: _Chain, cur, dest, what: str):
+    """Check the cancel-scope rules for cur handing control to dest; return an error or None.
+
+    cur must not leave a scope it opened (its entry status must be current), and
+    a pending nesting call may only get control back under the scopes it was made
+    in -- which also keeps a call made in one trio task from returning in another.
+    """
     cs = m.task._cancel_status
-    if cs is not cur._entry_cs or (dest._state is _NORMAL and cs is not dest._call_cs):
+    if cur is not m and cs is not cur._entry_cs:
         return CoroutineError(
             f"cannot {what} with a trio cancel scope or nursery opened inside the "
-            "coroutine still open (close it before switching)"
-        )
+            "coroutine still open (close it before switching)")
+    if dest._state is _NORMAL and cs is not dest._call_cs:
+        return CoroutineError(
+            f"cannot {what} to a coroutine whose pending call was made under other trio "
+            "cancel scopes (or in another trio task)")
     return None
 
 
@@ -312,10 +321,10 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
 
 def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
     """cur suspends and hands vals to dest (a coroutine or a chain); return (next, value, exc)."""
-    if m.task is not None and cur is not m:
+    if m.task is not None:
         err = _scope_error(m, cur, dest, "yield" if kind is not TRANSFER else "transfer")
         if err is not None:
-            return cur, None, _Delivery(err)
+            return cur, None, err if cur is m else _Delivery(err)
     if type(dest) is _Chain and dest is not m:
         return cur, None, _Delivery(CoroutineError(
             "cannot switch to a resumer that waits in another trio task"))

@@ -961,7 +961,8 @@ def test_delivery_values_to_a_pending_resume_and_a_pending_wrap_call():
             return got
 
         outer = coro.create(outer_body)
-        assert await coro.resume(outer) == (True, [(True,), (True, 1), (True, 1, 2), None, 1, (1, 2)])
+        assert await coro.resume(outer) == (
+            True, [(True,), (True, 1), (True, 1, 2), None, 1, (1, 2)])
 
     run(main)
 
@@ -1180,7 +1181,8 @@ def test_ending_return_delivers_return_values_to_the_resumer():
         async def outer_body():
             return await coro.resume(coro.create(inner)), await coro.wrap(inner)()
 
-        assert await coro.resume(coro.create(outer_body)) == (True, (True, "r1", "r2"), ("r1", "r2"))
+        assert await coro.resume(coro.create(outer_body)) == (
+            True, (True, "r1", "r2"), ("r1", "r2"))
 
     run(main)
 
@@ -3069,3 +3071,38 @@ def test_misuse_then_correct_use_in_the_same_chain():
         assert await coro.resume(coro.create(lambda a: a), "fine") == (True, "fine")
 
     run(main)
+
+
+def test_return_of_a_tuple_subclass_gives_its_items_as_values():
+    from collections import namedtuple
+    Pair = namedtuple("Pair", "a b")
+
+    async def main():
+        co = coro.create(lambda: Pair(1, 2))
+        return await coro.resume(co)
+
+    assert run(main) == (True, 1, 2)
+
+
+def test_transfer_to_a_coroutine_waiting_in_another_trio_task_is_refused():
+    async def main():
+        gate = trio.Event()
+
+        async def waiter():
+            await coro.resume(sleeper)      # parent stays "normal" in task A meanwhile
+
+        async def sleeper_body():
+            await gate.wait()
+
+        sleeper = coro.create(sleeper_body)
+        parent = coro.create(waiter)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(coro.resume, parent)
+            await trio.testing.wait_all_tasks_blocked()
+            assert coro.status(parent) == "normal"
+            with pytest.raises(coro.CoroutineError, match="another trio task"):
+                await coro.transfer(parent, "hijack")
+            gate.set()
+        return coro.status(parent), coro.status(sleeper)
+
+    assert run(main) == ("dead", "dead")
