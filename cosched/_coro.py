@@ -513,8 +513,9 @@ def _safe_leave(m: _Chain, co: Coroutine, sw: SafeWrapped, vals: tuple):
     return nxt, value, exc
 
 
-class _Rejected(Exception):
-    """The event loop bounced a trap: no driver runs this task (an inherited context)."""
+class _Rejected(CoroutineError):
+    """The event loop bounced a trap: no driver runs this task (it inherited the context
+    of a coroutine when it was spawned). Callers that can run as main catch it."""
 
 
 @types.coroutine
@@ -534,7 +535,8 @@ def _trap(kind: _Trap):
         # back when a trap reaches it: this task inherited a chain it does not run.
         if "cosched trap" not in str(e) or _chain.get() is None:
             raise
-        raise _Rejected from None
+        _chain.set(None)
+        raise _Rejected("attempt to yield from outside a coroutine") from None
     raise exc
 
 
@@ -588,11 +590,12 @@ async def resume(co, *args):
             try:
                 return await _trap(RESUME)
             except _Rejected:
-                _chain.set(None)
                 return await _drive(RESUME, co, args)
         m = _own_chain()
         if m is not None and _resumable(co):
             return (False, _too_deep())
+    elif m is not None:
+        m = None  # inherited from a chain that has since returned to its own main
     if m is None and _resumable(co):
         return await _drive(RESUME, co, args)
     if type(co) is not Coroutine and co is not main:
@@ -600,18 +603,19 @@ async def resume(co, *args):
     return (False, _refusal(co))
 
 
-async def yield_(*values):
-    """Suspend the running coroutine, handing ``values`` to its resumer."""
+def yield_(*values):
+    """Suspend the running coroutine, handing ``values`` to its resumer; await the result.
+
+    The one switching call that is not an ``async def``: it only ever runs inside a
+    coroutine, so it checks at once and returns the trap itself, which keeps a
+    suspended coroutine one frame smaller and the hottest switch one call shorter.
+    """
     m = _chain.get()
     if m is not None and m.current is not None:
         cur = m.current
         if cur._resumer is not None and not cur._closing:
             m.args = values
-            try:
-                return await _trap(YIELD)
-            except _Rejected:
-                _chain.set(None)
-                raise CoroutineError("attempt to yield from outside a coroutine") from None
+            return _trap(YIELD)
         if _own_chain() is not None:
             if cur._closing:
                 raise _closing_switch(cur, "yield")
@@ -669,7 +673,6 @@ async def _nest(kind: _Trap, co, args: tuple):
             try:
                 return await _trap(kind)
             except _Rejected:
-                _chain.set(None)
                 return await _drive(kind, co, args)
         if _own_chain() is not None:
             raise _too_deep()

@@ -3106,3 +3106,23 @@ def test_transfer_to_a_coroutine_waiting_in_another_trio_task_is_refused():
         return coro.status(parent), coro.status(sleeper)
 
     assert run(main) == ("dead", "dead")
+
+
+def test_task_spawned_from_a_coroutine_that_has_since_yielded_resumes_as_main():
+    async def main():
+        results = []
+        async with trio.open_nursery() as nursery:
+            async def driver():
+                results.append(await coro.resume(coro.create(lambda x: x * 2), 21))
+                results.append(coro.running())
+                with pytest.raises(CoroutineError, match="attempt to yield from outside a coroutine"):
+                    await coro.yield_()
+
+            async def job():
+                nursery.start_soon(driver)
+                await coro.yield_("suspended")
+
+            results.append(await coro.resume(coro.create(job)))
+        return results
+
+    assert run(main) == [(True, "suspended"), (True, 42), (coro.main, True)]

@@ -400,6 +400,7 @@ def test_kill_finished_task_is_refused(daemon):
     assert rc == 1, (out, err)
     assert "not-alive" in err
     assert by_id(d.status(), task["id"])["state"] == "finished"
+    assert d.ok("show", str(task["id"]))["result"] == 42
 
 
 # -- failure and restart ----------------------------------------------------------
@@ -484,7 +485,9 @@ def test_start_limit_error_of_a_finished_task_is_readable(daemon):
                config={"job": {"eager": {"restart": "always", "start_limit_burst": 2}}})
     task = d.wait_task("eager", lambda t: "start limit" in (t["error"] or ""),
                        "given up at its start limit")
-    assert not task["error"].startswith("None")
+    assert task["state"] == "finished"
+    assert task["error"].startswith("start limit hit"), task["error"]
+    assert "None" not in task["error"]
 
 
 # -- the jobs folder while running ------------------------------------------------
