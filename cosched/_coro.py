@@ -483,7 +483,19 @@ def _drive(kind: _Trap, target, args: tuple):
                     None if not args else args[0] if len(args) == 1 else args)
                 co = target
             elif msg is TRANSFER:
-                co, value, err = _leave(m, co, msg, m if target is None else target, args)
+                if target is not None and target._state is not _NORMAL and (
+                        task is None or task._cancel_status is co._entry_cs):
+                    # To a suspended or new coroutine, inlined (see _leave).
+                    co._state = _SUSPENDED
+                    co._pending = TRANSFER
+                    target._depth = co._depth
+                    target._entry_cs = co._entry_cs
+                    target._state = _RUNNING
+                    value = args if target._fn is not None else (
+                        None if not args else args[0] if len(args) == 1 else args)
+                    co = target
+                else:
+                    co, value, err = _leave(m, co, msg, m if target is None else target, args)
             elif msg is SAFEYIELD:
                 co, value, err = _safe_leave(m, co, target, args)
             else:
@@ -651,6 +663,16 @@ def _transfer_refused(target, m: _Chain | None):
 
 async def transfer(target, *values):
     """Suspend the caller and run ``target`` with ``values`` (``None``/``main``: to main)."""
+    m = _chain.get()
+    if (m is not None and m.current is not None and type(target) is Coroutine
+            and (target._state is _SUSPENDED or target._state is _INITIAL)
+            and not m.current._closing):
+        m.target = target
+        m.args = values
+        try:
+            return await _trap(TRANSFER)
+        except _Rejected:
+            return await _drive(TRANSFER, target, values)
     m = _own_chain()
     err = _transfer_refused(target, m)
     if err is not None:
@@ -691,6 +713,9 @@ class Wrapped:
         co = self.coroutine
         if not _resumable(co):
             raise _refusal(co)
+        m = _chain.get()
+        if m is None or m.current is None:  # from main: drive directly, one call less
+            return await _drive(WRAP, co, args)
         return await _nest(WRAP, co, args)
 
     def __aiter__(self):
@@ -702,6 +727,9 @@ class Wrapped:
             if co._state is _DEAD:
                 raise StopAsyncIteration
             raise _refusal(co)
+        m = _chain.get()
+        if m is None or m.current is None:  # from main: drive directly, one call less
+            return await _drive(ITER, co, ())
         return await _nest(ITER, co, ())
 
     def __repr__(self) -> str:
