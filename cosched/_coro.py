@@ -25,7 +25,8 @@ Design principles
    recognisably the event loop's.
 
 Which code is "in a coroutine" is tracked per trio task by the context variable
-``_chain`` (trio runs each task in its own context). A task spawned from inside a
+``_chain``, holding the task's one ``_Chain`` (trio runs each task in its own
+context); its ``current`` is None while main runs. A task spawned from inside a
 coroutine inherits the variable; its first trap then reaches trio instead of a
 driver, trio throws ``TypeError`` back, and the call recovers by running as main
 (``_Rejected``). Calls that would fail or answer without switching double-check the
@@ -160,10 +161,12 @@ class Coroutine:
 
 
 class _Chain:
-    """Main's side of one running chain: the pending call main made, and the driver's scratch.
+    """Main's side of a trio task's chains: the pending call main made, and the driver's scratch.
 
-    It is the ``_resumer`` of the coroutine main entered, so it carries the same
-    fields a coroutine's pending call does.
+    One per trio task, kept in the ``_chain`` context variable and reused by each
+    switching call main makes; ``current is None`` means main is running. It is the
+    ``_resumer`` of the coroutine main entered, so it carries the same fields a
+    coroutine's pending call does.
     """
 
     __slots__ = (
@@ -400,8 +403,15 @@ def _drive(kind: _Trap, target, args: tuple):
     call, a raw exception for an event-loop trap, a raw one for main.
     """
     task = _current_task()
-    m = _Chain(kind, task)
-    token = _chain.set(m)
+    m = _chain.get()
+    if m is None or m.task is not task or m.current is not None:
+        # First chain of this task (or an inherited variable): one _Chain per task,
+        # kept in the context and reused by every later switching call from main.
+        m = _Chain(kind, task)
+        _chain.set(m)
+    else:
+        m._pending = kind
+        m._call_cs = None if task is None else task._cancel_status
     try:
         if kind is RESUME:  # the common entry, inlined (see _enter)
             m._awaits = co = target
@@ -504,8 +514,8 @@ def _drive(kind: _Trap, target, args: tuple):
             raise err
         return value
     finally:
-        m.current = None
-        _chain.reset(token)
+        m.current = None  # main runs again: the chain stays for the next call, idle
+        m._call_cs = m._awaits = None
 
 
 def _abandon(co: Coroutine) -> None:
@@ -555,7 +565,9 @@ def _trap(kind: _Trap):
 def _own_chain() -> _Chain | None:
     """This task's running chain; forgets one inherited from the task that spawned it."""
     m = _chain.get()
-    if m is not None and (m.current is None or m.task is not _current_task()):
+    if m is None or m.current is None:
+        return None
+    if m.task is not _current_task():
         _chain.set(None)
         return None
     return m
