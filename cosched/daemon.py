@@ -56,39 +56,41 @@ def configure(args):
 
 
 async def run(config, notifier: Notifier) -> None:
+    """Signals and the control socket first, then the jobs: a job's first step may be
+    long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config)
     config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run)
-        await nursery.start(lambda task_status: serve(
-            config.socket, config.socket_mode, sup, allowed_uids=set(config.allowed_users),
-            allowed_gid=config.allowed_group, max_line=config.max_request_bytes,
-            task_status=task_status))
-        nursery.start_soon(watch_jobs, sup)
-        if config.watchdog:
-            nursery.start_soon(notifier.watchdog_loop)
-        notifier.ready(status=_status_line(sup))
-        log.info("coschedd ready", socket=str(config.socket), jobs_dir=str(config.jobs_dir),
-                 tasks=len(sup.tasks))
-        await handle_signals(sup, notifier, config)
-        nursery.cancel_scope.cancel()
-
-
-async def handle_signals(sup: Supervisor, notifier: Notifier, config) -> None:
-    """SIGHUP reloads; SIGTERM/SIGINT stop gracefully (returns once tasks are cleaned up)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                notifier.reloading()
-                report = sup.rescan()
-                log.info("reloaded", **report)
-                notifier.ready(status=_status_line(sup))
-                continue
-            notifier.stopping()
-            log.info("stopping", signal=signal.Signals(signum).name, timeout=config.stop_timeout)
-            await sup.stop(config.stop_timeout)
-            return
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: serve(
+                config.socket, config.socket_mode, sup, allowed_uids=set(config.allowed_users),
+                allowed_gid=config.allowed_group, max_line=config.max_request_bytes,
+                task_status=task_status))
+            await nursery.start(sup.run)
+            nursery.start_soon(watch_jobs, sup)
+            if config.watchdog:
+                nursery.start_soon(notifier.watchdog_loop)
+            notifier.ready(status=_status_line(sup))
+            log.info("coschedd ready", socket=str(config.socket), jobs_dir=str(config.jobs_dir),
+                     tasks=len(sup.tasks))
+            await handle_signals(signals, sup, notifier, config)
+            nursery.cancel_scope.cancel()
+
+
+async def handle_signals(signals, sup: Supervisor, notifier: Notifier, config) -> None:
+    """SIGHUP reloads; SIGTERM/SIGINT stop gracefully (returns once tasks are cleaned up)."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            notifier.reloading()
+            report = sup.rescan()
+            log.info("reloaded", **report)
+            notifier.ready(status=_status_line(sup))
+            continue
+        notifier.stopping()
+        log.info("stopping", signal=signal.Signals(signum).name, timeout=config.stop_timeout)
+        await sup.stop(config.stop_timeout)
+        return
 
 
 async def watch_jobs(sup: Supervisor) -> None:

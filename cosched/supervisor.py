@@ -14,6 +14,7 @@ and steps come from a trio Instrument, so jobs need no hooks.
 
 from __future__ import annotations
 
+import linecache
 import os
 import time
 import traceback
@@ -29,7 +30,7 @@ from . import __version__, coro
 from ._coro import last_transfer_to_main, stack_of
 from .config import Config, JobPolicy
 from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import ControlError, NO_SUCH_JOB, NO_SUCH_TASK, NOT_ALIVE, NOT_SUSPENDED
+from .protocol import BUSY, ControlError, NO_SUCH_JOB, NO_SUCH_TASK, NOT_ALIVE, NOT_SUSPENDED
 from .task import TaskContext
 
 __all__ = ["Supervisor", "Task"]
@@ -103,12 +104,20 @@ class Task:
 
 
 def _where(frames: list[tuple[str, int, str]]) -> str | None:
-    """'trio.sleep at ticker.py:12' from a stack: the event-loop call and the job line that made it."""
+    """'trio.sleep at ticker.py:12' from a stack: the event-loop call and the job line that made it.
+
+    trio's socket methods are generated wrappers with no telling name; for them the
+    job's own line says more ('await sock.recv(1) at echo.py:30').
+    """
     for i, (file, _line, func) in enumerate(frames):
         if file.startswith(_TRIO_DIR):
             caller = next((f for f in reversed(frames[:i]) if not f[0].startswith(_PKG_DIR)), None)
-            at = f" at {os.path.basename(caller[0])}:{caller[1]}" if caller else ""
-            return f"trio.{func.lstrip('_')}{at}"
+            if caller is None:
+                return f"trio.{func.lstrip('_')}"
+            what = f"trio.{func.lstrip('_')}"
+            if "<locals>" in func:
+                what = linecache.getline(caller[0], caller[1]).strip() or what
+            return f"{what} at {os.path.basename(caller[0])}:{caller[1]}"
     return None
 
 
@@ -144,6 +153,8 @@ class Supervisor:
         self.config = config
         self.job_table: dict[str, dict[str, Any]] = {}   # name -> {"path", "job", "error", "signature"}
         self.tasks: dict[int, Task] = {}
+        self.live_names: set[str] = set()       # names of alive tasks (names are unique among them)
+        self.ended: deque[int] = deque()        # ids of ended tasks still listed, oldest first
         self.by_trio: dict[Any, Task] = {}
         self.next_id = 1
         self.started = time.monotonic()
@@ -259,18 +270,17 @@ class Supervisor:
         t.ctx = TaskContext(name, tid, structlog.get_logger("cosched.job").bind(task=name, id=tid),
                             policy.config, spawner=self._spawn)
         self.tasks[tid] = t
+        self.live_names.add(name)
         if parent is not None:
             parent.children.append(t)
-        self._forget_old()
         self.nursery.start_soon(self._supervise, t, name=f"cosched task {name}")
         return t
 
     def _free_name(self, base: str) -> str:
-        taken = {t.name for t in self.tasks.values() if t.alive}
-        if base not in taken:
+        if base not in self.live_names:
             return base
         n = 2
-        while f"{base}.{n}" in taken:
+        while f"{base}.{n}" in self.live_names:
             n += 1
         return f"{base}.{n}"
 
@@ -278,10 +288,12 @@ class Supervisor:
         parent = self.tasks[parent_ctx.id]
         return self.start_task(parent.job, fn, args, parent, name and self._free_name(name)).ctx
 
-    def _forget_old(self) -> None:
-        ended = [tid for tid, t in self.tasks.items() if not t.alive]
-        for tid in ended[: max(0, len(ended) - ENDED_KEPT)]:
-            del self.tasks[tid]
+    def _forget_old(self, t: Task) -> None:
+        """t has ended: keep it listed, forgetting the oldest ended tasks beyond ENDED_KEPT."""
+        self.live_names.discard(t.name)
+        self.ended.append(t.id)
+        while len(self.ended) > ENDED_KEPT:
+            self.tasks.pop(self.ended.popleft(), None)
 
     async def _supervise(self, t: Task) -> None:
         """Run t, restarting it as its policy says, until it ends for good."""
@@ -313,6 +325,7 @@ class Supervisor:
             t.ctx._finish(t.state, t.result if t.state == "finished" else t.error)
             t.ended.set()
             t._signal_stop()
+            self._forget_old(t)
             for child in t.children:
                 if child.alive:
                     self._request_kill(child)
@@ -456,7 +469,12 @@ class Supervisor:
             await t.ended.wait()
         return {"task": self.info(t)}
 
+    def _require_running(self) -> None:
+        if self.nursery is None:
+            raise ControlError(BUSY, "coschedd is still starting; try again")
+
     async def start(self, job: str) -> dict:
+        self._require_running()
         entry = self.job_table.get(job)
         if entry is None:
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
@@ -467,6 +485,7 @@ class Supervisor:
         return {"task": self.info(t)}
 
     async def reload(self) -> dict:
+        self._require_running()
         report = self.rescan()
         report["errors"] = self._job_errors()
         return report
