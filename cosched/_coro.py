@@ -618,9 +618,7 @@ async def resume(co, *args):
         m = _own_chain()
         if m is not None and _resumable(co):
             return (False, _too_deep())
-    elif m is not None:
-        m = None  # inherited from a chain that has since returned to its own main
-    if m is None and _resumable(co):
+    if (m is None or m.current is None) and _resumable(co):  # main (current None: idle or inherited)
         return await _drive(RESUME, co, args)
     if type(co) is not Coroutine and co is not main:
         raise _not_a_coroutine("resume", co)

@@ -224,8 +224,7 @@ class Supervisor:
         try:
             job = load_job(path)
         except JobLoadError as e:
-            self.job_table[name] = {"path": path, "job": None, "error": str(e), "signature": sig,
-                               "previous": entry["job"] if entry else None}
+            self.job_table[name] = {"path": path, "job": None, "error": str(e), "signature": sig}
             log.error("job failed to load", job=name, path=str(path), reason=str(e))
             if report is not None:
                 report["errors"].append({"job": name, "path": str(path), "error": str(e)})
@@ -234,11 +233,12 @@ class Supervisor:
         log.info("job loaded", job=name, path=str(path), reloaded=entry is not None)
         if report is not None:
             report["loaded"].append(name)
-        for t in self._tasks_of(name):
+        old = self._tasks_of(name)
+        for t in old:
             self._request_kill(t)   # the old code's tasks give way to the new version
         policy = self.config.job_policy(name)
         if policy.enabled and policy.autostart:
-            self.nursery.start_soon(self._start_after, name, [t for t in self._tasks_of(name)])
+            self.nursery.start_soon(self._start_after, name, old)
 
     async def _start_after(self, name: str, old: list[Task]) -> None:
         for t in old:
