@@ -24,6 +24,12 @@ Design principles
    GeneratorExit never fires on an outer frame and any other thrown exception is
    recognisably the event loop's.
 
+This module is the complete reference implementation. When the C extension
+``cosched._speedups`` is built (and ``COSCHED_PURE_PYTHON`` is not set), it replaces
+the switch path only -- the coroutine and chain fields, ``_trap``, ``_drive`` and the
+hot case of ``yield_`` -- and calls back into the helpers here for every other
+transition, so both run the same rules.
+
 Which code is "in a coroutine" is tracked per trio task by the context variable
 ``_chain``, holding the task's one ``_Chain`` (trio runs each task in its own
 context); its ``current`` is None while main runs. A task spawned from inside a
@@ -35,6 +41,7 @@ task first, so the inherited value is never trusted for an answer.
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 import weakref
@@ -49,6 +56,13 @@ try:  # trio.lowlevel.current_task() reads this; reading it directly saves a cal
     from trio._core._run import GLOBAL_RUN_CONTEXT as _TRIO_RUN
 except ImportError:  # pragma: no cover
     _TRIO_RUN = None
+
+_speedups = None
+if not os.environ.get("COSCHED_PURE_PYTHON"):
+    try:
+        from cosched import _speedups
+    except ImportError:  # not built: the pure-Python switch path below runs
+        _speedups = None
 
 __all__ = [
     "Coroutine", "CoroutineError", "Wrapped", "SafeWrapped", "main",
@@ -122,10 +136,11 @@ class _MainType:
 main = _MainType()
 
 
-class Coroutine:
+class Coroutine(_speedups.CoroutineBase if _speedups else object):
     """A coroutine made by :func:`create`. Drive it with the module functions."""
 
-    __slots__ = (
+    # With _speedups the same fields live in the C base (same names and meaning).
+    __slots__ = () if _speedups else (
         "_fn",        # body callable until the first start, then None
         "_co",        # the Python coroutine object while started and not dead
         "_state",     # _INITIAL/_SUSPENDED/_RUNNING/_NORMAL/_DEAD: the status, stored once
@@ -160,7 +175,7 @@ class Coroutine:
         return f"<cosched coroutine {s} at {id(self):#x}>"
 
 
-class _Chain:
+class _Chain(_speedups.ChainBase if _speedups else object):
     """Main's side of a trio task's chains: the pending call main made, and the driver's scratch.
 
     One per trio task, kept in the ``_chain`` context variable and reused by each
@@ -169,7 +184,7 @@ class _Chain:
     coroutine's pending call does.
     """
 
-    __slots__ = (
+    __slots__ = () if _speedups else (
         "task",      # the trio task driving the chain (None outside trio)
         "current",   # the coroutine executing (or awaiting I/O) in this chain
         "target",    # trap payload: what the switching call names (cleared once read)
@@ -324,6 +339,9 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
 
 def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
     """cur suspends and hands vals to dest (a coroutine or a chain); return (next, value, exc)."""
+    if dest is None:  # a yield_() awaited after its coroutine lost its resumer
+        return cur, None, _Delivery(CoroutineError(
+            "attempt to yield from a coroutine that was not resumed"))
     if m.task is not None:
         err = _scope_error(m, cur, dest, "yield" if kind is not TRANSFER else "transfer")
         if err is not None:
@@ -460,8 +478,8 @@ def _drive(kind: _Trap, target, args: tuple):
             if msg is YIELD:
                 # The hot path, inlined: hand the values to the resumer waiting for co.
                 dest = co._resumer
-                if (task is None or task._cancel_status is co._entry_cs is dest._call_cs) and (
-                        type(dest) is Coroutine or dest is m):
+                if (type(dest) is Coroutine or dest is m) and (
+                        task is None or task._cancel_status is co._entry_cs is dest._call_cs):
                     co._state = _SUSPENDED
                     co._pending = YIELD
                     co._resumer = None
@@ -553,13 +571,25 @@ def _trap(kind: _Trap):
     except _Delivery as d:
         exc = d.exc
     except TypeError as e:
-        # trio throws TypeError("...unrecognized yield message <cosched trap ...>")
-        # back when a trap reaches it: this task inherited a chain it does not run.
-        if "cosched trap" not in str(e) or _chain.get() is None:
+        exc = _rejected(e)
+        if exc is e:
             raise
-        _chain.set(None)
-        raise _Rejected("attempt to yield from outside a coroutine") from None
     raise exc
+
+
+def _rejected(e: TypeError) -> BaseException:
+    """What a trap raises when the event loop throws ``e`` back at it.
+
+    trio throws TypeError("...unrecognized yield message <cosched trap ...>") when a
+    trap reaches it: this task inherited a chain it does not run. Anything else is
+    returned unchanged, to be re-raised as it is.
+    """
+    if "cosched trap" not in str(e) or _chain.get() is None:
+        return e
+    _chain.set(None)
+    err = _Rejected("attempt to yield from outside a coroutine")
+    err.__suppress_context__ = True
+    return err
 
 
 def _own_chain() -> _Chain | None:
@@ -891,15 +921,11 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
             frames += stack_of(obj._co) if obj._co is not None else []
             obj = nxt
             continue
-        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
-        if frame is None:
-            break
-        code = frame.f_code
-        if code is _drive.__code__:
+        m = _driven_chain(obj)
+        if m is not False:
             # A chain driver: show the chain from the coroutine main entered, down the
             # coroutines waiting in nested calls, and the running one if a transfer
             # took control elsewhere.
-            m = frame.f_locals.get("m")
             if m is None or m.current is None:
                 break
             head = m._awaits if m._awaits is not None else m.current
@@ -909,7 +935,37 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
             if head is None:
                 frames += stack_of(m.current._co)
             break
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
         if code.co_filename != __file__:
             frames.append((code.co_filename, frame.f_lineno, code.co_qualname))
         obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
     return frames
+
+
+def _driven_chain(obj):
+    """The chain obj drives if obj is a chain driver (None once it finished), else False."""
+    if _speedups is not None and type(obj) is _speedups.Driver:
+        return obj.chain
+    frame = getattr(obj, "gi_frame", None)
+    if frame is not None and frame.f_code is _py_drive.__code__:
+        return frame.f_locals.get("m")
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# The C switch path: same transitions, the rare ones delegated to the helpers above.
+
+_py_trap, _py_drive, _py_yield = _trap, _drive, yield_
+if _speedups is not None:
+    _speedups.setup(
+        INITIAL=_INITIAL, SUSPENDED=_SUSPENDED, RUNNING=_RUNNING, NORMAL=_NORMAL,
+        YIELD=YIELD, TRANSFER=TRANSFER, SAFEYIELD=SAFEYIELD, RESUME=RESUME, WRAP=WRAP,
+        ITER=ITER, Trap=_Trap, Coroutine=Coroutine, Delivery=_Delivery, chain_var=_chain,
+        run_context=_TRIO_RUN, new_chain=_Chain, enter=_enter, leave=_leave, end=_end,
+        safe_leave=_safe_leave, abandon=_abandon, body=_body, unpack=_unpack,
+        rejected=_rejected, yield_slow=_py_yield,
+    )
+    _trap, _drive, yield_ = _speedups.trap, _speedups.drive, _speedups.yield_
