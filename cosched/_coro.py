@@ -633,26 +633,36 @@ def _too_deep() -> RecursionError:
     return RecursionError(f"coroutine stack overflow: resume nested deeper than {_depth_limit()}")
 
 
+def _nest_call(kind: _Trap, co, args: tuple):
+    """What a resume or wrap call of co awaits when co can be entered from here: the
+    driver when main calls, the trap when a coroutine does; else None (co is not
+    suspended, or the caller's chain is nested too deep)."""
+    if type(co) is not Coroutine or (co._state is not _SUSPENDED and co._state is not _INITIAL):
+        return None
+    m = _chain.get()
+    if m is None or m.current is None:
+        return _drive(kind, co, args)
+    d = m.current._depth
+    if d < 200 or d < _depth_limit():
+        m.target = co
+        m.args = args
+        return _trap(kind)
+    if _own_chain() is None:  # deep, but in the task that spawned this one: main here
+        return _drive(kind, co, args)
+    return None
+
+
 async def resume(co, *args):
     """Resume ``co`` with ``args``; return ``(True, *values)`` or ``(False, exc)``."""
-    m = _chain.get()
-    if m is not None and m.current is not None:
-        d = m.current._depth
-        if _resumable(co) and (d < 200 or d < _depth_limit()):
-            m.target = co
-            m.args = args
-            try:
-                return await _trap(RESUME)
-            except _Rejected:
-                return await _drive(RESUME, co, args)
-        m = _own_chain()
-        if m is not None and _resumable(co):
-            return (False, _too_deep())
-    if (m is None or m.current is None) and _resumable(co):  # main (current None: idle or inherited)
+    call = _nest_call(RESUME, co, args)
+    if call is None:
+        if type(co) is not Coroutine and co is not main:
+            raise _not_a_coroutine("resume", co)
+        return (False, _too_deep() if _resumable(co) else _refusal(co))
+    try:
+        return await call
+    except _Rejected:  # the chain in the context was inherited: this task is main
         return await _drive(RESUME, co, args)
-    if type(co) is not Coroutine and co is not main:
-        raise _not_a_coroutine("resume", co)
-    return (False, _refusal(co))
 
 
 def yield_(*values):
@@ -701,16 +711,24 @@ def _transfer_refused(target, m: _Chain | None):
     return None
 
 
-async def transfer(target, *values):
-    """Suspend the caller and run ``target`` with ``values`` (``None``/``main``: to main)."""
+def _transfer_call(target, values: tuple):
+    """The trap a transfer awaits from a coroutine to a suspended coroutine, else None."""
     m = _chain.get()
     if (m is not None and m.current is not None and type(target) is Coroutine
             and (target._state is _SUSPENDED or target._state is _INITIAL)
             and not m.current._closing):
         m.target = target
         m.args = values
+        return _trap(TRANSFER)
+    return None
+
+
+async def transfer(target, *values):
+    """Suspend the caller and run ``target`` with ``values`` (``None``/``main``: to main)."""
+    call = _transfer_call(target, values)
+    if call is not None:
         try:
-            return await _trap(TRANSFER)
+            return await call
         except _Rejected:
             return await _drive(TRANSFER, target, values)
     m = _own_chain()
@@ -750,30 +768,34 @@ class Wrapped:
         self.coroutine = create(fn)
 
     async def __call__(self, *args):
-        co = self.coroutine
-        if not _resumable(co):
-            raise _refusal(co)
-        m = _chain.get()
-        if m is None or m.current is None:  # from main: drive directly, one call less
-            return await _drive(WRAP, co, args)
-        return await _nest(WRAP, co, args)
+        call = _nest_call(WRAP, self.coroutine, args)
+        if call is None:
+            raise _wrap_refusal(self.coroutine)
+        try:
+            return await call
+        except _Rejected:
+            return await _drive(WRAP, self.coroutine, args)
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        co = self.coroutine
-        if not _resumable(co):
-            if co._state is _DEAD:
+        call = _nest_call(ITER, self.coroutine, ())
+        if call is None:
+            if self.coroutine._state is _DEAD:
                 raise StopAsyncIteration
-            raise _refusal(co)
-        m = _chain.get()
-        if m is None or m.current is None:  # from main: drive directly, one call less
-            return await _drive(ITER, co, ())
-        return await _nest(ITER, co, ())
+            raise _wrap_refusal(self.coroutine)
+        try:
+            return await call
+        except _Rejected:
+            return await _drive(ITER, self.coroutine, ())
 
     def __repr__(self) -> str:
         return f"<cosched wrap of {self.coroutine!r}>"
+
+
+def _wrap_refusal(co: Coroutine) -> BaseException:
+    return _too_deep() if _resumable(co) else _refusal(co)
 
 
 def wrap(fn) -> Wrapped:
@@ -958,7 +980,7 @@ def _driven_chain(obj):
 # --------------------------------------------------------------------------------------
 # The C switch path: same transitions, the rare ones delegated to the helpers above.
 
-_py_trap, _py_drive, _py_yield = _trap, _drive, yield_
+_py_trap, _py_drive, _py_yield, _py_nest_call = _trap, _drive, yield_, _nest_call
 if _speedups is not None:
     _speedups.setup(
         INITIAL=_INITIAL, SUSPENDED=_SUSPENDED, RUNNING=_RUNNING, NORMAL=_NORMAL,
@@ -966,6 +988,7 @@ if _speedups is not None:
         ITER=ITER, Trap=_Trap, Coroutine=Coroutine, Delivery=_Delivery, chain_var=_chain,
         run_context=_TRIO_RUN, new_chain=_Chain, enter=_enter, leave=_leave, end=_end,
         safe_leave=_safe_leave, abandon=_abandon, body=_body, unpack=_unpack,
-        rejected=_rejected, yield_slow=_py_yield,
+        rejected=_rejected, yield_slow=_py_yield, nest_call=_py_nest_call,
     )
     _trap, _drive, yield_ = _speedups.trap, _speedups.drive, _speedups.yield_
+    _nest_call, _transfer_call = _speedups.nest_call, _speedups.transfer_call

@@ -32,7 +32,7 @@ static PyObject *DeliveryType;      /* _coro._Delivery */
 static PyObject *chain_var;         /* _coro._chain (ContextVar) */
 static PyObject *run_context;       /* trio's GLOBAL_RUN_CONTEXT, or None */
 static PyObject *py_new_chain, *py_enter, *py_leave, *py_end, *py_safe_leave, *py_abandon;
-static PyObject *py_body, *py_unpack, *py_rejected, *py_yield_slow;
+static PyObject *py_body, *py_unpack, *py_rejected, *py_yield_slow, *py_nest_call;
 static PyObject *str_task, *str_cancel_status, *str_throw;
 
 /* ---------------------------------------------------------------------------------
@@ -1053,6 +1053,69 @@ mod_yield(PyObject *mod, PyObject *values)
 }
 
 /* ---------------------------------------------------------------------------------
+ * nest_call(kind, co, args) and transfer_call(target, values): what a switching call
+ * awaits (see _nest_call and _transfer_call in _coro.py). The common cases are
+ * answered here; the Python functions answer the rest. */
+
+static PyObject *
+mod_nest_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "nest_call(kind, co, args: tuple)");
+        return NULL;
+    }
+    PyObject *kind = args[0], *co = args[1];
+    if (Py_TYPE(co) != CoroType ||
+            (CORO(co)->state != S_SUSPENDED && CORO(co)->state != S_INITIAL))
+        Py_RETURN_NONE;
+    PyObject *m;
+    if (PyContextVar_Get(chain_var, NULL, &m) < 0)
+        return NULL;
+    if (m == NULL || !PyObject_TypeCheck(m, &ChainBaseType) ||
+            ((ChainObject *)m)->current == Py_None) {
+        Py_XDECREF(m);
+        return mod_drive(mod, args, nargs);
+    }
+    PyObject *cur = ((ChainObject *)m)->current;
+    if (Py_TYPE(cur) == CoroType &&
+            (CORO(cur)->depth < 200 || CORO(cur)->depth < Py_GetRecursionLimit())) {
+        Py_SETREF(((ChainObject *)m)->target, Py_NewRef(co));
+        Py_SETREF(((ChainObject *)m)->args, Py_NewRef(args[2]));
+        Py_DECREF(m);
+        return trap_new(kind);
+    }
+    Py_DECREF(m);
+    return PyObject_Vectorcall(py_nest_call, args, nargs, NULL);
+}
+
+static PyObject *
+mod_transfer_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "transfer_call(target, values: tuple)");
+        return NULL;
+    }
+    PyObject *target = args[0];
+    if (Py_TYPE(target) != CoroType ||
+            (CORO(target)->state != S_SUSPENDED && CORO(target)->state != S_INITIAL))
+        Py_RETURN_NONE;
+    PyObject *m;
+    if (PyContextVar_Get(chain_var, NULL, &m) < 0)
+        return NULL;
+    PyObject *r = Py_None;
+    if (m != NULL && PyObject_TypeCheck(m, &ChainBaseType)) {
+        PyObject *cur = ((ChainObject *)m)->current;
+        if (Py_TYPE(cur) == CoroType && !CORO(cur)->closing) {
+            Py_SETREF(((ChainObject *)m)->target, Py_NewRef(target));
+            Py_SETREF(((ChainObject *)m)->args, Py_NewRef(args[1]));
+            r = NULL;
+        }
+    }
+    Py_XDECREF(m);
+    return r == NULL ? trap_new(T_TRANSFER) : Py_NewRef(Py_None);
+}
+
+/* ---------------------------------------------------------------------------------
  * setup(**names): called once by cosched._coro with what the switch path compares
  * against and the Python helpers it defers to. */
 
@@ -1061,14 +1124,14 @@ static PyObject **const setup_slots[] = {
     &T_YIELD, &T_TRANSFER, &T_SAFEYIELD, &T_RESUME, &T_WRAP, &T_ITER,
     (PyObject **)&TrapType, (PyObject **)&CoroType, &DeliveryType, &chain_var, &run_context,
     &py_new_chain, &py_enter, &py_leave, &py_end, &py_safe_leave, &py_abandon,
-    &py_body, &py_unpack, &py_rejected, &py_yield_slow,
+    &py_body, &py_unpack, &py_rejected, &py_yield_slow, &py_nest_call,
 };
 static const char *const setup_names[] = {
     "INITIAL", "SUSPENDED", "RUNNING", "NORMAL",
     "YIELD", "TRANSFER", "SAFEYIELD", "RESUME", "WRAP", "ITER",
     "Trap", "Coroutine", "Delivery", "chain_var", "run_context",
     "new_chain", "enter", "leave", "end", "safe_leave", "abandon",
-    "body", "unpack", "rejected", "yield_slow",
+    "body", "unpack", "rejected", "yield_slow", "nest_call",
 };
 
 static PyObject *
@@ -1101,6 +1164,10 @@ static PyMethodDef module_methods[] = {
     {"trap", (PyCFunction)mod_trap, METH_O, "The awaitable a switching call yields to its driver."},
     {"drive", (PyCFunction)(void (*)(void))mod_drive, METH_FASTCALL,
      "drive(kind, target, args): main's switching call, awaited."},
+    {"nest_call", (PyCFunction)(void (*)(void))mod_nest_call, METH_FASTCALL,
+     "nest_call(kind, co, args): the driver or trap a resume/wrap call awaits, or None."},
+    {"transfer_call", (PyCFunction)(void (*)(void))mod_transfer_call, METH_FASTCALL,
+     "transfer_call(target, values): the trap a transfer to a suspended coroutine awaits, or None."},
     {"yield_", (PyCFunction)mod_yield, METH_VARARGS,
      "yield_(*values)\n--\n\nSuspend the running coroutine, handing values to its resumer; "
      "await the result."},
