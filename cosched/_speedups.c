@@ -589,8 +589,8 @@ driver_start(DriverObject *self, PyObject **co, PyObject **value, PyObject **err
     self->m = (ChainObject *)m;
     ChainObject *ch = self->m;
     PyObject *kind = self->kind, *target = self->target, *args = self->args;
-    if (kind == T_RESUME && Py_TYPE(target) == CoroType) {
-        /* The common entry, inlined (see _enter). */
+    if ((kind == T_RESUME || kind == T_WRAP || kind == T_ITER) && Py_TYPE(target) == CoroType) {
+        /* The common entries, inlined (see _enter). */
         CoroObject *c = CORO(target);
         Py_SETREF(ch->awaits, Py_NewRef(target));
         Py_SETREF(c->resumer, Py_NewRef(m));
