@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from cosched import coro
+from cosched._coro import stack_of
 from cosched.coro import CoroutineError
 
 TIMEOUT = 10
@@ -3126,3 +3127,44 @@ def test_task_spawned_from_a_coroutine_that_has_since_yielded_resumes_as_main():
         return results
 
     assert run(main) == [(True, "suspended"), (True, 42), (coro.main, True)]
+
+
+def test_yield_awaited_after_the_coroutine_lost_its_resumer_raises_not_resumed():
+    async def main():
+        async def body():
+            late = coro.yield_("early")  # made while resumed, awaited later
+            await coro.yield_("first")   # this yield drops the resumer link
+            with pytest.raises(CoroutineError, match=NOT_RESUMED):
+                await late
+            await coro.transfer(None, "recovered")
+
+        co = coro.create(body)
+        first = await coro.resume(co)
+        again = await coro.transfer(co)
+        return first, again, coro.status(co)
+
+    assert run(main) == ((True, "first"), "recovered", "suspended")
+
+
+def test_stack_of_follows_a_trio_task_through_its_driver_into_the_coroutine():
+    async def main():
+        entered = trio.Event()
+
+        async def deepest():
+            entered.set()
+            await trio.sleep_forever()
+
+        async def outer():
+            await coro.resume(coro.create(deepest))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(coro.resume, coro.create(outer), name="driver")
+            await entered.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            task = next(t for t in nursery.child_tasks if t.name == "driver")
+            names = [fn for _, _, fn in stack_of(task.coro)]
+            nursery.cancel_scope.cancel()
+        return names
+
+    names = [name.rsplit(".", 1)[-1] for name in run(main)]
+    assert names[:3] == ["outer", "deepest", "sleep_forever"]
