@@ -54,8 +54,9 @@ except ImportError:  # pragma: no cover
     _trio_current_task = None
 try:  # trio.lowlevel.current_task() reads this; reading it directly saves a call and a try
     from trio._core._run import GLOBAL_RUN_CONTEXT as _TRIO_RUN
+    from trio._core._run import Task as _TrioTask
 except ImportError:  # pragma: no cover
-    _TRIO_RUN = None
+    _TRIO_RUN = _TrioTask = None
 
 _speedups = None
 if not os.environ.get("COSCHED_PURE_PYTHON"):
@@ -986,7 +987,7 @@ if _speedups is not None:
         INITIAL=_INITIAL, SUSPENDED=_SUSPENDED, RUNNING=_RUNNING, NORMAL=_NORMAL,
         YIELD=YIELD, TRANSFER=TRANSFER, SAFEYIELD=SAFEYIELD, RESUME=RESUME, WRAP=WRAP,
         ITER=ITER, Trap=_Trap, Coroutine=Coroutine, Delivery=_Delivery, chain_var=_chain,
-        run_context=_TRIO_RUN, new_chain=_Chain, enter=_enter, leave=_leave, end=_end,
+        run_context=_TRIO_RUN, Task=_TrioTask, new_chain=_Chain, enter=_enter, leave=_leave, end=_end,
         safe_leave=_safe_leave, abandon=_abandon, body=_body, unpack=_unpack,
         rejected=_rejected, yield_slow=_py_yield, nest_call=_py_nest_call,
     )

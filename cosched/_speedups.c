@@ -19,6 +19,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <structmember.h>  /* T_OBJECT_EX: how trio's Task declares its slots */
 
 /* ---------------------------------------------------------------------------------
  * What _coro.py hands over at import (setup()): identities compared on every switch,
@@ -33,7 +34,9 @@ static PyObject *chain_var;         /* _coro._chain (ContextVar) */
 static PyObject *run_context;       /* trio's GLOBAL_RUN_CONTEXT, or None */
 static PyObject *py_new_chain, *py_enter, *py_leave, *py_end, *py_safe_leave, *py_abandon;
 static PyObject *py_body, *py_unpack, *py_rejected, *py_yield_slow, *py_nest_call;
-static PyObject *str_task, *str_cancel_status, *str_throw;
+static PyObject *str_task, *str_cancel_status, *str_throw, *str_rundict_key;
+static PyTypeObject *task_type;           /* trio's Task, or NULL */
+static Py_ssize_t cancel_status_offset;   /* where Task keeps _cancel_status, or 0 */
 
 /* ---------------------------------------------------------------------------------
  * Coroutine and chain fields. Both start with the fields of a pending call, so the
@@ -301,27 +304,56 @@ pack(PyObject *args)
     return Py_NewRef(args);
 }
 
-/* The cancel status of the trio task (new ref; None outside trio); NULL on error. */
+/* The cancel status of the trio task (new ref; None outside trio); NULL on error.
+ * trio's Task has __slots__: the slot is read at its offset, as its descriptor would. */
 static PyObject *
 cancel_status(PyObject *task)
 {
     if (task == Py_None)
         Py_RETURN_NONE;
+    if (Py_TYPE(task) == task_type && cancel_status_offset > 0) {
+        PyObject *cs = *(PyObject **)((char *)task + cancel_status_offset);
+        if (cs != NULL)
+            return Py_NewRef(cs);
+    }
     return PyObject_GetAttr(task, str_cancel_status);
 }
 
-/* The trio task running this code, or None (new ref). */
+/* The trio task running this code, or None (new ref): ``GLOBAL_RUN_CONTEXT.task``.
+ * GLOBAL_RUN_CONTEXT is a threading.local; its dict for this thread is looked up once
+ * and kept in the thread's state dict, so it dies with the thread. RunContext has no
+ * class attributes, so a dict lookup answers what getattr would. */
 static PyObject *
 current_task(void)
 {
     if (run_context == Py_None)
         Py_RETURN_NONE;
-    PyObject *t = PyObject_GetAttr(run_context, str_task);
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    PyObject *ldict = tdict == NULL ? NULL : PyDict_GetItemWithError(tdict, str_rundict_key);
+    if (ldict == NULL) {
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        PyObject *d = PyObject_GetAttrString(run_context, "__dict__");
+        if (d == NULL || !PyDict_CheckExact(d) || tdict == NULL ||
+                PyDict_SetItem(tdict, str_rundict_key, d) < 0) {
+            Py_XDECREF(d);
+            PyErr_Clear();
+            PyObject *t = PyObject_GetAttr(run_context, str_task);
+            if (t == NULL) {
+                PyErr_Clear();
+                Py_RETURN_NONE;
+            }
+            return t;
+        }
+        ldict = d;  /* now also held by the thread's dict */
+        Py_DECREF(d);
+    }
+    PyObject *t = PyDict_GetItemWithError(ldict, str_task);
     if (t == NULL) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    return t;
+    return Py_NewRef(t);
 }
 
 /* Unpack a (next, value, exc) triple returned by a Python helper into owned refs. */
@@ -1138,7 +1170,7 @@ static PyObject *
 mod_setup(PyObject *mod, PyObject *args, PyObject *kwds)
 {
     size_t n = sizeof(setup_names) / sizeof(setup_names[0]);
-    if (PyTuple_GET_SIZE(args) != 0 || kwds == NULL || (size_t)PyDict_GET_SIZE(kwds) != n) {
+    if (PyTuple_GET_SIZE(args) != 0 || kwds == NULL || (size_t)PyDict_GET_SIZE(kwds) != n + 1) {
         PyErr_SetString(PyExc_TypeError, "setup() takes exactly the driver's names as keywords");
         return NULL;
     }
@@ -1149,6 +1181,24 @@ mod_setup(PyObject *mod, PyObject *args, PyObject *kwds)
             return NULL;
         }
         Py_XSETREF(*setup_slots[i], Py_NewRef(v));
+    }
+    PyObject *tt = PyDict_GetItemString(kwds, "Task");
+    if (tt == NULL || (tt != Py_None && !PyType_Check(tt))) {
+        PyErr_SetString(PyExc_TypeError, "setup() needs Task: trio's task type, or None");
+        return NULL;
+    }
+    task_type = NULL;
+    cancel_status_offset = 0;
+    if (tt != Py_None) {
+        /* Read _cancel_status at its slot only if it is a plain object slot. */
+        PyObject *d = PyDict_GetItemWithError(((PyTypeObject *)tt)->tp_dict, str_cancel_status);
+        if (d != NULL && Py_TYPE(d) == &PyMemberDescr_Type &&
+                ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX) {
+            Py_INCREF(tt);
+            task_type = (PyTypeObject *)tt;
+            cancel_status_offset = ((PyMemberDescrObject *)d)->d_member->offset;
+        }
+        PyErr_Clear();
     }
     if (!PyType_Check(TrapType) || !PyType_Check(CoroType) ||
             !PyType_IsSubtype(CoroType, &CoroBaseType)) {
@@ -1192,7 +1242,9 @@ PyInit__speedups(void)
     str_task = PyUnicode_InternFromString("task");
     str_cancel_status = PyUnicode_InternFromString("_cancel_status");
     str_throw = PyUnicode_InternFromString("throw");
-    if (str_task == NULL || str_cancel_status == NULL || str_throw == NULL)
+    str_rundict_key = PyUnicode_InternFromString("cosched._speedups.run_context_dict");
+    if (str_task == NULL || str_cancel_status == NULL || str_throw == NULL ||
+            str_rundict_key == NULL)
         return NULL;
     PyObject *mod = PyModule_Create(&module_def);
     if (mod == NULL)
