@@ -73,6 +73,8 @@ typedef struct {
 } ChainObject;
 
 #define NODE(o) ((NodeObject *)(o))
+/* m is a chain: the context variable only ever holds _Chain objects, checked exactly first. */
+#define IS_CHAIN(m) (Py_TYPE(m) == (PyTypeObject *)py_new_chain || PyObject_TypeCheck(m, &ChainBaseType))
 #define CORO(o) ((CoroObject *)(o))
 
 static PyObject *
@@ -595,7 +597,7 @@ driver_start(DriverObject *self, PyObject **co, PyObject **value, PyObject **err
         return -1;
     }
     self->task = task;
-    if (m == NULL || !PyObject_TypeCheck(m, &ChainBaseType) || ((ChainObject *)m)->task != task ||
+    if (m == NULL || !IS_CHAIN(m) || ((ChainObject *)m)->task != task ||
             ((ChainObject *)m)->current != Py_None) {
         /* First chain of this task (or an inherited variable): one per task. */
         Py_XDECREF(m);
@@ -1072,7 +1074,7 @@ mod_yield(PyObject *mod, PyObject *values)
     PyObject *m;
     if (PyContextVar_Get(chain_var, NULL, &m) < 0)
         return NULL;
-    if (m != NULL && PyObject_TypeCheck(m, &ChainBaseType)) {
+    if (m != NULL && IS_CHAIN(m)) {
         PyObject *cur = ((ChainObject *)m)->current;
         if (Py_TYPE(cur) == CoroType && CORO(cur)->resumer != Py_None && !CORO(cur)->closing) {
             Py_SETREF(((ChainObject *)m)->args, Py_NewRef(values));
@@ -1103,7 +1105,7 @@ mod_nest_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     PyObject *m;
     if (PyContextVar_Get(chain_var, NULL, &m) < 0)
         return NULL;
-    if (m == NULL || !PyObject_TypeCheck(m, &ChainBaseType) ||
+    if (m == NULL || !IS_CHAIN(m) ||
             ((ChainObject *)m)->current == Py_None) {
         Py_XDECREF(m);
         return mod_drive(mod, args, nargs);
@@ -1135,7 +1137,7 @@ mod_transfer_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (PyContextVar_Get(chain_var, NULL, &m) < 0)
         return NULL;
     PyObject *r = Py_None;
-    if (m != NULL && PyObject_TypeCheck(m, &ChainBaseType)) {
+    if (m != NULL && IS_CHAIN(m)) {
         PyObject *cur = ((ChainObject *)m)->current;
         if (Py_TYPE(cur) == CoroType && !CORO(cur)->closing) {
             Py_SETREF(((ChainObject *)m)->target, Py_NewRef(target));
@@ -1201,8 +1203,10 @@ mod_setup(PyObject *mod, PyObject *args, PyObject *kwds)
         PyErr_Clear();
     }
     if (!PyType_Check(TrapType) || !PyType_Check(CoroType) ||
-            !PyType_IsSubtype(CoroType, &CoroBaseType)) {
-        PyErr_SetString(PyExc_TypeError, "setup(): Trap and Coroutine must be the driver's types");
+            !PyType_IsSubtype(CoroType, &CoroBaseType) || !PyType_Check(py_new_chain) ||
+            !PyType_IsSubtype((PyTypeObject *)py_new_chain, &ChainBaseType)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "setup(): Trap, Coroutine and new_chain must be the driver's types");
         return NULL;
     }
     Py_RETURN_NONE;
