@@ -14,9 +14,16 @@ What it measures, in one process and one run (nanoseconds per operation):
 
 How to run it (it is not collected by pytest)::
 
-    python tests/bench/bench_coro.py            # 7 rounds of 100,000 iterations
-    python tests/bench/bench_coro.py --quick    # 3 rounds of 20,000
-    python tests/bench/bench_coro.py --json     # the results as one JSON object
+    python tests/bench/bench_coro.py                 # 7 rounds of 100,000 iterations
+    python tests/bench/bench_coro.py --quick         # 3 rounds of 20,000
+    python tests/bench/bench_coro.py --json          # the results as one JSON object
+    python tests/bench/bench_coro.py --instructions  # also count instructions per op
+
+``--instructions`` runs each subject under valgrind's callgrind twice (5,000 and
+15,000 iterations) and divides the difference by 10,000: CPU instructions per
+operation, start-up excluded. Unlike times, these counts repeat exactly from run
+to run whatever else the machine does, so they show what a change did on a noisy
+machine; they do not see cache misses, which time does.
 
 Each timing is the best of R rounds; the subjects run round-robin within each
 round, so machine drift affects all of them alike, and the garbage collector is
@@ -38,14 +45,18 @@ import gc
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 import time
 import tracemalloc
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import trio
 
-from cosched import coro
+from cosched import _coro, coro
 
 try:
     import greenlet
@@ -171,6 +182,31 @@ SUBJECTS = [
 ]
 
 
+def count_instructions(keys, small=5_000, large=15_000):
+    """Instructions per op for each subject, from two callgrind runs of this script.
+
+    Returns {key: instructions} and an error string, or None when valgrind is missing.
+    """
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return {}, "valgrind not installed"
+
+    def collected(key, n):
+        proc = subprocess.run(
+            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
+             sys.executable, __file__, "--run-subject", key, str(n)],
+            capture_output=True, text=True, check=False)
+        m = re.search(r"Collected : (\d+)", proc.stderr)
+        if proc.returncode != 0 or m is None:
+            raise RuntimeError(f"callgrind run of {key} failed: {proc.stderr[-300:]}")
+        return int(m.group(1))
+
+    jobs = [(key, n) for key in keys for n in (small, large)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counts = dict(zip(jobs, pool.map(lambda job: collected(*job), jobs)))
+    return {key: (counts[key, large] - counts[key, small]) / (large - small) for key in keys}, None
+
+
 def measure(n, repeats):
     """Best ns/op per subject over round-robin rounds (round 0 is a short warm-up).
 
@@ -278,10 +314,25 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 rounds of 20,000 iterations")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count CPU instructions per op with valgrind (about 2 minutes)")
+    ap.add_argument("--run-subject", nargs=2, metavar=("KEY", "N"), help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
+    if opts.run_subject:  # one subject's loop, for a callgrind run
+        key, count = opts.run_subject
+        dict((k, fn) for k, _, fn in SUBJECTS)[key](int(count))
+        return 0
     n, repeats = (20_000, 3) if opts.quick else (100_000, 7)
 
     best, errors = measure(n, repeats)
+    instr = {}
+    if opts.instructions:
+        try:
+            instr, err = count_instructions([k for k, _, fn in SUBJECTS if fn is not None])
+        except RuntimeError as e:
+            err = str(e)
+        if err:
+            errors["instructions"] = err
     try:
         mem = measure_memory()
     except Exception as e:  # noqa: BLE001
@@ -303,17 +354,28 @@ def main(argv=None):
         "greenlet": greenlet.__version__ if greenlet else None,
         "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "iterations": n, "repeats": repeats,
+        "switch_path": "C" if _coro._speedups is not None else "pure Python",
     }
+    gi = instr.get("greenlet")
+    if gi:
+        targets_instr = {
+            "resume->yield (main), instructions": _ratio(instr.get("resume_main"), gi),
+            "resume->yield (nested), instructions": _ratio(instr.get("resume_nested"), gi),
+        }
+    else:
+        targets_instr = {}
 
     if opts.json:
         ratios = {k: {b: _ratio(v, bv) for b, bv in bases.items()} for k, v in best.items()}
         print(json.dumps({**env, "ns_per_op": best, "ratios": ratios,
+                          "instructions_per_op": instr, "instruction_ratios": targets_instr,
                           "bytes_per_suspended": mem, "targets": verdicts,
                           "errors": errors}, indent=2))
         return 0
 
     print(" ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"\n{'subject':<40}{'ns/op':>10}{'x greenlet':>12}{'x gen':>8}{'x trio':>8}")
+    head = f"\n{'subject':<40}{'ns/op':>10}{'x greenlet':>12}{'x gen':>8}{'x trio':>8}"
+    print(head + (f"{'instr/op':>10}{'x greenlet':>12}" if instr else ""))
     for key, label, fn in SUBJECTS:
         if key in errors:
             print(f"{label:<40}  error: {errors[key]}")
@@ -322,7 +384,11 @@ def main(argv=None):
         else:
             v = best[key]
             print(f"{label:<40}{v:>10.1f}"
-                  + "".join(f"{_fmt(_ratio(v, bv)):>{w}}" for bv, w in zip(bases.values(), (12, 8, 8))))
+                  + "".join(f"{_fmt(_ratio(v, bv)):>{w}}" for bv, w in zip(bases.values(), (12, 8, 8)))
+                  + (f"{_fmt(instr.get(key), '.0f'):>10}{_fmt(_ratio(instr.get(key), gi)):>12}"
+                     if instr else ""))
+    if "instructions" in errors:
+        print(f"instructions: {errors['instructions']}")
     print(f"\n{'bytes per suspended object (x10,000)':<40}{'bytes':>10}")
     for key, label, make in MEMORY:
         print(f"{label:<40}{_fmt(mem.get(key), '.1f'):>10}"
@@ -334,6 +400,9 @@ def main(argv=None):
     print()
     for name, ok in verdicts.items():
         print(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {name}")
+    for name, r in targets_instr.items():
+        print(f"{'n/a ' if r is None else 'PASS' if r <= TARGET_RATIO else 'FAIL'}  {name}: "
+              f"{_fmt(r)} x greenlet pair")
     return 0
 
 
