@@ -21,9 +21,10 @@ How to run it (it is not collected by pytest)::
 
 ``--instructions`` runs each subject under valgrind's callgrind twice (5,000 and
 15,000 iterations) and divides the difference by 10,000: CPU instructions per
-operation, start-up excluded. Unlike times, these counts repeat exactly from run
-to run whatever else the machine does, so they show what a change did on a noisy
-machine; they do not see cache misses, which time does.
+operation, start-up excluded (with PYTHONHASHSEED=0, so dict probing repeats).
+Unlike times, these counts barely move from run to run whatever else the machine
+does, so they show what a change did on a noisy machine; they do not see cache
+misses, which time does.
 
 Each timing is the best of R rounds; the subjects run round-robin within each
 round, so machine drift affects all of them alike, and the garbage collector is
@@ -195,7 +196,8 @@ def count_instructions(keys, small=5_000, large=15_000):
         proc = subprocess.run(
             [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
              sys.executable, __file__, "--run-subject", key, str(n)],
-            capture_output=True, text=True, check=False)
+            capture_output=True, text=True, check=False,
+            env=dict(os.environ, PYTHONHASHSEED="0"))
         m = re.search(r"Collected : (\d+)", proc.stderr)
         if proc.returncode != 0 or m is None:
             raise RuntimeError(f"callgrind run of {key} failed: {proc.stderr[-300:]}")
