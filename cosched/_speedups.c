@@ -712,8 +712,15 @@ driver_run(DriverObject *self, PyObject *co, PyObject *value, PyObject *err, PyO
                 exc = Py_NewRef(Py_None);
             }
             else {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_SystemError, "cosched: coroutine failed without an exception");
                 exc = fetch_exc();
                 vals = PyTuple_New(0);
+                if (exc == NULL || vals == NULL) {
+                    Py_XDECREF(exc);
+                    Py_XDECREF(vals);
+                    goto fail;
+                }
             }
             PyObject *triple = PyObject_CallFunctionObjArgs(py_end, mobj, co, vals, exc, NULL);
             Py_DECREF(vals);
@@ -870,6 +877,17 @@ fail:
     return PYGEN_ERROR;
 }
 
+/* The driver is executing (a call from inside its own chain reached it). */
+static int
+driver_busy(DriverObject *self)
+{
+    if (self->state == 1 && self->co == NULL) {
+        PyErr_SetString(PyExc_ValueError, "cosched switch already executing");
+        return 1;
+    }
+    return 0;
+}
+
 static PySendResult
 driver_am_send(DriverObject *self, PyObject *arg, PyObject **result)
 {
@@ -893,6 +911,9 @@ driver_am_send(DriverObject *self, PyObject *arg, PyObject **result)
         self->co = NULL;
         return driver_run(self, co, Py_NewRef(arg), NULL, result);
     }
+    *result = NULL;
+    if (driver_busy(self))
+        return PYGEN_ERROR;
     PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited cosched switch");
     *result = NULL;
     return PYGEN_ERROR;
@@ -927,6 +948,8 @@ static int
 driver_abandon(DriverObject *self)
 {
     int rc = 0;
+    if (driver_busy(self))
+        return -1;
     if (self->state == 1 && self->co != NULL) {
         PyObject *r = PyObject_CallOneArg(py_abandon, self->co);
         if (r == NULL)
@@ -940,10 +963,12 @@ driver_abandon(DriverObject *self)
 static PyObject *
 driver_throw(DriverObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (driver_busy(self))
+        return NULL;
     PyObject *exc = thrown_exception(args, nargs);
     if (exc == NULL)
         return NULL;
-    if (self->state != 1 || self->co == NULL) {
+    if (self->state != 1) {
         /* Not waiting on the event loop: raise it here, as a generator would. */
         driver_finish(self);
         raise_exc(exc);

@@ -233,3 +233,20 @@ def test_driver_shows_its_chain_only_while_it_runs():
         return seen, result, driver.chain
 
     assert run(main) == ([True], (True,), None)
+
+
+@needs_c
+def test_a_driver_refuses_to_be_reentered_from_its_own_chain():
+    async def main():
+        async def body():
+            for op in (lambda: driver.send(None), lambda: driver.throw(KeyError("k")),
+                       driver.close):
+                with pytest.raises(ValueError, match="already executing"):
+                    op()
+            await coro.yield_("still fine")
+
+        co = coro.create(body)
+        driver = _coro._drive(_coro.RESUME, co, ())
+        return await driver, coro.status(co)
+
+    assert run(main) == ((True, "still fine"), "suspended")
