@@ -294,6 +294,18 @@ set_stop_iteration(PyObject *value)
     }
 }
 
+/* An am_send outcome as send(), throw() and __next__ report it: the value yielded,
+ * or NULL with StopIteration(value) set for a return (or the error as it is). */
+static PyObject *
+method_result(PySendResult st, PyObject *r)
+{
+    if (st != PYGEN_RETURN)
+        return r;
+    set_stop_iteration(r);
+    Py_DECREF(r);
+    return NULL;
+}
+
 /* Packing: () -> None, (v,) -> v, else the tuple itself (new ref). */
 static PyObject *
 pack(PyObject *args)
@@ -430,24 +442,16 @@ static PyObject *
 trap_iternext(TrapCallObject *self)
 {
     PyObject *r;
-    if (trap_am_send(self, Py_None, &r) == PYGEN_RETURN) {
-        set_stop_iteration(r);
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    PySendResult st = trap_am_send(self, Py_None, &r);
+    return method_result(st, r);
 }
 
 static PyObject *
 trap_send(TrapCallObject *self, PyObject *arg)
 {
     PyObject *r;
-    if (trap_am_send(self, arg, &r) == PYGEN_RETURN) {
-        set_stop_iteration(r);
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    PySendResult st = trap_am_send(self, arg, &r);
+    return method_result(st, r);
 }
 
 /* throw(exc) / throw(type[, value[, tb]]) as generators take it: the exception object. */
@@ -915,7 +919,6 @@ driver_am_send(DriverObject *self, PyObject *arg, PyObject **result)
     if (driver_busy(self))
         return PYGEN_ERROR;
     PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited cosched switch");
-    *result = NULL;
     return PYGEN_ERROR;
 }
 
@@ -923,24 +926,16 @@ static PyObject *
 driver_iternext(DriverObject *self)
 {
     PyObject *r;
-    if (driver_am_send(self, Py_None, &r) == PYGEN_RETURN) {
-        set_stop_iteration(r);
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    PySendResult st = driver_am_send(self, Py_None, &r);
+    return method_result(st, r);
 }
 
 static PyObject *
 driver_send(DriverObject *self, PyObject *arg)
 {
     PyObject *r;
-    if (driver_am_send(self, arg, &r) == PYGEN_RETURN) {
-        set_stop_iteration(r);
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    PySendResult st = driver_am_send(self, arg, &r);
+    return method_result(st, r);
 }
 
 /* Main itself is being closed while co awaits the event loop: close co with it. */
@@ -988,12 +983,8 @@ driver_throw(DriverObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *co = self->co;
     self->co = NULL;
     PyObject *r;
-    if (driver_run(self, co, Py_NewRef(Py_None), exc, &r) == PYGEN_RETURN) {
-        set_stop_iteration(r);
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    PySendResult st = driver_run(self, co, Py_NewRef(Py_None), exc, &r);
+    return method_result(st, r);
 }
 
 static PyObject *
