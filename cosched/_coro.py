@@ -191,6 +191,7 @@ class _Chain(_speedups.ChainBase if _speedups else object):
         "target",    # trap payload: what the switching call names (cleared once read)
         "args",      # trap payload: the values it passes (cleared once read)
         "_state", "_pending", "_awaits", "_call_cs", "_depth", "_resumer",
+        "switches",  # how many times control passed between coroutines (or main) in this task
     )
 
     def __init__(self, kind: _Trap, task) -> None:
@@ -204,6 +205,7 @@ class _Chain(_speedups.ChainBase if _speedups else object):
         self._call_cs = task._cancel_status if task is not None else None
         self._depth = 0
         self._resumer = None
+        self.switches = 0
 
 
 _chain: ContextVar[_Chain | None] = ContextVar("cosched_chain", default=None)
@@ -446,7 +448,9 @@ def _drive(kind: _Trap, target, args: tuple):
         else:
             co, value, err = _enter(m, m, kind, target, args)
         while co is not m:
-            m.current = co
+            if co is not m.current:  # control passes to another coroutine
+                m.switches += 1
+                m.current = co
             try:
                 if err is None:
                     if co._fn is not None:  # first start: value holds the arguments
@@ -529,6 +533,8 @@ def _drive(kind: _Trap, target, args: tuple):
                 co, value, err = _safe_leave(m, co, target, args)
             else:
                 co, value, err = _enter(m, co, msg, target, args)
+        if m.current is not None:  # ...and back to main
+            m.switches += 1
         if err is not None:
             raise err
         return value
@@ -926,6 +932,12 @@ def last_transfer_to_main() -> Coroutine | None:
     ref = _handed_off.get()
     co = None if ref is None else ref()
     return co if co is not None and co._state is _SUSPENDED else None
+
+
+def switches_of(trio_task) -> int:
+    """How many times control has passed between coroutines (or main) in trio_task."""
+    m = trio_task.context.get(_chain)
+    return m.switches if m is not None and m.task is trio_task else 0
 
 
 def stack_of(obj) -> list[tuple[str, int, str]]:

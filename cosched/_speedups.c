@@ -70,6 +70,7 @@ typedef struct {
     PyObject *current;  /* the coroutine executing in this chain, None while main runs */
     PyObject *target;   /* trap payload: what the switching call names */
     PyObject *args;     /* trap payload: the values it passes */
+    Py_ssize_t switches;  /* how many times control passed between coroutines (or main) */
 } ChainObject;
 
 #define NODE(o) ((NodeObject *)(o))
@@ -136,6 +137,7 @@ static PyGetSetDef chain_getset[] = {
     NODE_FIELDS(ChainObject),
     OBJ_FIELD(ChainObject, "task", task), OBJ_FIELD(ChainObject, "current", current),
     OBJ_FIELD(ChainObject, "target", target), OBJ_FIELD(ChainObject, "args", args),
+    INT_FIELD(ChainObject, "switches", switches),
     {NULL}
 };
 
@@ -662,7 +664,10 @@ driver_run(DriverObject *self, PyObject *co, PyObject *value, PyObject *err, PyO
             goto fail;
         }
         CoroObject *c = CORO(co);
-        Py_SETREF(m->current, Py_NewRef(co));
+        if (co != m->current) {  /* control passes to another coroutine */
+            m->switches++;
+            Py_SETREF(m->current, Py_NewRef(co));
+        }
         PySendResult st;
         if (err == NULL) {
             if (c->fn != Py_None) {  /* first start: value holds the arguments */
@@ -859,6 +864,8 @@ driver_run(DriverObject *self, PyObject *co, PyObject *value, PyObject *err, PyO
             goto fail;
     }
     /* Control is back in main: its pending call returns value or raises err. */
+    if (m->current != Py_None)
+        m->switches++;
     Py_XDECREF(kind);
     Py_DECREF(co);
     driver_finish(self);

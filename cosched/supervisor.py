@@ -27,7 +27,7 @@ import structlog
 import trio
 
 from . import __version__, coro
-from ._coro import last_transfer_to_main, stack_of
+from ._coro import last_transfer_to_main, stack_of, switches_of
 from .config import Config, JobPolicy
 from .loader import Job, JobLoadError, job_files, load_job, signature
 from .protocol import BUSY, ControlError, NO_SUCH_JOB, NO_SUCH_TASK, NOT_ALIVE, NOT_SUSPENDED
@@ -51,6 +51,7 @@ class Task:
         "state",         # starting|running|suspended|restarting|finished|failed|killed ("waiting" is derived)
         "started_at", "born", "restarts", "starts",
         "busy", "steps", "longest_step", "step_began",
+        "switches",      # coroutine switches in its trio task, taken from the chain when it ends
         "yielded",       # values of the latest suspension, while suspended
         "result", "error", "traceback",
         "root", "trio_task", "scope", "kill_requested",
@@ -74,6 +75,7 @@ class Task:
         self.steps = 0
         self.longest_step = 0.0
         self.step_began = 0.0
+        self.switches = 0
         self.yielded: tuple | None = None
         self.result = None
         self.error: str | None = None
@@ -319,6 +321,7 @@ class Supervisor:
             # This last step ends after the task is unregistered: account for it here.
             t.busy += time.perf_counter() - t.step_began
             t.steps += 1
+            t.switches = switches_of(t.trio_task)
             del self.by_trio[t.trio_task]
             t.trio_task = None
             t.yielded = None
@@ -507,6 +510,7 @@ class Supervisor:
             "id": t.id, "name": t.name, "job": t.job.name, "state": state,
             "waiting_on": _where(self._stack(t)) if state == "waiting" else None,
             "busy": round(t.busy, 6), "steps": t.steps,
+            "switches": switches_of(t.trio_task) if t.trio_task is not None else t.switches,
             "age": round(time.monotonic() - t.born, 3), "restarts": t.restarts,
             "yielded": list(t.yielded) if t.yielded is not None else None,
             "error": t.error,

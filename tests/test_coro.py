@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from cosched import coro
-from cosched._coro import stack_of
+from cosched._coro import stack_of, switches_of
 from cosched.coro import CoroutineError
 
 TIMEOUT = 10
@@ -3168,3 +3168,34 @@ def test_stack_of_follows_a_trio_task_through_its_driver_into_the_coroutine():
 
     names = [name.rsplit(".", 1)[-1] for name in run(main)]
     assert names[:3] == ["outer", "deepest", "sleep_forever"]
+
+
+def test_switches_of_counts_each_passing_of_control_in_the_task():
+    async def main():
+        task = trio.lowlevel.current_task()
+
+        async def inner():
+            await coro.yield_()
+
+        async def outer():
+            await coro.resume(coro.create(inner))  # outer->inner, inner->outer
+            await coro.yield_()                    # outer->main
+
+        async def bad():
+            with pytest.raises(CoroutineError):
+                await coro.transfer(coro.running()[0])  # refused: no switch
+            await coro.yield_()
+
+        counts = [switches_of(task)]
+        await coro.resume(coro.create(lambda: coro.yield_()))  # main->co, co->main
+        counts.append(switches_of(task))
+        await coro.resume(coro.create(outer))                  # + 4
+        counts.append(switches_of(task))
+        await coro.resume(coro.create(bad))                    # + 2
+        counts.append(switches_of(task))
+        async with trio.open_nursery() as nursery:             # a child task counts its own
+            nursery.start_soon(coro.resume, coro.create(outer))
+        counts.append(switches_of(task))
+        return counts
+
+    assert run(main) == [0, 2, 6, 8, 8]

@@ -329,6 +329,7 @@ def test_suspend_and_resume_with_values(daemon):
     d = daemon(jobs={"asker": ASKER})
     task = d.wait_task("asker", lambda t: t["state"] == "suspended", "suspended")
     assert task["yielded"] == ["q?"]
+    assert task["switches"] == 2  # daemon -> job, job -> daemon
 
     # Several values: the job receives them as one tuple, and yields it back whole.
     out = d.ok("resume", "asker", "1", '"two"', "abc")
@@ -336,6 +337,7 @@ def test_suspend_and_resume_with_values(daemon):
     assert out["values"] == [[1, "two", "abc"]]
     assert out["task"]["state"] == "suspended"
     assert out["task"]["yielded"] == [[1, "two", "abc"]]
+    assert out["task"]["switches"] == 4
     assert out["error"] is None
 
     # One value: the job receives it as is; the tuple it returns is the result's values.
@@ -344,6 +346,9 @@ def test_suspend_and_resume_with_values(daemon):
     assert out["values"] == ["tuple", "str", "last"]
     assert out["task"]["state"] == "finished"
     assert newest(d.status(), "asker")["state"] == "finished"
+    rc, text, err = d.ctl("show", "asker", json_output=False)  # kept after the task ended
+    assert rc == 0, err
+    assert "switches: 6" in text.splitlines()
 
 
 def test_resume_task_not_suspended_is_refused(daemon):
