@@ -2,17 +2,23 @@
 
 A job gets its name and id, a structlog logger bound to the task, its
 configuration (the ``config`` table of ``[job.<name>]``), a ``state`` dict that
-survives restarts of the task, and ``spawn`` to start further tasks that the
-daemon supervises and lists like any other. Nothing else of the daemon leaks in.
+survives restarts of the task, ``spawn`` to start further tasks that the
+daemon supervises and lists like any other, and ``run_process``, which runs a
+command and, if the task is killed meanwhile, ends every process the command
+started, not only the first. Nothing else of the daemon leaks in.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+from contextlib import suppress
 from typing import Any, Awaitable, Callable
 
+import psutil
 import trio
 
-__all__ = ["TaskContext", "TaskFailed"]
+__all__ = ["TaskContext", "TaskFailed", "end_processes"]
 
 
 class TaskFailed(Exception):
@@ -51,9 +57,81 @@ class TaskContext:
             return value
         raise TaskFailed(f"task {self.name} (#{self.id}) {kind}: {value}")
 
+    async def run_process(self, command, *, grace: float = 5.0, **options):
+        """``trio.run_process(command, **options)``, ending the whole process tree on cancel.
+
+        If the call is cancelled (the task is killed, the daemon stops), the process
+        and every process it started get SIGTERM, and whatever is left after
+        ``grace`` seconds gets SIGKILL. trio alone would signal the first process only.
+        """
+        tree: list[psutil.Process] = []
+
+        async def deliver_cancel(proc: trio.Process) -> None:
+            tree.extend(_tree(proc.pid))  # taken while the first process still holds them
+            _signal_all(tree, signal.SIGTERM)
+            await trio.sleep(grace)       # cancelled by trio once the first process exits
+            _signal_all(tree[:1], signal.SIGKILL)
+
+        try:
+            return await trio.run_process(command, deliver_cancel=deliver_cancel, **options)
+        finally:
+            if tree:  # the first process is gone; its descendants may not be
+                with trio.CancelScope(shield=True):
+                    await end_processes(tree[1:], grace)
+
     def _finish(self, kind: str, value: Any) -> None:
         self._outcome = (kind, value)
         self._done.set()
 
     def __repr__(self) -> str:
         return f"<task {self.name} #{self.id}>"
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """The process pid and its descendants, parents first; empty if it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _signal_all(procs: list[psutil.Process], sig: int) -> None:
+    for p in procs:
+        with suppress(psutil.NoSuchProcess):  # psutil checks it is still the same process
+            p.send_signal(sig)
+
+
+async def end_processes(procs: list[psutil.Process], grace: float) -> None:
+    """SIGTERM procs, wait up to grace seconds for them to exit, SIGKILL the rest.
+
+    Exits are waited for with pidfds in the event loop, not by polling; without
+    pidfd support (Linux < 5.3) the survivors simply get the whole grace period.
+    """
+    _signal_all(procs, signal.SIGTERM)
+    with trio.move_on_after(grace):
+        async with trio.open_nursery() as nursery:
+            for p in procs:
+                nursery.start_soon(_wait_exit, p, grace)
+    _signal_all([p for p in procs if _running(p)], signal.SIGKILL)
+
+
+async def _wait_exit(p: psutil.Process, grace: float) -> None:
+    try:
+        fd = os.pidfd_open(p.pid)
+    except (AttributeError, OSError):  # gone already, or no pidfd here
+        if _running(p):
+            await trio.sleep(grace)
+        return
+    try:
+        if _running(p):  # the pidfd is of this process, not of a newer one with its pid
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

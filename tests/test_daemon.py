@@ -20,6 +20,7 @@ from pathlib import Path
 from textwrap import dedent
 from typing import Any, Callable
 
+import psutil
 import pytest
 
 BIN = Path(sys.executable).parent
@@ -384,6 +385,27 @@ def test_kill_running_task_runs_its_cleanup(daemon, tmp_path):
     after = by_id(d.status(), task["id"])
     assert after["state"] == "killed"
     assert after["restarts"] == 0   # a kill is not a failure: no restart
+
+
+def test_kill_ends_the_processes_a_job_started(daemon, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    source = f"""
+        async def main(task):
+            await task.run_process(
+                ["sh", "-c", "sleep 300 & echo $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; wait"])
+    """
+    d = daemon(jobs={"procs": source})
+    d.wait_task("procs", lambda t: t["state"] == "waiting", "waiting")
+    deadline = time.monotonic() + WAIT
+    while not pidfile.exists():  # the shell writes it right after starting
+        assert time.monotonic() < deadline, d.log_tail()
+        time.sleep(0.05)
+    grandchild = psutil.Process(int(pidfile.read_text()))
+    assert grandchild.name() == "sleep"
+    out = d.ok("kill", "procs")
+    assert out["task"]["state"] == "killed"
+    # trio alone signals only the shell; the sleep it started must not outlive the task.
+    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
 
 
 def test_kill_suspended_task_runs_its_cleanup(daemon, tmp_path):
