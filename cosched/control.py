@@ -10,7 +10,6 @@ The wire format and the error codes are documented in ``cosched.protocol``.
 from __future__ import annotations
 
 import errno
-import functools
 import grp
 import inspect
 import os
@@ -48,11 +47,20 @@ def peer_allowed(uid: int, gid: int, *, allowed_uids: Collection[int], allowed_g
                  own_uid: int) -> bool:
     """The credential policy: root, the daemon's own user, the listed uids, and, when a
     group is configured, peers running with that gid or whose user belongs to it."""
+    quick = peer_allowed_quick(uid, gid, allowed_uids=allowed_uids, allowed_gid=allowed_gid,
+                               own_uid=own_uid)
+    return user_in_group(uid, allowed_gid) if quick is None else quick
+
+
+def peer_allowed_quick(uid: int, gid: int, *, allowed_uids: Collection[int],
+                       allowed_gid: int | None, own_uid: int) -> bool | None:
+    """peer_allowed as far as it goes without the user and group databases (which may
+    block, e.g. on LDAP): True or False, or None when only a group look-up can tell."""
     if uid == 0 or uid == own_uid or uid in allowed_uids:
         return True
     if allowed_gid is None:
         return False
-    return gid == allowed_gid or user_in_group(uid, allowed_gid)
+    return True if gid == allowed_gid else None
 
 
 def user_in_group(uid: int, gid: int) -> bool:
@@ -289,9 +297,12 @@ class _Server:
                 return
 
     async def _allowed(self, uid: int, gid: int) -> bool:
-        decide = functools.partial(peer_allowed, uid, gid, allowed_uids=self.allowed_uids,
+        quick = peer_allowed_quick(uid, gid, allowed_uids=self.allowed_uids,
                                    allowed_gid=self.allowed_gid, own_uid=self.own_uid)
-        return await trio.to_thread.run_sync(decide)  # user/group look-ups may block
+        if quick is not None:
+            return quick
+        # user/group look-ups may block (NSS, LDAP): off the event loop
+        return await trio.to_thread.run_sync(user_in_group, uid, self.allowed_gid)
 
     async def _answer(self, line: bytes, *, pid: int, uid: int) -> dict:
         try:

@@ -16,7 +16,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from cosched import protocol
-from cosched.control import peer_allowed, serve, user_in_group
+from cosched.control import peer_allowed, peer_allowed_quick, serve, user_in_group
 from cosched.protocol import ControlError
 
 WAIT = 10  # seconds; bound of every test's trio.run
@@ -504,6 +504,19 @@ def test_peer_allowed_by_supplementary_group_membership():
     uid, gid = pair
     assert allowed(uid, 54321, allowed_gid=gid)
     assert user_in_group(uid, gid)
+
+
+def test_quick_decision_needs_no_lookup_except_for_group_membership():
+    def quick(uid, gid, **kw):
+        return peer_allowed_quick(uid, gid, allowed_uids=set(kw.get("allowed_uids", ())),
+                                  allowed_gid=kw.get("allowed_gid"), own_uid=1000)
+
+    assert quick(0, 0) is True
+    assert quick(1000, 5) is True
+    assert quick(4242, 5, allowed_uids={4242}) is True
+    assert quick(4242, 777, allowed_gid=777) is True
+    assert quick(4242, 5) is False             # no group configured: nothing to look up
+    assert quick(4242, 5, allowed_gid=777) is None   # only the group database can tell
 
 
 def test_peer_refused_when_not_in_the_group():
