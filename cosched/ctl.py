@@ -3,8 +3,12 @@
 Control a running coschedd through its unix socket.
 
 Commands:
-  status [TASK]           the daemon (pid, uptime, memory, CPU), a table of the
-                          tasks, and the jobs that failed to load; or one task
+  status [TASK] [--job JOB] [--state STATE]
+                          the daemon (pid, uptime, memory, CPU), a table of the
+                          tasks, and the jobs that failed to load; or one task;
+                          --job and --state keep the tasks of one job, or in one
+                          state (starting, running, waiting, suspended,
+                          restarting, finished, failed, killed)
   show TASK               one task in detail: state, yielded values, stack, traceback
   resume TASK [VALUE...]  resume a suspended task with values and wait until it
                           yields, ends, or the daemon stops waiting (5 seconds
@@ -335,8 +339,11 @@ class Cmd(NamedTuple):
 _TASK = ("task", {"type": task_arg, "metavar": "TASK"})
 
 COMMANDS: tuple[Cmd, ...] = (
-    Cmd("status", (("task", {"type": task_arg, "metavar": "TASK", "nargs": "?"}),),
-        lambda ns: {} if ns.task is None else {"task": ns.task}, render_status),
+    Cmd("status", (("task", {"type": task_arg, "metavar": "TASK", "nargs": "?"}),
+                   ("--job", {"metavar": "JOB"}),
+                   ("--state", {"metavar": "STATE", "choices": protocol.TASK_STATES})),
+        lambda ns: {k: v for k in ("task", "job", "state") if (v := getattr(ns, k)) is not None},
+        render_status),
     Cmd("show", (_TASK,), lambda ns: {"task": ns.task}, render_show),
     Cmd("resume", (_TASK, ("values", {"type": value_arg, "metavar": "VALUE", "nargs": "*"})),
         lambda ns: {"task": ns.task, "values": ns.values, "timeout": resume_wait(ns.timeout)},

@@ -45,7 +45,7 @@ Error codes (stable; clients may branch on them):
 Commands (``COMMANDS`` is the single table of them)::
 
     ping    {}                                   -> {"pong": true, "pid": int}
-    status  {task?: str|int}                     daemon and task overview
+    status  {task?: str|int, job?: str, state?: str}  daemon and task overview
     show    {task: str|int}                      one task in detail
     resume  {task: str|int, values: list = [], timeout: number = 30}
     kill    {task: str|int}
@@ -125,10 +125,18 @@ def _finite_non_negative(value: float) -> bool:
 
 _TASK = Arg((str, int), required=True)
 
+# A task's state as reports show it ("waiting": running, but blocked in the event loop).
+TASK_STATES = ("starting", "running", "waiting", "suspended", "restarting",
+               "finished", "failed", "killed")
+
 COMMANDS: dict[str, Command] = {
     "ping": Command({}, "Check that the daemon answers."),
-    "status": Command({"task": Arg((str, int))},
-                      "Daemon overview and all tasks, or just one task."),
+    "status": Command({
+        "task": Arg((str, int)),
+        "job": Arg((str,)),
+        "state": Arg((str,), valid=TASK_STATES.__contains__,
+                     expected=f"one of {', '.join(TASK_STATES)}"),
+    }, "Daemon overview and all tasks (or a job's, or those in one state), or one task."),
     "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values."),
     "resume": Command({
         "task": _TASK,

@@ -435,10 +435,17 @@ class Supervisor:
         live = [t for t in named if t.alive]
         return (live or named)[-1]
 
-    def status(self, task: str | int | None = None) -> dict:
+    def status(self, task: str | int | None = None, job: str | None = None,
+               state: str | None = None) -> dict:
         tasks = [self.find(task)] if task is not None else list(self.tasks.values())
-        return {"daemon": self._daemon_info(), "tasks": [self.info(t) for t in tasks],
-                "job_errors": self._job_errors()}
+        if job is not None:
+            if job not in self.job_table and not any(t.job.name == job for t in tasks):
+                raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
+            tasks = [t for t in tasks if t.job.name == job]
+        infos = [self.info(t) for t in tasks]
+        if state is not None:
+            infos = [i for i in infos if i["state"] == state]
+        return {"daemon": self._daemon_info(), "tasks": infos, "job_errors": self._job_errors()}
 
     def show(self, task: str | int) -> dict:
         t = self.find(task)

@@ -38,8 +38,9 @@ class Backend:
             raise ControlError("no-such-task", f"no task {task!r}")
         return TASK
 
-    def status(self, task):
-        self.calls.append(("status", task))
+    def status(self, task, job=None, state=None):
+        self.calls.append(("status", task) if job is None and state is None
+                          else ("status", task, job, state))
         tasks = [TASK] if task is None else [self._task(task)]
         return {
             "daemon": {"pid": 4321, "uptime": 3700.0, "rss": 12 * 1024 * 1024,
@@ -163,6 +164,20 @@ def test_status_prints_daemon_header_task_table_and_job_errors(daemon):
                            "1.2s", "42", "3m04s"]
     assert "broken (/srv/jobs/broken.py): SyntaxError: invalid syntax (line 3)" in proc.stdout
     assert daemon.backend.calls == [("status", None)]
+
+
+def test_status_filters_reach_the_daemon(daemon):
+    assert at(daemon, "status", "--job", "ticker", "--state", "suspended").returncode == ctl.EXIT_OK
+    assert at(daemon, "status", "--state", "failed").returncode == ctl.EXIT_OK
+    assert daemon.backend.calls == [("status", None, "ticker", "suspended"),
+                                    ("status", None, None, "failed")]
+
+
+def test_status_with_an_unknown_state_is_a_usage_error(daemon):
+    proc = at(daemon, "status", "--state", "sleepy")
+    assert proc.returncode == ctl.EXIT_USAGE
+    assert "invalid choice: 'sleepy'" in proc.stderr
+    assert daemon.backend.calls == []
 
 
 def test_task_argument_is_an_int_id_or_a_name(daemon):

@@ -352,6 +352,18 @@ def test_suspend_and_resume_with_values(daemon):
     assert "switches: 6" in text.splitlines()
 
 
+def test_status_keeps_the_tasks_of_one_job_or_in_one_state(daemon):
+    d = daemon(jobs={"asker": ASKER, "quick": "async def main(task):\n    return 1\n"})
+    asker = d.wait_task("asker", lambda t: t["state"] == "suspended", "suspended")
+    quick = d.wait_task("quick", lambda t: t["state"] == "finished", "finished")
+    assert [t["id"] for t in d.ok("status", "--job", "asker")["tasks"]] == [asker["id"]]
+    assert [t["id"] for t in d.ok("status", "--state", "finished")["tasks"]] == [quick["id"]]
+    assert d.ok("status", "--job", "asker", "--state", "finished")["tasks"] == []
+    rc, out, err = d.ctl("status", "--job", "nosuch")
+    assert rc == 1 and "no-such-job" in err, (out, err)
+    assert newest(d.status(), "asker")["state"] == "suspended"  # nothing else changed
+
+
 def test_resume_task_not_suspended_is_refused(daemon):
     d = daemon(jobs={"sleeper": SLEEPER})
     d.wait_task("sleeper", lambda t: t["state"] in LIVE, "running")

@@ -58,9 +58,18 @@ def test_decode_request_fills_defaults():
 
 
 def test_decode_request_without_args_and_with_optional_arg():
-    assert protocol.decode_request(b'{"id": 4, "cmd": "status"}').args == {"task": None}
+    assert protocol.decode_request(b'{"id": 4, "cmd": "status"}').args == {
+        "task": None, "job": None, "state": None}
     assert protocol.decode_request(
-        b'{"id": 4, "cmd": "status", "args": {"task": "t"}}').args == {"task": "t"}
+        b'{"id": 4, "cmd": "status", "args": {"task": "t", "state": "failed"}}').args == {
+        "task": "t", "job": None, "state": "failed"}
+
+
+def test_status_state_filter_must_be_a_task_state():
+    with pytest.raises(ControlError) as info:
+        protocol.decode_request(b'{"id": 4, "cmd": "status", "args": {"state": "sleepy"}}')
+    assert info.value.code == protocol.BAD_REQUEST
+    assert "one of starting, running, waiting" in info.value.message
 
 
 def test_defaults_are_not_shared_between_requests():
