@@ -659,13 +659,18 @@ def _nest_call(kind: _Trap, co, args: tuple):
     return None
 
 
+def _nest_refusal(co) -> BaseException:
+    """Why _nest_call gave None for co (a Coroutine, or main): nested too deep, or not suspended."""
+    return _too_deep() if _resumable(co) else _refusal(co)
+
+
 async def resume(co, *args):
     """Resume ``co`` with ``args``; return ``(True, *values)`` or ``(False, exc)``."""
     call = _nest_call(RESUME, co, args)
     if call is None:
         if type(co) is not Coroutine and co is not main:
             raise _not_a_coroutine("resume", co)
-        return (False, _too_deep() if _resumable(co) else _refusal(co))
+        return (False, _nest_refusal(co))
     try:
         return await call
     except _Rejected:  # the chain in the context was inherited: this task is main
@@ -777,7 +782,7 @@ class Wrapped:
     async def __call__(self, *args):
         call = _nest_call(WRAP, self.coroutine, args)
         if call is None:
-            raise _wrap_refusal(self.coroutine)
+            raise _nest_refusal(self.coroutine)
         try:
             return await call
         except _Rejected:
@@ -791,7 +796,7 @@ class Wrapped:
         if call is None:
             if self.coroutine._state is _DEAD:
                 raise StopAsyncIteration
-            raise _wrap_refusal(self.coroutine)
+            raise _nest_refusal(self.coroutine)
         try:
             return await call
         except _Rejected:
@@ -799,10 +804,6 @@ class Wrapped:
 
     def __repr__(self) -> str:
         return f"<cosched wrap of {self.coroutine!r}>"
-
-
-def _wrap_refusal(co: Coroutine) -> BaseException:
-    return _too_deep() if _resumable(co) else _refusal(co)
 
 
 def wrap(fn) -> Wrapped:
@@ -993,7 +994,7 @@ def _driven_chain(obj):
 # --------------------------------------------------------------------------------------
 # The C switch path: same transitions, the rare ones delegated to the helpers above.
 
-_py_trap, _py_drive, _py_yield, _py_nest_call = _trap, _drive, yield_, _nest_call
+_py_drive, _py_yield, _py_nest_call = _drive, yield_, _nest_call
 if _speedups is not None:
     _speedups.setup(
         INITIAL=_INITIAL, SUSPENDED=_SUSPENDED, RUNNING=_RUNNING, NORMAL=_NORMAL,
