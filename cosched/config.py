@@ -115,7 +115,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "else ../.run from this file's folder."),
         "step_warning": _seconds(0.5, "Seconds; a single task step running longer than this "
                                  "logs a warning. 0 disables the warning."),
-        "stop_timeout": _seconds(10.0, "Seconds SIGTERM waits for the tasks' cleanup."),
+        "stop_timeout": _seconds(10.0, "Seconds that SIGTERM, and coschedctl kill, give a "
+                                 "task's cleanup; past them the task is abandoned (state "
+                                 "killed) and the daemon goes on, or exits."),
+        "worker_threads": _int(16, "Threads shared by all tasks for task.run_sync (blocking "
+                               "calls); a call waits for a free one.", 1, 1024),
         "watchdog": _bool(True, "Ping the systemd watchdog when WATCHDOG_USEC is set."),
     },
     "control": {
@@ -149,6 +153,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "start_limit_interval": _seconds(60.0, "Seconds; the window of start_limit_burst.",
                                          positive=True),
         "autostart": _bool(True, "Start a task for the job when it is loaded."),
+        "step_limit": _seconds(10.0, "Seconds one step of a task (the code between two "
+                               "awaits) may run before the daemon interrupts it with "
+                               "cosched.StepTimeout, which fails the task. Also bounds a job "
+                               "file's top level. 0 disables the limit."),
     },
 }
 
@@ -168,6 +176,7 @@ class JobPolicy:
     start_limit_burst: int
     start_limit_interval: float
     autostart: bool
+    step_limit: float
     enabled: bool
     config: dict
 
@@ -186,6 +195,7 @@ class Config:
     log_level: str
     step_warning: float
     stop_timeout: float
+    worker_threads: int
     watchdog: bool
     job_defaults: JobPolicy
     jobs: Mapping[str, JobPolicy]  # merged policies of the jobs that have a [job.<name>] table
@@ -258,7 +268,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
         socket=socket, socket_mode=control["mode"], allowed_users=control["allowed_users"],
         allowed_group=control["allowed_group"], max_request_bytes=control["max_request_bytes"],
         log_format=log["format"], log_level=log["level"], step_warning=daemon["step_warning"],
-        stop_timeout=daemon["stop_timeout"], watchdog=daemon["watchdog"],
+        stop_timeout=daemon["stop_timeout"], worker_threads=daemon["worker_threads"],
+        watchdog=daemon["watchdog"],
         job_defaults=job_defaults, jobs=jobs)
 
 

@@ -4,18 +4,23 @@ usage: coschedd [--config PATH] [--jobs-dir DIR] [--socket PATH]
                 [--log-format auto|console|json] [--log-level LEVEL]
 
 Signals: SIGTERM/SIGINT stop gracefully (every task is killed and its cleanup
-runs, within daemon.stop_timeout); SIGHUP reloads the jobs folder. Under
+runs, within daemon.stop_timeout; cleanup still running then is abandoned and
+the daemon exits anyway, logging the tasks it abandoned); SIGHUP reloads the
+jobs folder. A step that runs away when a signal arrives is interrupted. Under
 systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and pings
 the watchdog from the event loop when WatchdogSec is set.
 
-Exit codes: 0 stopped cleanly, 1 failed while running, 2 bad configuration or
-arguments.
+Exit codes: 0 stopped (cleanly, or with abandoned cleanup, which is logged),
+1 failed while running, 2 bad configuration or arguments, 4 a task's step
+could not be interrupted (stuck in C code past step_limit plus a grace
+period): the daemon ended itself so that its service manager restarts it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,11 +31,17 @@ import trio
 from . import log as logsetup
 from .config import ConfigError, load_config
 from .control import serve
+from .forks import ForkWatch
+from .guard import EXIT_STUCK
+from .logsink import LogSink
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .watch import DirWatcher, WatchError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG", "EXIT_STUCK"]
+DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+LOG_DRAIN = 5.0   # seconds the last log lines get to reach stderr at exit
 
 log = structlog.get_logger("cosched.daemon")
 
@@ -55,31 +66,60 @@ def configure(args):
     return dataclasses.replace(config, **changes)
 
 
-async def run(config, notifier: Notifier) -> None:
+async def run(config, notifier: Notifier, sink: LogSink | None = None) -> None:
     """Signals and the control socket first, then the jobs: a job's first step may be
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
-    sup = Supervisor(config)
+    sup = Supervisor(config, log_sink=sink, on_stuck=lambda code: _exit_now(sink, code))
+    forks = ForkWatch(sup.guard)
     config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(*DAEMON_SIGNALS) as signals:
+        sup.guard.wrap_daemon_signals(DAEMON_SIGNALS)
         async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: serve(
-                config.socket, config.socket_mode, sup, allowed_uids=set(config.allowed_users),
-                allowed_gid=config.allowed_group, max_line=config.max_request_bytes,
-                task_status=task_status))
+            server, server_closed = trio.CancelScope(), trio.Event()
+            await nursery.start(_serve, server, server_closed, config, sup)
             await nursery.start(sup.run)
             nursery.start_soon(watch_jobs, sup)
+            nursery.start_soon(forks.reap)
             if config.watchdog:
                 nursery.start_soon(notifier.watchdog_loop)
             notifier.ready(status=_status_line(sup))
             log.info("coschedd ready", socket=str(config.socket), jobs_dir=str(config.jobs_dir),
                      tasks=len(sup.tasks))
-            await handle_signals(signals, sup, notifier, config)
+            abandoned = await handle_signals(signals, sup, notifier, config)
+            server.cancel()
+            if abandoned:  # their trio tasks would hold the nursery open for ever
+                with trio.move_on_after(2):
+                    await server_closed.wait()   # the server has removed its socket file
+                log.error("coschedd stopped; cleanup of these tasks was abandoned",
+                          tasks=[f"{t.name} (#{t.id})" for t in abandoned],
+                          timeout=config.stop_timeout)
+                notifier.close()
+                _exit_now(sink, EXIT_OK)
             nursery.cancel_scope.cancel()
 
 
-async def handle_signals(signals, sup: Supervisor, notifier: Notifier, config) -> None:
-    """SIGHUP reloads; SIGTERM/SIGINT stop gracefully (returns once tasks are cleaned up)."""
+async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Supervisor, *,
+                 task_status=trio.TASK_STATUS_IGNORED) -> None:
+    try:
+        with scope:
+            await serve(config.socket, config.socket_mode, sup,
+                        allowed_uids=set(config.allowed_users), allowed_gid=config.allowed_group,
+                        max_line=config.max_request_bytes, task_status=task_status)
+    finally:
+        closed.set()
+
+
+def _exit_now(sink: LogSink | None, code: int) -> None:
+    """End the process without trio's teardown (it would wait for tasks that never end)."""
+    if sink is not None:
+        sink.drain(LOG_DRAIN)
+    os._exit(code)
+
+
+async def handle_signals(signals, sup: Supervisor, notifier: Notifier, config) -> list:
+    """SIGHUP reloads; SIGTERM/SIGINT stop gracefully. Returns once the tasks are cleaned
+    up, with the tasks whose cleanup was abandoned."""
     async for signum in signals:
         if signum == signal.SIGHUP:
             notifier.reloading()
@@ -89,8 +129,8 @@ async def handle_signals(signals, sup: Supervisor, notifier: Notifier, config) -
             continue
         notifier.stopping()
         log.info("stopping", signal=signal.Signals(signum).name, timeout=config.stop_timeout)
-        await sup.stop(config.stop_timeout)
-        return
+        return await sup.stop(config.stop_timeout)
+    return []
 
 
 async def watch_jobs(sup: Supervisor) -> None:
@@ -127,16 +167,18 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"coschedd: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    logsetup.setup(config.log_format, config.log_level)
+    sink = LogSink(sys.stderr.fileno())
+    logsetup.setup(config.log_format, config.log_level, sink)
     notifier = Notifier()
     try:
-        trio.run(run, config, notifier)
+        trio.run(run, config, notifier, sink)
     except OSError as e:
         log.error("coschedd failed", error=str(e))
         return EXIT_FAILED
     finally:
         notifier.close()
-    log.info("coschedd stopped")
+        log.info("coschedd stopped")
+        sink.drain(LOG_DRAIN)
     return EXIT_OK
 
 

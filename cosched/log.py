@@ -16,7 +16,10 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def setup(fmt: str = "auto", level: str = "info", stream=None) -> None:
-    """Configure structlog (and stdlib logging, which some modules use) once for the process."""
+    """Configure structlog (and stdlib logging, which some modules use) once for the process.
+
+    The daemon passes a ``cosched.logsink.LogSink``, whose writes never block or fail.
+    """
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -31,7 +34,7 @@ def setup(fmt: str = "auto", level: str = "info", stream=None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(stream=stream, level=LEVELS[level], format="%(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""The supervisor: the task registry, each task's lifecycle, restart policy and statistics.
+"""The supervisor: each task's lifecycle, the restart policy, and the control backend.
 
 A *task* is one instance of a job: its root coroutine (``coro.create(job.main)``)
 driven by one trio task that is the coroutine's main. When the job yields (or
@@ -7,18 +7,37 @@ someone resumes it; returning means *finished*, raising means *failed* (the
 restart policy decides what follows); *killed* means cancelled while running, or
 closed while suspended, with its cleanup run either way.
 
-Everything here runs in the daemon's trio run. Job code only ever runs in the
-task's own trio task; the control server only calls the methods below. Busy time
-and steps come from a trio Instrument, so jobs need no hooks.
+Design principles
+-----------------
+- A job is untrusted. Whatever escapes its body (any ``BaseException``: a
+  ``SystemExit``, a ``KeyboardInterrupt``, a ``trio.Cancelled`` of its own
+  making, a ``BaseExceptionGroup``), at a step or in cleanup, ends that task
+  and nothing else. The daemon's own signals never arrive as exceptions in
+  tasks (they come through trio's signal receiver), so telling "the job raised
+  it" from "the daemon stops" is a question of where, not of type: a
+  cancellation is the daemon's only when the task's own cancel scope was
+  cancelled.
+- Kill and stop always finish: cleanup gets ``stop_timeout`` seconds, after
+  which the task is *abandoned* (killed, in the registry) and its trio task is
+  left to end when it can.
+- An ended task keeps text, not objects: its error and traceback are formatted
+  (bounded, guarded) and the frames are cleared, so a failed job's memory is
+  freed at once.
+
+Job code only ever runs in the task's own trio task (and, while a file loads, in
+the loader under the step guard); the control server only calls the backend
+methods below; the registry (``cosched.registry``) holds the tasks, the step
+guard (``cosched.guard``) times and interrupts their steps, and
+``cosched.reports`` renders them.
 """
 
 from __future__ import annotations
 
-import linecache
+import dataclasses
 import os
 import time
 import traceback
-from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,142 +45,39 @@ import psutil
 import structlog
 import trio
 
-from . import __version__, coro
-from ._coro import last_transfer_to_main, stack_of, switches_of
-from .config import Config, JobPolicy
+from . import __version__, coro, reports
+from ._coro import last_transfer_to_main, switches_of
+from .config import Config
+from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import BUSY, ControlError, NO_SUCH_JOB, NO_SUCH_TASK, NOT_ALIVE, NOT_SUSPENDED
+from .protocol import BUSY, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED, ControlError
+from .registry import Registry, Task
+from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
 
 __all__ = ["Supervisor", "Task"]
 
 log = structlog.get_logger("cosched.supervisor")
 
-ALIVE = frozenset({"starting", "running", "waiting", "suspended", "restarting"})
-ENDED_KEPT = 1000  # ended tasks kept for status; older ones are forgotten
-_TRIO_DIR = os.path.dirname(trio.__file__)
-_PKG_DIR = os.path.dirname(__file__)
-
-
-class Task:
-    """One job instance and everything operators may ask about it."""
-
-    __slots__ = (
-        "id", "name", "job", "policy", "ctx", "fn", "args", "parent", "children",
-        "state",         # starting|running|suspended|restarting|finished|failed|killed ("waiting" is derived)
-        "started_at", "born", "restarts", "starts",
-        "busy", "steps", "longest_step", "step_began",
-        "switches",      # coroutine switches in its trio task, taken from the chain when it ends
-        "yielded",       # values of the latest suspension, while suspended
-        "result", "error", "traceback",
-        "root", "trio_task", "scope", "kill_requested",
-        "inbox",         # values an operator resumed it with, until the task takes them
-        "wake",          # set to hand `inbox` (or a kill) to a suspended task
-        "stopped",       # set whenever the task suspends or ends; replaced after each
-        "ended",         # set once, when the task has ended for good
-    )
-
-    def __init__(self, id: int, name: str, job: Job, policy: JobPolicy, fn, args: tuple,
-                 parent: Task | None) -> None:
-        self.id, self.name, self.job, self.policy = id, name, job, policy
-        self.fn, self.args, self.parent, self.children = fn, args, parent, []
-        self.ctx: TaskContext | None = None
-        self.state = "starting"
-        self.started_at = time.time()
-        self.born = time.monotonic()
-        self.restarts = 0
-        self.starts: deque[float] = deque()
-        self.busy = 0.0
-        self.steps = 0
-        self.longest_step = 0.0
-        self.step_began = 0.0
-        self.switches = 0
-        self.yielded: tuple | None = None
-        self.result = None
-        self.error: str | None = None
-        self.traceback: str | None = None
-        self.root = None
-        self.trio_task = None
-        self.scope: trio.CancelScope | None = None
-        self.kill_requested = False
-        self.inbox: tuple | None = None
-        self.wake = trio.Event()
-        self.stopped = trio.Event()
-        self.ended = trio.Event()
-
-    @property
-    def alive(self) -> bool:
-        return self.state in ALIVE
-
-    def shown_state(self) -> str:
-        """running (runnable or stepping) vs waiting (blocked in the event loop) is read off trio."""
-        if self.state == "running" and self.trio_task is not None:
-            runnable = getattr(self.trio_task, "_next_send_fn", None) is not None
-            return "running" if runnable else "waiting"
-        return self.state
-
-    def _signal_stop(self) -> None:
-        self.stopped.set()
-        self.stopped = trio.Event()
-
-
-def _where(frames: list[tuple[str, int, str]]) -> str | None:
-    """'trio.sleep at ticker.py:12' from a stack: the event-loop call and the job line that made it.
-
-    trio's socket methods are generated wrappers with no telling name; for them the
-    job's own line says more ('await sock.recv(1) at echo.py:30').
-    """
-    for i, (file, _line, func) in enumerate(frames):
-        if file.startswith(_TRIO_DIR):
-            caller = next((f for f in reversed(frames[:i]) if not f[0].startswith(_PKG_DIR)), None)
-            if caller is None:
-                return f"trio.{func.lstrip('_')}"
-            what = f"trio.{func.lstrip('_')}"
-            if "<locals>" in func:
-                what = linecache.getline(caller[0], caller[1]).strip() or what
-            return f"{what} at {os.path.basename(caller[0])}:{caller[1]}"
-    return None
-
-
-class _StepClock(trio.abc.Instrument):
-    """Busy time, steps and longest step per task, from trio's step hooks."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        self.by_trio = sup.by_trio
-        self.warn_after = sup.config.step_warning
-
-    def before_task_step(self, task) -> None:
-        t = self.by_trio.get(task)
-        if t is not None:
-            t.step_began = time.perf_counter()
-
-    def after_task_step(self, task) -> None:
-        t = self.by_trio.get(task)
-        if t is None:
-            return
-        dt = time.perf_counter() - t.step_began
-        t.busy += dt
-        t.steps += 1
-        if dt > t.longest_step:
-            t.longest_step = dt
-        if self.warn_after and dt > self.warn_after:
-            log.warning("long step blocks the event loop", task=t.name, id=t.id, seconds=round(dt, 4))
+MAX_TRACEBACK = 64 * 1024   # characters of a failed task's traceback kept
+MAX_BACKOFF_DOUBLINGS = 64  # restart_delay * 2**n is capped long before this
 
 
 class Supervisor:
     """Owns jobs and tasks; implements the control backend (status, show, resume, ...)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, log_sink: Any = None,
+                 on_stuck: Callable[[int], None] = os._exit) -> None:
         self.config = config
         self.job_table: dict[str, dict[str, Any]] = {}   # name -> {"path", "job", "error", "signature"}
-        self.tasks: dict[int, Task] = {}
-        self.live_names: set[str] = set()       # names of alive tasks (names are unique among them)
-        self.ended: deque[int] = deque()        # ids of ended tasks still listed, oldest first
-        self.by_trio: dict[Any, Task] = {}
-        self.next_id = 1
+        self.reg = Registry()
+        self.tasks = self.reg.tasks
         self.started = time.monotonic()
         self.nursery: trio.Nursery | None = None
-        self.clock = _StepClock(self)
+        self.guard = StepGuard(self.reg.by_trio, step_warning=config.step_warning,
+                               on_stuck=on_stuck)
+        self.threads = trio.CapacityLimiter(config.worker_threads)
+        self.log_sink = log_sink
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
 
@@ -169,7 +85,8 @@ class Supervisor:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the jobs folder, start what autostarts, and supervise until cancelled."""
-        trio.lowlevel.add_instrument(self.clock)
+        trio.lowlevel.add_instrument(self.guard)
+        self.guard.start()
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -177,19 +94,23 @@ class Supervisor:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            trio.lowlevel.remove_instrument(self.clock)
+            trio.lowlevel.remove_instrument(self.guard)
+            self.guard.close()
 
-    async def stop(self, timeout: float) -> None:
-        """Kill every task (cleanup runs) and wait for them, at most ``timeout`` seconds."""
-        alive = [t for t in self.tasks.values() if t.alive]
+    async def stop(self, timeout: float) -> list[Task]:
+        """Kill every task (cleanup runs) and wait for them, at most ``timeout`` seconds.
+        Returns the tasks whose cleanup was abandoned."""
+        self.guard.stopping(timeout)
+        alive = self.reg.alive()
         for t in alive:
             self._request_kill(t)
         with trio.move_on_after(timeout):
             for t in alive:
                 await t.ended.wait()
-        left = [t.name for t in alive if t.alive]
-        if left:
-            log.warning("tasks did not finish their cleanup in time", tasks=left, timeout=timeout)
+        left = [t for t in alive if not t.ended.is_set()]
+        for t in left:
+            self._abandon(t, timeout)
+        return left
 
     # ---------------------------------------------------------------- jobs
 
@@ -214,7 +135,7 @@ class Supervisor:
         name = path.stem
         try:
             sig = signature(path.stat())
-        except FileNotFoundError:
+        except OSError:
             if name in self.job_table:
                 self._remove_job(name)
                 if report is not None:
@@ -223,24 +144,33 @@ class Supervisor:
         entry = self.job_table.get(name)
         if entry is not None and entry["signature"] == sig and entry["path"] == path:
             return
-        try:
-            job = load_job(path)
-        except JobLoadError as e:
-            self.job_table[name] = {"path": path, "job": None, "error": str(e), "signature": sig}
-            log.error("job failed to load", job=name, path=str(path), reason=str(e))
+        job, error = self._load(name, path)
+        self.job_table[name] = {"path": path, "job": job, "error": error, "signature": sig}
+        if job is None:
+            log.error("job failed to load", job=name, path=str(path), reason=error)
             if report is not None:
-                report["errors"].append({"job": name, "path": str(path), "error": str(e)})
+                report["errors"].append({"job": name, "path": str(path), "error": error})
             return
-        self.job_table[name] = {"path": path, "job": job, "error": None, "signature": sig}
         log.info("job loaded", job=name, path=str(path), reloaded=entry is not None)
         if report is not None:
             report["loaded"].append(name)
-        old = self._tasks_of(name)
+        old = self.reg.roots_of(name)
         for t in old:
             self._request_kill(t)   # the old code's tasks give way to the new version
         policy = self.config.job_policy(name)
         if policy.enabled and policy.autostart:
             self.nursery.start_soon(self._start_after, name, old)
+
+    def _load(self, name: str, path: Path) -> tuple[Job | None, str | None]:
+        """Run a job file's top level under the step guard; (job, None) or (None, reason)."""
+        loading = _Loading(name, self.config.job_policy(name))
+        try:
+            with self.guard.step_of(loading):
+                return load_job(path), None
+        except JobLoadError as e:
+            return None, str(e)
+        except BaseException as e:  # noqa: BLE001 - a job's top level never ends the daemon
+            return None, f"{describe_exception(e)} while loading"
 
     async def _start_after(self, name: str, old: list[Task]) -> None:
         for t in old:
@@ -250,13 +180,10 @@ class Supervisor:
             self.start_task(entry["job"])
 
     def _remove_job(self, name: str) -> None:
-        for t in self._tasks_of(name):
+        for t in self.reg.roots_of(name):
             self._request_kill(t)
         del self.job_table[name]
         log.info("job removed", job=name)
-
-    def _tasks_of(self, job: str) -> list[Task]:
-        return [t for t in self.tasks.values() if t.job.name == job and t.alive and t.parent is None]
 
     # ---------------------------------------------------------------- tasks
 
@@ -264,50 +191,33 @@ class Supervisor:
                    name: str | None = None) -> Task:
         policy = self.config.job_policy(job.name)
         if parent is not None:
-            policy = policy.__class__(**{**_fields(policy), "restart": "no"})
-        tid = self.next_id
-        self.next_id += 1
-        name = name or self._free_name(job.name if parent is None else f"{parent.name}.{tid}")
+            policy = dataclasses.replace(policy, restart="no")
+        tid = self.reg.new_id()
+        name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
         t = Task(tid, name, job, policy, fn or job.main, args, parent)
         t.ctx = TaskContext(name, tid, structlog.get_logger("cosched.job").bind(task=name, id=tid),
-                            policy.config, spawner=self._spawn)
-        self.tasks[tid] = t
-        self.live_names.add(name)
-        if parent is not None:
-            parent.children.append(t)
+                            policy.config, spawner=self._spawn, threads=self.threads)
+        self.reg.add(t)
         self.nursery.start_soon(self._supervise, t, name=f"cosched task {name}")
         return t
 
-    def _free_name(self, base: str) -> str:
-        if base not in self.live_names:
-            return base
-        n = 2
-        while f"{base}.{n}" in self.live_names:
-            n += 1
-        return f"{base}.{n}"
-
     def _spawn(self, parent_ctx: TaskContext, fn, args: tuple, name: str | None) -> TaskContext:
         parent = self.tasks[parent_ctx.id]
-        return self.start_task(parent.job, fn, args, parent, name and self._free_name(name)).ctx
-
-    def _forget_old(self, t: Task) -> None:
-        """t has ended: keep it listed, forgetting the oldest ended tasks beyond ENDED_KEPT."""
-        self.live_names.discard(t.name)
-        self.ended.append(t.id)
-        while len(self.ended) > ENDED_KEPT:
-            self.tasks.pop(self.ended.popleft(), None)
+        if not parent.alive or parent.kill_requested:
+            raise RuntimeError(f"task {parent.name} is ending; it cannot spawn")
+        return self.start_task(parent.job, fn, args, parent, name).ctx
 
     async def _supervise(self, t: Task) -> None:
         """Run t, restarting it as its policy says, until it ends for good."""
         t.trio_task = trio.lowlevel.current_task()
-        t.step_began = time.perf_counter()  # this first step began before the clock knew the task
-        self.by_trio[t.trio_task] = t
+        t.step_began = time.perf_counter()  # this first step began before the guard knew the task
+        self.reg.by_trio[t.trio_task] = t
         try:
             while True:
                 t.starts.append(time.monotonic())
                 await self._run_once(t)
                 delay = self._restart_delay(t)
-                if delay is None:
+                if delay is None or t.abandoned:
                     break
                 t.state = "restarting"
                 log.info("restarting task", task=t.name, id=t.id, delay=delay, after=t.error)
@@ -317,21 +227,41 @@ class Supervisor:
                     t.state = "killed"
                     break
                 t.restarts += 1
+        except Exception:  # noqa: BLE001 - a bug of ours ends this task, not the daemon
+            log.exception("supervising the task failed", task=t.name, id=t.id)
+            t.state, t.error = "failed", t.error or "internal error in coschedd (see its log)"
         finally:
-            # This last step ends after the task is unregistered: account for it here.
-            t.busy += time.perf_counter() - t.step_began
-            t.steps += 1
-            t.switches = switches_of(t.trio_task)
-            del self.by_trio[t.trio_task]
-            t.trio_task = None
-            t.yielded = None
-            t.ctx._finish(t.state, t.result if t.state == "finished" else t.error)
-            t.ended.set()
-            t._signal_stop()
-            self._forget_old(t)
-            for child in t.children:
-                if child.alive:
-                    self._request_kill(child)
+            self._finished(t)
+
+    def _finished(self, t: Task) -> None:
+        # This last step ends after the task is unregistered: account for it here.
+        t.busy += time.perf_counter() - t.step_began
+        t.steps += 1
+        t.switches = switches_of(t.trio_task)
+        del self.reg.by_trio[t.trio_task]
+        t.trio_task = t.root = None
+        if t.abandoned:
+            log.info("abandoned task has ended at last", task=t.name, id=t.id)
+            return
+        self._retire(t)
+
+    def _retire(self, t: Task) -> None:
+        """t has ended for good: wake whoever waits for it, forget old tasks, end its children."""
+        t.yielded = None
+        t.ctx._finish(t.state, t.result if t.state == "finished" else t.error)
+        t.ended.set()
+        t.signal_stop()
+        self.reg.retire(t)
+        for child in list(t.children.values()):
+            self._request_kill(child)
+
+    def _abandon(self, t: Task, timeout: float) -> None:
+        """Cleanup overran: t ends in the registry now; its trio task ends when it can."""
+        t.abandoned = True
+        t.state = "killed"
+        t.error = f"cleanup did not finish within {timeout:g} s"
+        log.error("task abandoned", task=t.name, id=t.id, error=t.error)
+        self._retire(t)
 
     def _restart_delay(self, t: Task) -> float | None:
         p = t.policy
@@ -345,46 +275,71 @@ class Supervisor:
             t.error = limit if t.error is None else f"{t.error}; {limit}"
             log.error("task hit its start limit; not restarting", task=t.name, id=t.id)
             return None
-        return min(p.restart_delay * 2 ** t.restarts, p.restart_delay_max)
+        doublings = min(t.restarts, MAX_BACKOFF_DOUBLINGS)  # 2 ** 1024 overflows a float
+        return min(p.restart_delay * 2.0 ** doublings, p.restart_delay_max)
 
     async def _run_once(self, t: Task) -> None:
-        """One life of t: drive its root coroutine, parking it whenever it yields to the daemon."""
+        """One life of t; whatever the job raises ends it here."""
         t.root = coro.create(t.fn)
         t.error = t.traceback = t.result = None
         t.state = "running"
-        target, values, transfer = t.root, (t.ctx, *t.args), False
         with trio.CancelScope() as t.scope:
-            while True:
-                try:
-                    if transfer:
-                        got = (True, *_unpack(await coro.transfer(target, *values)))
-                    else:
-                        got = await coro.resume(target, *values)
-                except Exception as e:  # a transferred-into chain raised into main
-                    got = (False, e)
-                if coro.status(t.root) == "dead" or not got[0]:
-                    self._ended(t, got)
-                    return
-                # Suspended at the daemon: the root yielded, or some coroutine transferred to main.
-                transfer = coro.status(t.root) != "suspended"
-                target = last_transfer_to_main() if transfer else t.root
-                if target is None:
-                    self._ended(t, (False, coro.CoroutineError("no suspended coroutine to continue")))
-                    return
-                values = await self._park(t, got[1:])
-                if values is None:  # killed while suspended: run its cleanup
-                    await self._close(t, target)
-                    return
-                t.state = "running"
-        if t.scope.cancelled_caught:
+            try:
+                await self._drive(t)
+            except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
+                if t.scope.cancel_called and _only_cancelled(exc):
+                    raise  # our kill: the scope takes it
+                self._contain(t, exc)
+        if t.scope.cancelled_caught and t.state not in ("failed", "killed"):
             t.state = "killed"
             log.info("task killed", task=t.name, id=t.id)
+
+    async def _drive(self, t: Task) -> None:
+        """Drive t's root coroutine, parking it whenever it yields to the daemon."""
+        target, values, transfer = t.root, (t.ctx, *t.args), False
+        while True:
+            try:
+                if transfer:
+                    got = (True, *reports.unpack(await coro.transfer(target, *values)))
+                else:
+                    got = await coro.resume(target, *values)
+            except Exception as e:  # a transferred-into chain raised into main
+                got = (False, e)
+            if coro.status(t.root) == "dead" or not got[0]:
+                self._ended(t, got)
+                return
+            # Suspended at the daemon: the root yielded, or some coroutine transferred to main.
+            transfer = coro.status(t.root) != "suspended"
+            target = last_transfer_to_main() if transfer else t.root
+            if target is None:
+                self._ended(t, (False, coro.CoroutineError("no suspended coroutine to continue")))
+                return
+            values = await self._park(t, got[1:])
+            if values is None:  # killed while suspended: run its cleanup
+                await self._close(t, target)
+                return
+            t.state = "running"
+
+    def _contain(self, t: Task, exc: BaseException) -> None:
+        """A BaseException escaped the job: the task failed (or, if it was being killed,
+        is killed with its cleanup's error)."""
+        if t.kill_requested or isinstance(exc, TaskInterrupted):
+            t.state = "killed"
+            t.error = (str(exc) if isinstance(exc, TaskInterrupted)
+                       else f"cleanup raised {describe_exception(exc)}")
+            t.traceback = _format_traceback(exc)
+            log.info("task killed", task=t.name, id=t.id, error=t.error)
+            return
+        if isinstance(exc, trio.Cancelled):
+            exc = _OwnCancelled(f"the job raised trio.Cancelled outside a cancelled scope: "
+                                f"{describe_exception(exc)}").with_traceback(exc.__traceback__)
+        self._ended(t, (False, exc))
 
     async def _park(self, t: Task, values: tuple) -> tuple | None:
         """Suspended at the daemon until resumed (returns the values) or killed (None)."""
         t.yielded = values
         t.state = "suspended"
-        t._signal_stop()
+        t.signal_stop()
         log.info("task suspended", task=t.name, id=t.id, values=_short(values))
         with trio.CancelScope(shield=True):   # a kill arrives through `wake`, so cleanup can run
             await t.wake.wait()
@@ -397,23 +352,30 @@ class Supervisor:
 
     async def _close(self, t: Task, target) -> None:
         co = target if coro.status(target) == "suspended" else t.root
-        ok, *err = await coro.close(co) if coro.status(co) == "suspended" else (True,)
+        try:
+            ok, *err = await coro.close(co) if coro.status(co) == "suspended" else (True,)
+        except BaseException as exc:  # noqa: BLE001 - cleanup raising SystemExit & co.
+            if isinstance(exc, trio.Cancelled):
+                raise
+            ok, err = False, [exc]
         t.state = "killed"
         if not ok:
-            t.error = f"cleanup failed: {err[0]!r}"
+            t.error = f"cleanup failed: {describe_exception(err[0])}"
+            t.traceback = _format_traceback(err[0])
         log.info("task killed", task=t.name, id=t.id, cleanup="ok" if ok else t.error)
 
     def _ended(self, t: Task, got: tuple) -> None:
         if got[0]:
             t.state = "finished"
-            t.result = _pack(got[1:])
+            t.result = reports.pack(got[1:])
             log.info("task finished", task=t.name, id=t.id, result=_short(got[1:]))
-        else:
-            exc = got[1]
-            t.state = "failed"
-            t.error = f"{type(exc).__name__}: {exc}"
-            t.traceback = "".join(traceback.format_exception(exc))
-            log.error("task failed", task=t.name, id=t.id, error=t.error)
+            return
+        exc = got[1]
+        t.state = "failed"
+        t.error = describe_exception(exc)
+        t.traceback = _format_traceback(exc)
+        level = log.error if not isinstance(exc, StepTimeout) else log.warning
+        level("task failed", task=t.name, id=t.id, error=t.error)
 
     def _request_kill(self, t: Task) -> None:
         t.kill_requested = True
@@ -425,15 +387,7 @@ class Supervisor:
     # ---------------------------------------------------------------- control backend
 
     def find(self, ref: str | int) -> Task:
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            t = self.tasks.get(int(ref))
-            if t is not None:
-                return t
-        named = [t for t in self.tasks.values() if t.name == ref]
-        if not named:
-            raise ControlError(NO_SUCH_TASK, f"no task {ref!r} (see coschedctl status)")
-        live = [t for t in named if t.alive]
-        return (live or named)[-1]
+        return self.reg.find(ref)
 
     def status(self, task: str | int | None = None, job: str | None = None,
                state: str | None = None) -> dict:
@@ -442,42 +396,37 @@ class Supervisor:
             if job not in self.job_table and not any(t.job.name == job for t in tasks):
                 raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
             tasks = [t for t in tasks if t.job.name == job]
-        infos = [self.info(t) for t in tasks]
+        infos = [reports.info(t) for t in tasks]
         if state is not None:
             infos = [i for i in infos if i["state"] == state]
         return {"daemon": self._daemon_info(), "tasks": infos, "job_errors": self._job_errors()}
 
     def show(self, task: str | int) -> dict:
-        t = self.find(task)
-        info = self.info(t)
-        info.update(
-            stack=[{"file": f, "line": n, "function": fn} for f, n, fn in self._stack(t)],
-            traceback=t.traceback, longest_step=t.longest_step, started_at=t.started_at,
-            config=t.policy.config, parent=t.parent.id if t.parent else None,
-            children=[c.id for c in t.children], path=str(t.job.path),
-            result=t.result if t.state == "finished" else None, task_state=t.ctx.state)
-        return info
+        return reports.show(self.find(task))
 
     async def resume(self, task: str | int, values: list, timeout: float) -> dict:
         t = self.find(task)
-        if t.state != "suspended":
-            raise ControlError(NOT_SUSPENDED, f"task {t.name} (#{t.id}) is {t.shown_state()}, not suspended")
+        if t.state != "suspended" or t.kill_requested:
+            state = "being killed" if t.kill_requested and t.alive else t.shown_state()
+            raise ControlError(NOT_SUSPENDED, f"task {t.name} (#{t.id}) is {state}, not suspended")
         stopped = t.stopped
         t.inbox = tuple(values)
         t.state = "running"
         t.wake.set()
         with trio.move_on_after(timeout):
             await stopped.wait()
-        return self._outcome(t)
+        return reports.outcome(t)
 
     async def kill(self, task: str | int) -> dict:
         t = self.find(task)
         if not t.alive:
-            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) has already {t.state}")
+            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) is not alive: it {_ended_how(t)}")
         self._request_kill(t)
         with trio.move_on_after(self.config.stop_timeout):
             await t.ended.wait()
-        return {"task": self.info(t)}
+        if not t.ended.is_set():
+            self._abandon(t, self.config.stop_timeout)
+        return {"task": reports.info(t)}
 
     def _require_running(self) -> None:
         if self.nursery is None:
@@ -492,7 +441,7 @@ class Supervisor:
             raise ControlError(NO_SUCH_JOB, f"job {job!r} failed to load: {entry['error']}")
         t = self.start_task(entry["job"])
         await trio.lowlevel.checkpoint()  # let it take its first step before we report it
-        return {"task": self.info(t)}
+        return {"task": reports.info(t)}
 
     async def reload(self) -> dict:
         self._require_running()
@@ -501,41 +450,12 @@ class Supervisor:
         return report
 
     def jobs(self) -> dict:
-        out = []
-        for name, e in sorted(self.job_table.items()):
-            policy = self.config.job_policy(name)
-            state = "error" if e["job"] is None else "loaded" if policy.enabled else "disabled"
-            out.append({"name": name, "path": str(e["path"]), "state": state, "error": e["error"],
-                        "tasks": [t.id for t in self.tasks.values() if t.job.name == name and t.alive]})
-        return {"jobs": out}
+        return {"jobs": [
+            reports.job_row(name, e, self.config.job_policy(name),
+                            [t.id for t in self.tasks.values() if t.job.name == name and t.alive])
+            for name, e in sorted(self.job_table.items())]}
 
     # ---------------------------------------------------------------- reports
-
-    def info(self, t: Task) -> dict:
-        state = t.shown_state()
-        return {
-            "id": t.id, "name": t.name, "job": t.job.name, "state": state,
-            "waiting_on": _where(self._stack(t)) if state == "waiting" else None,
-            "busy": round(t.busy, 6), "steps": t.steps,
-            "switches": switches_of(t.trio_task) if t.trio_task is not None else t.switches,
-            "age": round(time.monotonic() - t.born, 3), "restarts": t.restarts,
-            "yielded": list(t.yielded) if t.yielded is not None else None,
-            "error": t.error,
-        }
-
-    def _outcome(self, t: Task) -> dict:
-        state = t.shown_state()
-        outcome = {"suspended": "yielded", "finished": "finished", "failed": "failed",
-                   "killed": "killed"}.get(state, "running")
-        values = list(t.yielded) if state == "suspended" else (
-            list(_unpack(t.result)) if state == "finished" else None)
-        return {"task": self.info(t), "outcome": outcome, "values": values, "error": t.error}
-
-    def _stack(self, t: Task) -> list[tuple[str, int, str]]:
-        if t.trio_task is None:
-            return []
-        frames = stack_of(t.trio_task.coro)
-        return [f for f in frames if not f[0].startswith(_PKG_DIR)] or frames
 
     def _daemon_info(self) -> dict:
         p = self.process
@@ -546,25 +466,53 @@ class Supervisor:
         return {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started, 3),
                 "rss": mem, "cpu_time": round(cpu.user + cpu.system, 3), "cpu_percent": pct,
                 "num_tasks": sum(t.alive for t in self.tasks.values()), "version": __version__,
-                "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket)}
+                "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
+                "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0}
 
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}
                 for n, e in sorted(self.job_table.items()) if e["error"]]
 
 
-def _fields(policy: JobPolicy) -> dict:
-    return {f: getattr(policy, f) for f in policy.__dataclass_fields__}
+class _OwnCancelled(Exception):
+    """Stands for a trio.Cancelled that a job raised itself (not a kill)."""
 
 
-def _pack(vals: tuple):
-    return None if not vals else vals[0] if len(vals) == 1 else vals
+@dataclasses.dataclass
+class _Loading:
+    """What the step guard times while a job file's top level runs."""
+
+    name: str
+    policy: Any
+    id: None = None
+    step_began: float = 0.0
 
 
-def _unpack(v) -> tuple:
-    return () if v is None else v if type(v) is tuple else (v,)
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return False
 
 
-def _short(values: tuple, limit: int = 200) -> str:
-    text = repr(values[0] if len(values) == 1 else values)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback as text, bounded; the frames are cleared so their locals are freed."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:  # noqa: BLE001 - a hostile exception object
+        text = f"{describe_exception(exc)}\n(traceback unavailable)\n"
+    tb = exc.__traceback__
+    if tb is not None:
+        traceback.clear_frames(tb)
+    if len(text) > MAX_TRACEBACK:
+        text = text[: MAX_TRACEBACK // 2] + "\n[... traceback shortened ...]\n" + text[-MAX_TRACEBACK // 2:]
+    return text
+
+
+def _ended_how(t: Task) -> str:
+    return {"finished": "finished", "failed": "failed", "killed": "was killed"}.get(t.state, t.state)
+
+
+def _short(values: tuple) -> str:
+    return safe_repr(values[0] if len(values) == 1 else values, 200)

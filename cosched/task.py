@@ -3,9 +3,12 @@
 A job gets its name and id, a structlog logger bound to the task, its
 configuration (the ``config`` table of ``[job.<name>]``), a ``state`` dict that
 survives restarts of the task, ``spawn`` to start further tasks that the
-daemon supervises and lists like any other, and ``run_process``, which runs a
+daemon supervises and lists like any other, ``run_process``, which runs a
 command and, if the task is killed meanwhile, ends every process the command
-started, not only the first. Nothing else of the daemon leaks in.
+started, not only the first, and the homes of work that would block the event
+loop: ``run_sync`` (a blocking call, in a worker thread) and
+``run_in_process`` (CPU-bound work, in a worker process). Nothing else of the
+daemon leaks in.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import signal
 from contextlib import suppress
 from typing import Any, Awaitable, Callable
 
+import cloudpickle
 import psutil
 import trio
+import trio_parallel
+
+from . import _worker
 
 __all__ = ["TaskContext", "TaskFailed", "end_processes"]
 
@@ -28,16 +35,19 @@ class TaskFailed(Exception):
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("name", "id", "log", "config", "state", "_spawner", "_done", "_outcome")
+    __slots__ = ("name", "id", "log", "config", "state", "_spawner", "_threads", "_done",
+                 "_outcome")
 
     def __init__(self, name: str, id: int, log, config: dict, state: dict | None = None,
-                 spawner: Callable[..., TaskContext] | None = None) -> None:
+                 spawner: Callable[..., TaskContext] | None = None,
+                 threads: trio.CapacityLimiter | None = None) -> None:
         self.name = name
         self.id = id
         self.log = log
         self.config = config
         self.state = {} if state is None else state   # kept across restarts of this task
         self._spawner = spawner
+        self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
         self._done = trio.Event()   # set once the task has ended for good (no restart follows)
         self._outcome: tuple[str, Any] | None = None  # ("finished", value) | ("failed"/"killed", message)
 
@@ -79,12 +89,46 @@ class TaskContext:
                 with trio.CancelScope(shield=True):
                     await end_processes(tree[1:], grace)
 
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread, for a call that blocks (file I/O, a
+        blocking client library). The event loop and every other task run meanwhile.
+
+        The daemon's threads are limited (``daemon.worker_threads``); a call waits for
+        a free one. If the task is killed while the call runs, the call is abandoned:
+        the task ends at once, the thread runs on until ``fn`` returns (Python cannot
+        stop a thread), its result is dropped and the abandonment is logged.
+        """
+        try:
+            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True,
+                                                 limiter=self._threads)
+        except trio.Cancelled:
+            self.log.warning("abandoned a worker thread; it runs on until its call returns",
+                             function=_name_of(fn))
+            raise
+
+    async def run_in_process(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker process, for CPU-bound work: it runs in parallel
+        with the daemon and cannot stall it. ``fn`` and its arguments travel by
+        cloudpickle (a function defined in the job file works); so do the result
+        and any exception, which is re-raised here. If the task is killed, the
+        worker process is killed."""
+        payload = cloudpickle.dumps((fn, args))
+        ok, data = await trio_parallel.run_sync(_worker.call, payload, kill_on_cancel=True)
+        value = cloudpickle.loads(data)
+        if ok:
+            return value
+        raise value
+
     def _finish(self, kind: str, value: Any) -> None:
         self._outcome = (kind, value)
         self._done.set()
 
     def __repr__(self) -> str:
         return f"<task {self.name} #{self.id}>"
+
+
+def _name_of(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def _tree(pid: int) -> list[psutil.Process]:

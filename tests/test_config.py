@@ -74,10 +74,10 @@ def test_every_default(tmp_path):
         path=etc / "coschedd.toml", jobs_dir=tmp_path / "jobs", runtime_dir=tmp_path / ".run",
         socket=tmp_path / ".run" / "coschedd.sock", socket_mode=0o660, allowed_users=(),
         allowed_group=None, max_request_bytes=65536, log_format="auto", log_level="info",
-        step_warning=0.5, stop_timeout=10.0, watchdog=True,
+        step_warning=0.5, stop_timeout=10.0, worker_threads=16, watchdog=True,
         job_defaults=JobPolicy(restart="on-failure", restart_delay=1.0, restart_delay_max=30.0,
                                start_limit_burst=5, start_limit_interval=60.0, autostart=True,
-                               enabled=True, config={}),
+                               step_limit=10.0, enabled=True, config={}),
         jobs={})
 
 
@@ -118,7 +118,7 @@ def test_every_key_is_read_from_the_file(tmp_path):
     assert (config.step_warning, config.stop_timeout, config.watchdog) == (0.25, 3.5, False)
     assert (config.socket_mode, config.allowed_users, config.allowed_group) == (0o600, (1234,), 4321)
     assert (config.max_request_bytes, config.log_format, config.log_level) == (1024, "json", "error")
-    assert config.job_defaults == JobPolicy("no", 2.0, 8.0, 3, 9.0, False, True, {})
+    assert config.job_defaults == JobPolicy("no", 2.0, 8.0, 3, 9.0, False, 10.0, True, {})
 
 
 # --- paths ---

@@ -1,0 +1,98 @@
+"""What the control backend answers about tasks: the dicts behind status, show and resume.
+
+Everything here only reads the registry. Values that came from jobs (yielded
+values, results) are passed through as they are: the protocol encoder turns
+them into JSON with a guard; text made from job objects (error messages) was
+already bounded by ``cosched.saferepr`` when it was stored.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import time
+from typing import Any
+
+import trio
+
+from ._coro import stack_of, switches_of
+from .registry import Task
+
+__all__ = ["info", "show", "outcome", "stack", "where", "pack", "unpack"]
+
+_TRIO_DIR = os.path.dirname(trio.__file__)
+_PKG_DIR = os.path.dirname(__file__)
+
+
+def pack(vals: tuple):
+    return None if not vals else vals[0] if len(vals) == 1 else vals
+
+
+def unpack(v) -> tuple:
+    return () if v is None else v if type(v) is tuple else (v,)
+
+
+def where(frames: list[tuple[str, int, str]]) -> str | None:
+    """'trio.sleep at ticker.py:12' from a stack: the event-loop call and the job line that made it.
+
+    trio's socket methods are generated wrappers with no telling name; for them the
+    job's own line says more ('await sock.recv(1) at echo.py:30').
+    """
+    for i, (file, _line, func) in enumerate(frames):
+        if file.startswith(_TRIO_DIR):
+            caller = next((f for f in reversed(frames[:i]) if not f[0].startswith(_PKG_DIR)), None)
+            if caller is None:
+                return f"trio.{func.lstrip('_')}"
+            what = f"trio.{func.lstrip('_')}"
+            if "<locals>" in func:
+                what = linecache.getline(caller[0], caller[1]).strip() or what
+            return f"{what} at {os.path.basename(caller[0])}:{caller[1]}"
+    return None
+
+
+def stack(t: Task) -> list[tuple[str, int, str]]:
+    if t.trio_task is None:
+        return []
+    frames = stack_of(t.trio_task.coro)
+    return [f for f in frames if not f[0].startswith(_PKG_DIR)] or frames
+
+
+def info(t: Task) -> dict:
+    state = t.shown_state()
+    return {
+        "id": t.id, "name": t.name, "job": t.job.name, "state": state,
+        "waiting_on": where(stack(t)) if state == "waiting" else None,
+        "busy": round(t.busy, 6), "steps": t.steps,
+        "switches": switches_of(t.trio_task) if t.trio_task is not None else t.switches,
+        "age": round(time.monotonic() - t.born, 3), "restarts": t.restarts,
+        "yielded": list(t.yielded) if t.yielded is not None else None,
+        "error": t.error,
+    }
+
+
+def show(t: Task) -> dict:
+    out = info(t)
+    out.update(
+        stack=[{"file": f, "line": n, "function": fn} for f, n, fn in stack(t)],
+        traceback=t.traceback, longest_step=t.longest_step, started_at=t.started_at,
+        config=t.policy.config, parent=t.parent.id if t.parent else None,
+        children=sorted(t.children), path=str(t.job.path),
+        result=t.result if t.state == "finished" else None,
+        task_state=t.ctx.state if t.ctx is not None else None)
+    return out
+
+
+def outcome(t: Task) -> dict:
+    """The answer to a resume: how the task stands now, and the values it gave."""
+    state = t.shown_state()
+    what = {"suspended": "yielded", "finished": "finished", "failed": "failed",
+            "killed": "killed"}.get(state, "running")
+    values = list(t.yielded) if state == "suspended" and t.yielded is not None else (
+        list(unpack(t.result)) if state == "finished" else None)
+    return {"task": info(t), "outcome": what, "values": values, "error": t.error}
+
+
+def job_row(name: str, entry: dict[str, Any], policy: Any, tasks: list[int]) -> dict:
+    state = "error" if entry["job"] is None else "loaded" if policy.enabled else "disabled"
+    return {"name": name, "path": str(entry["path"]), "state": state, "error": entry["error"],
+            "tasks": tasks}
