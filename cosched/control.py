@@ -26,6 +26,7 @@ import trio
 
 from . import protocol
 from .protocol import ControlError
+from .stalldesk import StallDesk
 
 log = structlog.get_logger("cosched.control")
 
@@ -93,10 +94,10 @@ class LineReader:
     """Reads newline-terminated lines from a trio socket, none longer than ``max_line``
     bytes (the newline not counted). Buffers at most ``max_line`` plus one chunk."""
 
-    def __init__(self, sock: trio.socket.SocketType, max_line: int):
+    def __init__(self, sock: trio.socket.SocketType, max_line: int, initial: bytes = b""):
         self._sock = sock
         self._max_line = max_line
-        self._buf = bytearray()
+        self._buf = bytearray(initial)
         self._scanned = 0  # bytes of _buf known to hold no newline
 
     async def readline(self) -> bytes | None:
@@ -260,11 +261,23 @@ class _Server:
             except OSError:
                 pass
 
-    async def connection(self, conn: trio.socket.SocketType) -> None:
+    def adopt(self, conn: stdsocket.socket, initial: bytes, nursery: trio.Nursery) -> None:
+        """Serve a connection the stall desk accepted (and began to read) for us."""
+        self.active += 1
+        nursery.start_soon(self.connection, trio.socket.from_stdlib_socket(conn), initial)
+
+    def may_control(self, conn: stdsocket.socket) -> bool:
+        """The credential check, for the stall desk's thread (blocking look-ups are fine there)."""
+        _pid, uid, gid = _CREDENTIALS.unpack(
+            conn.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, _CREDENTIALS.size))
+        return peer_allowed(uid, gid, allowed_uids=self.allowed_uids,
+                            allowed_gid=self.allowed_gid, own_uid=self.own_uid)
+
+    async def connection(self, conn: trio.socket.SocketType, initial: bytes = b"") -> None:
         """Serve one client until it closes; nothing it does escapes from here."""
         try:
             with conn:
-                await self._converse(conn)
+                await self._converse(conn, initial)
         except (OSError, EOFError) as exc:
             log.debug("control peer dropped", error=f"{type(exc).__name__}: {exc}")
         except Exception:
@@ -272,14 +285,14 @@ class _Server:
         finally:
             self.active -= 1
 
-    async def _converse(self, conn: trio.socket.SocketType) -> None:
+    async def _converse(self, conn: trio.socket.SocketType, initial: bytes = b"") -> None:
         pid, uid, gid = peer_credentials(conn)
         if not await self._allowed(uid, gid):
             log.warning("control peer refused", pid=pid, uid=uid, gid=gid)
             await send_all(conn, protocol.encode(protocol.err(
                 None, protocol.FORBIDDEN, f"uid {uid} may not use this control socket")))
             return
-        reader = LineReader(conn, self.max_line)
+        reader = LineReader(conn, self.max_line, initial)
         while True:
             try:
                 line = await reader.readline()
@@ -329,17 +342,27 @@ class _Server:
         return result
 
 
+def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nursery,
+          max_line: int) -> StallDesk:
+    token = trio.lowlevel.current_trio_token()
+    return StallDesk(listener.fileno(), may_control=server.may_control, pid=os.getpid(),
+                     max_line=max_line,
+                     hand_over=lambda conn, data: token.run_sync_soon(
+                         server.adopt, conn, data, nursery))
+
+
 async def serve(path: Path, mode: int, backend: Any, *, allowed_uids: Collection[int],
                 allowed_gid: int | None, max_line: int, max_clients: int = 64,
                 task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
-                _own_uid: int | None = None) -> None:
+                guard: Any = None, _own_uid: int | None = None) -> None:
     """Serve the control protocol on a unix socket at ``path`` until cancelled.
 
     A stale socket file is replaced; a live one raises ``OSError`` ("another coschedd
     is listening on ..."), as does a non-socket file in the way. The socket file gets
     permissions ``mode`` and is removed on exit. ``task_status.started(path)`` is called
     once clients can connect. ``_own_uid`` overrides the daemon's own uid in the
-    credential check (tests use it to be refused).
+    credential check (tests use it to be refused). With a step ``guard``, its watchdog
+    takes connections while a step stalls the loop (``cosched.stalldesk``).
     """
     path = Path(path)
     await _remove_stale(path)
@@ -352,8 +375,13 @@ async def serve(path: Path, mode: int, backend: Any, *, allowed_uids: Collection
         with listener:
             log.info("control socket listening", path=str(path), mode=f"{mode:04o}")
             async with trio.open_nursery() as nursery:
+                if guard is not None:
+                    guard.desk = _desk(server, listener, nursery, max_line)
                 task_status.started(path)
                 await server.accept_loop(listener, nursery)
     finally:
+        if guard is not None and guard.desk is not None:
+            guard.desk, desk = None, guard.desk
+            desk.close()
         _remove_if_ours(path, (st.st_dev, st.st_ino))
         log.info("control socket closed", path=str(path))

@@ -105,7 +105,8 @@ async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Super
         with scope:
             await serve(config.socket, config.socket_mode, sup,
                         allowed_uids=set(config.allowed_users), allowed_gid=config.allowed_group,
-                        max_line=config.max_request_bytes, task_status=task_status)
+                        max_line=config.max_request_bytes, task_status=task_status,
+                        guard=sup.guard)
     finally:
         closed.set()
 

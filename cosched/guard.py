@@ -140,6 +140,7 @@ class StepGuard(trio.abc.Instrument):
         self._thread: threading.Thread | None = None
         self._main_ident = threading.main_thread().ident
         self._old_handlers: dict[int, Any] = {}
+        self.desk: Any = None   # a cosched.stalldesk.StallDesk, once the control socket is up
         self.forked_child = False   # set in a process a job forked (cosched.forks): never
                                     # let it return to the copy of the daemon's loop
 
@@ -225,6 +226,7 @@ class StepGuard(trio.abc.Instrument):
 
     def kill_running(self, task: Any) -> None:
         """``task`` is being killed; if a step of it runs away, end that step too."""
+        task.kill_requested = True
         self._kill = task
         self._poke()
 
@@ -305,11 +307,20 @@ class StepGuard(trio.abc.Instrument):
                     self._cond.wait()
                     self._parked = False
                     continue
-                self._cond.wait(self._next_look())
+                timeout = self._next_look()
+                stalled = self.current if self._at_desk() else None
+                if stalled is None:
+                    self._cond.wait(timeout)
             try:
+                if stalled is not None:   # the loop cannot take connections: we do
+                    self.desk.serve_once(timeout, stalled, self.kill_running)
                 self._look()
             except Exception:  # noqa: BLE001 - the watchdog must outlive its own bugs
                 log.exception("step guard failed")
+
+    def _at_desk(self) -> bool:
+        return (self.desk is not None and self.current is not None
+                and time.perf_counter() - self.began >= self.stall)
 
     def _next_look(self) -> float:
         t = self.current

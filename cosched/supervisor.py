@@ -419,6 +419,8 @@ class Supervisor:
 
     async def kill(self, task: str | int) -> dict:
         t = self.find(task)
+        if t.state == "killed" and t.kill_requested:
+            return {"task": reports.info(t)}   # killed already (also: by the stall desk)
         if not t.alive:
             raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) is not alive: it {_ended_how(t)}")
         self._request_kill(t)

@@ -1,0 +1,273 @@
+"""Fault containment, end to end: whatever a job raises, returns or yields ends that task only.
+
+Each test runs a real coschedd with a misbehaving job beside a well-behaved
+"bystander", and checks that the daemon still answers, the bystander is the
+same task still waiting, and the offender's state and error say what happened.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psutil
+import pytest
+
+from test_daemon import LIVE, SLEEPER, WAIT, by_id, daemon, newest, write_job  # noqa: F401
+
+NO_RESTART = {"jobs": {"restart": "no"}}
+
+
+def bystander_ok(d, before: dict) -> None:
+    """The daemon answers and the bystander is the same task, still waiting."""
+    now = newest(d.status(), "bystander")
+    assert now["id"] == before["id"], now
+    assert now["state"] == "waiting", now
+    assert d.proc.poll() is None
+
+
+def start_with_bystander(daemon, jobs: dict, config: dict | None = None):
+    d = daemon(jobs={"bystander": SLEEPER, **jobs}, config=config or NO_RESTART)
+    by = d.wait_task("bystander", lambda t: t["state"] == "waiting", "waiting")
+    return d, by
+
+
+RAISERS = {
+    "sysexit": ("raise SystemExit(3)", "SystemExit: 3"),
+    "sys_exit": ("import sys; sys.exit('bye')", "SystemExit: bye"),
+    "keyboard": ("raise KeyboardInterrupt('ki')", "KeyboardInterrupt: ki"),
+    "genexit": ("raise GeneratorExit('ge')", "GeneratorExit: ge"),
+    "custom": ("raise Custom('mine')", "Custom: mine"),
+    "group": ("raise BaseExceptionGroup('grp', [KeyboardInterrupt('a'), ValueError('b')])",
+              "BaseExceptionGroup: grp (2 sub-exceptions)"),
+    "cancelled": ("raise trio.Cancelled._create()", "the job raised trio.Cancelled"),
+}
+
+
+def raiser(statement: str) -> str:
+    return f"""
+        import trio
+
+        class Custom(BaseException):
+            pass
+
+        async def main(task):
+            await trio.sleep(0.05)
+            {statement}
+    """
+
+
+@pytest.mark.parametrize("kind", sorted(RAISERS))
+def test_any_base_exception_from_a_body_fails_only_that_task(daemon, kind):
+    statement, error = RAISERS[kind]
+    d, by = start_with_bystander(daemon, {"bad": raiser(statement)})
+    bad = d.wait_task("bad", lambda t: t["state"] not in LIVE | {"starting"}, "ended")
+    assert bad["state"] == "failed", bad
+    assert error in bad["error"], bad
+    bystander_ok(d, by)
+    shown = d.ok("show", "bad")
+    assert "Traceback" in shown["traceback"]
+    # The daemon still starts jobs afterwards.
+    assert d.ok("start", "bystander")["task"]["job"] == "bystander"
+
+
+def test_a_failing_spawned_child_fails_only_itself(daemon):
+    source = """
+        import trio
+
+        async def child(task):
+            raise SystemExit("child exits")
+
+        async def main(task):
+            c = task.spawn(child, name="kid")
+            try:
+                await c.join()
+            except Exception as e:
+                return f"parent saw: {e}"
+    """
+    d, by = start_with_bystander(daemon, {"parent": source})
+    parent = d.wait_task("parent", lambda t: t["state"] == "finished", "finished")
+    kid = newest(d.status(), "kid")
+    assert kid["state"] == "failed" and kid["error"] == "SystemExit: child exits", kid
+    assert "SystemExit: child exits" in d.ok("show", parent["id"])["result"]
+    bystander_ok(d, by)
+
+
+@pytest.mark.parametrize("statement,error", [
+    ("raise SystemExit('in cleanup')", "cleanup raised SystemExit: in cleanup"),
+    ("raise KeyboardInterrupt()", "cleanup raised KeyboardInterrupt"),
+])
+def test_base_exception_from_cleanup_during_a_kill(daemon, statement, error):
+    source = f"""
+        import trio
+
+        async def main(task):
+            try:
+                await trio.sleep(1000)
+            finally:
+                {statement}
+    """
+    d, by = start_with_bystander(daemon, {"bad": source})
+    d.wait_task("bad", lambda t: t["state"] == "waiting", "waiting")
+    out = d.ok("kill", "bad")["task"]
+    assert out["state"] == "killed", out
+    assert error in out["error"], out
+    bystander_ok(d, by)
+
+
+def test_base_exception_from_cleanup_of_a_suspended_task(daemon):
+    source = """
+        from cosched import coro
+
+        async def main(task):
+            try:
+                await coro.yield_("waiting")
+            finally:
+                raise SystemExit("closing")
+    """
+    d, by = start_with_bystander(daemon, {"bad": source})
+    d.wait_task("bad", lambda t: t["state"] == "suspended", "suspended")
+    out = d.ok("kill", "bad")["task"]
+    assert out["state"] == "killed", out
+    assert "SystemExit: closing" in out["error"], out
+    bystander_ok(d, by)
+
+
+def test_a_job_raising_cancelled_does_not_wedge_the_scheduler(daemon):
+    d, by = start_with_bystander(daemon, {"bad": raiser("raise trio.Cancelled._create()")})
+    d.wait_task("bad", lambda t: t["state"] == "failed", "failed")
+    started = d.ok("start", "bystander")["task"]
+    assert started["state"] in LIVE | {"starting"}
+    d.wait_status(lambda s: by_id(s, started["id"])["state"] == "waiting", "new task waits")
+    bystander_ok(d, by)
+
+
+HOSTILE_VALUES = """
+    from cosched import coro
+
+    class BadRepr:
+        def __repr__(self):
+            raise RuntimeError("no repr for you")
+        __str__ = __repr__
+
+    class BadStr(Exception):
+        def __str__(self):
+            raise RuntimeError("no str either")
+
+    def deep(n):
+        v = []
+        for _ in range(n):
+            v = [v]
+        return v
+
+    async def main(task):
+        await coro.yield_(BadRepr())
+        await coro.yield_(deep(5000))
+        await coro.yield_("x" * 1_000_000)
+        if task.config.get("ret"):
+            return BadRepr()
+        raise BadStr()
+"""
+
+
+@pytest.mark.parametrize("ret", [False, True])
+def test_hostile_values_are_rendered_safely(daemon, ret):
+    d, by = start_with_bystander(daemon, {"hostile": HOSTILE_VALUES},
+                                 {**NO_RESTART, "job": {"hostile": {"config": {"ret": ret}}}})
+    t = d.wait_task("hostile", lambda t: t["state"] == "suspended", "first yield")
+    assert t["yielded"] == ["<unrepresentable BadRepr>"]
+    rc, text, err = d.ctl("show", "hostile", json_output=False)
+    assert rc == 0 and "unrepresentable BadRepr" in text, (text, err)
+    out = d.ok("resume", "hostile")
+    assert out["outcome"] == "yielded"
+    assert "too deep" in str(out["values"])   # nested beyond the encoder's depth
+    out = d.ok("resume", "hostile")
+    assert out["values"] == ["x" * 1_000_000]
+    out = d.ok("resume", "hostile")
+    if ret:
+        assert out["outcome"] == "finished" and out["values"] == ["<unrepresentable BadRepr>"]
+    else:
+        assert out["outcome"] == "failed", out
+        assert out["error"] == "BadStr: <unrepresentable BadStr>", out
+    bystander_ok(d, by)
+    rc, text, err = d.ctl("status", json_output=False)
+    assert rc == 0, err
+
+
+def test_restart_backoff_never_overflows(daemon):
+    # restart_delay 0 and a huge burst: the task fails and restarts as fast as it can.
+    # restart_delay * 2 ** restarts used to overflow at restart 1024.
+    config = {"jobs": {"restart": "on-failure", "restart_delay": 0, "restart_delay_max": 0,
+                       "start_limit_burst": 1_000_000}}
+    d, by = start_with_bystander(daemon, {"flaky": "async def main(task):\n    raise ValueError('x')\n"},
+                                 config)
+    d.wait_status(lambda s: newest(s, "flaky")["restarts"] > 1100, "1100 restarts", timeout=60)
+    bystander_ok(d, by)
+
+
+def test_keyboard_interrupt_at_a_hot_added_files_top_level(daemon):
+    d, by = start_with_bystander(daemon, {})
+    write_job(d.jobs_dir, "kb", "raise KeyboardInterrupt('at import')\n")
+    jobs = d.wait_status(lambda s: any(e["job"] == "kb" for e in s["job_errors"]),
+                         "kb refused")["job_errors"]
+    error = next(e for e in jobs if e["job"] == "kb")["error"]
+    assert "KeyboardInterrupt: at import" in error, error
+    write_job(d.jobs_dir, "sx", "raise SystemExit('at import')\n")
+    d.wait_status(lambda s: any(e["job"] == "sx" for e in s["job_errors"]), "sx refused")
+    bystander_ok(d, by)
+
+
+def test_failed_task_frees_its_frames(daemon):
+    source = """
+        import trio
+
+        async def main(task):
+            ballast = bytearray(400 * 1024 * 1024)
+            ballast[::4096] = b"x" * len(ballast[::4096])   # touch every page
+            await trio.sleep(0.2)
+            raise ValueError("done with the ballast")
+    """
+    d, by = start_with_bystander(daemon, {})
+    proc = psutil.Process(d.proc.pid)
+    base = proc.memory_info().rss
+    write_job(d.jobs_dir, "heavy", source)
+    d.wait_task("heavy", lambda t: t["state"] == "failed", "failed")
+    deadline = time.monotonic() + WAIT
+    while proc.memory_info().rss > base + 100 * 1024 * 1024:
+        assert time.monotonic() < deadline, (base, proc.memory_info().rss)
+        time.sleep(0.1)
+    bystander_ok(d, by)
+
+
+def test_ended_children_are_pruned_and_names_stay_unique(daemon):
+    source = """
+        import trio
+
+        async def child(task, seconds):
+            await trio.sleep(seconds)
+
+        async def main(task):
+            keep = [task.spawn(child, 1000, name="worker") for _ in range(3)]
+            for _ in range(200):
+                await task.spawn(child, 0, name="worker").join()
+            await trio.sleep(1000)
+    """
+    d = daemon(jobs={"boss": source}, config=NO_RESTART)
+    boss = d.wait_status(lambda s: len(s["tasks"]) >= 200 and all(
+        t["state"] != "running" for t in s["tasks"] if t["name"].startswith("worker")),
+        "children done")
+    boss = newest(boss, "boss")
+    shown = d.ok("show", "boss")
+    alive = [t for t in d.status()["tasks"] if t["name"].startswith("worker") and t["state"] in LIVE]
+    assert sorted(shown["children"]) == sorted(t["id"] for t in alive)
+    assert len(alive) == 3
+    names = [t["name"] for t in d.status()["tasks"] if t["name"].startswith("worker")]
+    assert len(names) == len(set(names))   # unique among listed tasks
+    assert boss["state"] == "waiting"
+
+
+def test_daemon_signal_still_stops_the_daemon(daemon):
+    d, by = start_with_bystander(daemon, {"bad": raiser("raise KeyboardInterrupt()")})
+    d.wait_task("bad", lambda t: t["state"] == "failed", "failed")
+    d.signal(signal.SIGINT)
+    assert d.wait_exit() == 0, d.log_tail()
