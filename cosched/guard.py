@@ -177,9 +177,14 @@ class StepGuard(trio.abc.Instrument):
     def before_task_step(self, task) -> None:
         t = self.tasks.get(task)
         if t is not None:
-            self.serial += 1
-            self.began = t.step_began = time.perf_counter()
-            self.current = t
+            self.enter(t)
+
+    def enter(self, t: Any) -> None:
+        """A step of t begins (also called by a task's first step, which began before
+        the task was registered)."""
+        self.serial += 1
+        self.began = t.step_began = time.perf_counter()
+        self.current = t
 
     def after_task_step(self, task) -> None:
         if self.forked_child:

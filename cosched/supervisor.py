@@ -210,8 +210,8 @@ class Supervisor:
     async def _supervise(self, t: Task) -> None:
         """Run t, restarting it as its policy says, until it ends for good."""
         t.trio_task = trio.lowlevel.current_task()
-        t.step_began = time.perf_counter()  # this first step began before the guard knew the task
         self.reg.by_trio[t.trio_task] = t
+        self.guard.enter(t)  # this first step began before the guard knew the task
         try:
             while True:
                 t.starts.append(time.monotonic())
