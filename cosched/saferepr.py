@@ -48,7 +48,7 @@ def _guarded(fn, obj: Any) -> str:
 
 def _type_name(obj: Any) -> str:
     try:
-        return type(obj).__qualname__
+        return type(obj).__name__
     except BaseException:  # noqa: BLE001 - a metaclass can break even this
         return "object"
 

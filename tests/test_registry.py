@@ -1,0 +1,74 @@
+"""The task registry: unique names in O(1) amortised, pruning of ended tasks and children."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import trio
+
+from cosched.protocol import ControlError
+from cosched.registry import ENDED_KEPT, Registry, Task
+
+JOB = SimpleNamespace(name="job")
+
+
+def make(reg: Registry, base: str = "worker", parent: Task | None = None) -> Task:
+    t = Task(reg.new_id(), reg.free_name(base), JOB, None, None, (), parent)
+    reg.add(t)
+    return t
+
+
+def end(reg: Registry, t: Task) -> None:
+    t.state = "finished"
+    reg.retire(t)
+
+
+def test_names_are_unique_among_alive_tasks():
+    async def run():
+        reg = Registry()
+        a, b, c = make(reg), make(reg), make(reg)
+        assert [a.name, b.name, c.name] == ["worker", "worker.2", "worker.3"]
+        end(reg, a)
+        assert make(reg).name == "worker"        # the base name is free again
+        assert make(reg).name == "worker.4"
+        assert reg.find("worker.2") is b
+        assert reg.find(str(c.id)) is c
+        assert reg.find(c.id) is c
+        with pytest.raises(ControlError):
+            reg.find("²")                        # a digit, but not an ASCII one
+        with pytest.raises(ControlError):
+            reg.find("9" * 5000)                 # would exceed int()'s digit limit
+    trio.run(run)
+
+
+class CountingDict(dict):
+    probes = 0
+
+    def __contains__(self, key):
+        CountingDict.probes += 1
+        return super().__contains__(key)
+
+
+def test_free_name_is_amortised_constant():
+    async def run():
+        reg = Registry()
+        reg._live = CountingDict()
+        for _ in range(2_000):
+            make(reg)
+        return CountingDict.probes
+    # A linear search from suffix 2 would probe about 2,000,000 times.
+    assert trio.run(run) <= 3 * 2_000
+
+
+def test_ended_tasks_are_forgotten_beyond_the_bound_and_pruned_from_parents():
+    async def run():
+        reg = Registry()
+        parent = make(reg, "parent")
+        kids = [make(reg, "kid", parent) for _ in range(ENDED_KEPT + 10)]
+        for k in kids[:-1]:
+            end(reg, k)
+        assert list(parent.children) == [kids[-1].id]
+        assert len(reg.tasks) == ENDED_KEPT + 2   # the parent, the alive kid, ENDED_KEPT ended
+        assert kids[0].id not in reg.tasks
+    trio.run(run)
