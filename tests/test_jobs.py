@@ -49,7 +49,7 @@ def run(fn, timeout=5, **kw):
 
 
 @pytest.mark.parametrize("name", ["ticker", "pipeline", "permutations", "downloader",
-                                  "echo", "ask", "pingpong"])
+                                  "echo", "ask", "pingpong", "offload"])
 def test_job_file_documents_itself(name):
     mod = load(name)
     assert inspect.iscoroutinefunction(mod.main)
@@ -320,3 +320,23 @@ def test_pingpong_alternates_and_reports_rounds(rounds):
     strokes = [e["event"] for e in logs if e["event"].startswith(("ping ", "pong "))]
     assert strokes == [f"{who} {n}" for n in range(1, expected + 1) for who in ("ping", "pong")]
     assert [e["rounds"] for e in logs if e["event"] == "rally over"] == [expected]
+
+
+# --- offload ---------------------------------------------------------------------------
+
+def test_offload_hashes_in_a_thread_and_counts_primes_in_a_process(tmp_path):
+    import hashlib
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"cosched" * 1000)
+
+    async def go():
+        task = TaskContext("offload", 1, structlog.get_logger(), {"path": str(data), "limit": 100},
+                           threads=trio.CapacityLimiter(2))
+        co = coro.create(load("offload").main)
+        return await coro.resume(co, task)
+
+    ok, digest, primes = run(go, timeout=60)
+    assert ok
+    assert digest == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert primes == 25
