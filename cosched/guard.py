@@ -77,6 +77,10 @@ def _is_infra(filename: str) -> bool:
 
 
 def _is_stdlib(filename: str) -> bool:
+    """Library code that job code may call and that may be unwound: the standard library,
+    and generated code ("<string>", "<attrs generated ...>"), which is judged by its caller."""
+    if filename.startswith("<"):
+        return True
     return filename.startswith(_STDLIB) and not filename.startswith(_SITE)
 
 
@@ -189,10 +193,10 @@ class StepGuard(trio.abc.Instrument):
     def after_task_step(self, task) -> None:
         if self.forked_child:
             os._exit(0)
+        self.current = None   # always: a task's last step ends after it left `tasks`
         t = self.tasks.get(task)
         if t is None:
             return
-        self.current = None
         dt = time.perf_counter() - t.step_began
         t.busy += dt
         t.steps += 1

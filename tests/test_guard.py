@@ -285,3 +285,13 @@ def test_idle_daemon_parks_the_watchdog(daemon):
     time.sleep(2)
     after = {t.id: t.user_time + t.system_time for t in proc.threads()}
     assert after == before, (before, after)
+
+
+def test_an_ended_task_leaves_no_step_behind(daemon):
+    """The last step of a task ends after it left the registry: the guard must not go on
+    timing it (it would declare the idle daemon stuck and end it)."""
+    d = daemon(jobs={"quick": "async def main(task):\n    return 1\n"}, config=limited(0.2))
+    d.wait_task("quick", lambda t: t["state"] == "finished", "finished")
+    time.sleep(0.2 + 5 + 1.5)   # past step_limit + STUCK_GRACE
+    assert d.proc.poll() is None, d.log_tail()
+    assert d.ok("ping")["pid"] == d.proc.pid
