@@ -9,14 +9,16 @@ systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and ping
 the watchdog from the event loop when WatchdogSec is set.
 
 Exit codes: 0 stopped cleanly, 1 failed while running, 2 bad configuration or
-arguments.
+arguments, or an unsafe config file or runtime folder (see cosched.strictmodes).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -25,7 +27,9 @@ import trio
 
 from . import log as logsetup
 from .config import ConfigError, load_config
-from .control import serve
+from .control import Access, Limits, serve
+from .loader import set_strict_modes
+from .strictmodes import Untrusted, check_folder
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .watch import DirWatcher, WatchError
@@ -59,13 +63,11 @@ async def run(config, notifier: Notifier) -> None:
     """Signals and the control socket first, then the jobs: a job's first step may be
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config)
-    config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: serve(
-                config.socket, config.socket_mode, sup, allowed_uids=set(config.allowed_users),
-                allowed_gid=config.allowed_group, max_line=config.max_request_bytes,
+                config.socket, config.socket_mode, sup, max_line=config.max_request_bytes,
+                access=Access.from_config(config), limits=Limits.from_config(config),
                 task_status=task_status))
             await nursery.start(sup.run)
             nursery.start_soon(watch_jobs, sup)
@@ -115,6 +117,32 @@ async def watch_jobs(sup: Supervisor) -> None:
         sup.rescan()
 
 
+def prepare_runtime(config) -> None:
+    """Create the runtime and socket folders if missing and check them: whoever could
+    change them could put an impostor socket in the daemon's place. When the socket's
+    folder is the runtime folder, the daemon's own, let the principals of
+    control.*_users/_group traverse it (group, or others when the socket is
+    world-connectable). Raises Untrusted, or OSError when a folder cannot be set up."""
+    access = Access.from_config(config)
+    for folder in dict.fromkeys([config.runtime_dir, config.socket.parent]):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            check_folder(folder)
+        except Untrusted as e:
+            if config.strict_modes:
+                raise
+            log.warning("strict_modes is off: using an unsafe runtime folder", reason=str(e))
+    if config.socket.parent != config.runtime_dir:
+        return  # a folder the administrator chose: theirs to open to others
+    folder, gid = config.runtime_dir, access.socket_group()
+    if gid is not None and os.stat(folder).st_gid != gid:
+        os.chown(folder, -1, gid)
+    need = 0o001 if access.world_connectable() else 0o010 if gid is not None else 0
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    if mode & need != need:
+        os.chmod(folder, mode | need)
+
+
 def _status_line(sup: Supervisor) -> str:
     alive = sum(t.alive for t in sup.tasks.values())
     return f"{alive} tasks, {len(sup.job_table)} jobs"
@@ -128,6 +156,20 @@ def main(argv=None) -> int:
         print(f"coschedd: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     logsetup.setup(config.log_format, config.log_level)
+    for warning in config.warnings:
+        log.warning("configuration", note=warning)
+    if not config.strict_modes:
+        log.warning("strict_modes is off: unsafe job files and runtime folders are used "
+                    "anyway; for development only")
+    set_strict_modes(config.strict_modes)
+    try:
+        prepare_runtime(config)
+    except Untrusted as e:
+        print(f"coschedd: refusing to start: runtime folder: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as e:
+        print(f"coschedd: cannot set up the runtime folder: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     notifier = Notifier()
     try:
         trio.run(run, config, notifier)

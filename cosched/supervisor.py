@@ -30,7 +30,8 @@ from . import __version__, coro
 from ._coro import last_transfer_to_main, stack_of, switches_of
 from .config import Config, JobPolicy
 from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import BUSY, ControlError, NO_SUCH_JOB, NO_SUCH_TASK, NOT_ALIVE, NOT_SUSPENDED
+from .protocol import (BUSY, ControlError, JOB_DISABLED, NO_SUCH_JOB, NO_SUCH_TASK, NOT_ALIVE,
+                       NOT_SUSPENDED)
 from .task import TaskContext
 
 __all__ = ["Supervisor", "Task"]
@@ -425,7 +426,9 @@ class Supervisor:
     # ---------------------------------------------------------------- control backend
 
     def find(self, ref: str | int) -> Task:
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        # Only ASCII digits make an id ("²".isdigit() is true, int("²") fails), and no
+        # more of them than an id can have: int() never converts thousands of digits.
+        if isinstance(ref, int) or (ref.isascii() and ref.isdigit() and len(ref) <= 19):
             t = self.tasks.get(int(ref))
             if t is not None:
                 return t
@@ -483,13 +486,17 @@ class Supervisor:
         if self.nursery is None:
             raise ControlError(BUSY, "coschedd is still starting; try again")
 
-    async def start(self, job: str) -> dict:
+    async def start(self, job: str, force: bool = False) -> dict:
         self._require_running()
         entry = self.job_table.get(job)
         if entry is None:
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         if entry["job"] is None:
             raise ControlError(NO_SUCH_JOB, f"job {job!r} failed to load: {entry['error']}")
+        if not force and not self.config.job_policy(job).enabled:
+            raise ControlError(JOB_DISABLED, f"job {job!r} is disabled (enabled = false in its "
+                                             "[job] table); start it with --force to run it "
+                                             "anyway")
         t = self.start_task(entry["job"])
         await trio.lowlevel.checkpoint()  # let it take its first step before we report it
         return {"task": self.info(t)}

@@ -72,9 +72,10 @@ def test_every_default(tmp_path):
     etc = tmp_path / "etc"
     assert config == Config(
         path=etc / "coschedd.toml", jobs_dir=tmp_path / "jobs", runtime_dir=tmp_path / ".run",
-        socket=tmp_path / ".run" / "coschedd.sock", socket_mode=0o660, allowed_users=(),
-        allowed_group=None, max_request_bytes=65536, log_format="auto", log_level="info",
-        step_warning=0.5, stop_timeout=10.0, watchdog=True,
+        socket=tmp_path / ".run" / "coschedd.sock", socket_mode=0o660, read_users=(),
+        read_group=None, control_users=(), control_group=None, max_request_bytes=65536,
+        max_connections=64, max_connections_per_user=8, idle_timeout=60.0, log_format="auto",
+        log_level="info", step_warning=0.5, stop_timeout=10.0, watchdog=True, strict_modes=True,
         job_defaults=JobPolicy(restart="on-failure", restart_delay=1.0, restart_delay_max=30.0,
                                start_limit_burst=5, start_limit_interval=60.0, autostart=True,
                                enabled=True, config={}),
@@ -96,12 +97,18 @@ def test_every_key_is_read_from_the_file(tmp_path):
         step_warning = 0.25
         stop_timeout = 3.5
         watchdog = false
+        strict_modes = false
         [control]
         socket = "/run/x/ctl"
         mode = "0600"
-        allowed_users = [1234]
-        allowed_group = 4321
+        read_users = [1233]
+        read_group = 4320
+        control_users = [1234]
+        control_group = 4321
         max_request_bytes = 1024
+        max_connections = 100
+        max_connections_per_user = 3
+        idle_timeout = 2.5
         [log]
         format = "json"
         level = "error"
@@ -116,7 +123,12 @@ def test_every_key_is_read_from_the_file(tmp_path):
     assert (config.jobs_dir, config.runtime_dir, config.socket) == (
         Path("/srv/jobs"), Path("/run/x"), Path("/run/x/ctl"))
     assert (config.step_warning, config.stop_timeout, config.watchdog) == (0.25, 3.5, False)
-    assert (config.socket_mode, config.allowed_users, config.allowed_group) == (0o600, (1234,), 4321)
+    assert config.strict_modes is False
+    assert (config.socket_mode, config.read_users, config.read_group) == (0o600, (1233,), 4320)
+    assert (config.control_users, config.control_group) == ((1234,), 4321)
+    assert (config.max_connections, config.max_connections_per_user, config.idle_timeout) == (
+        100, 3, 2.5)
+    assert config.warnings == ()
     assert (config.max_request_bytes, config.log_format, config.log_level) == (1024, "json", "error")
     assert config.job_defaults == JobPolicy("no", 2.0, 8.0, 3, 9.0, False, True, {})
 
@@ -337,13 +349,17 @@ def test_mode_granting_anything_to_other_is_rejected(tmp_path):
 def test_allowed_users_by_name_and_by_number(tmp_path):
     user = other_user()
     users = f'["root", "{user.pw_name}", 123456, "654321"]'
-    config = load(tmp_path, f"[control]\nallowed_users = {users}\n")
-    assert config.allowed_users == (0, user.pw_uid, 123456, 654321)
+    for key in ("read_users", "control_users", "allowed_users"):
+        config = load(tmp_path, f"[control]\n{key} = {users}\n")
+        assert getattr(config, key.replace("allowed", "control")) == \
+            (0, user.pw_uid, 123456, 654321)
 
 
 def test_allowed_users_are_deduplicated_in_order(tmp_path):
     config = load(tmp_path, '[control]\nallowed_users = [5000, "root", 0, "5000"]\n')
-    assert config.allowed_users == (5000, 0)
+    assert config.control_users == (5000, 0)
+    config = load(tmp_path, '[control]\nread_users = [5000, "root", 0, "5000"]\n')
+    assert config.read_users == (5000, 0)
 
 
 def test_unknown_user(tmp_path):
@@ -359,11 +375,13 @@ def test_allowed_users_of_the_wrong_type(tmp_path):
 
 def test_allowed_group_by_name_and_by_number(tmp_path):
     group = other_group()
-    by_name = load(tmp_path, f'[control]\nallowed_group = "{group.gr_name}"\n')
-    assert by_name.allowed_group == group.gr_gid
-    assert load(tmp_path, "[control]\nallowed_group = 4242\n").allowed_group == 4242
-    assert load(tmp_path, '[control]\nallowed_group = "4243"\n').allowed_group == 4243
-    assert load(tmp_path, '[control]\nallowed_group = ""\n').allowed_group is None
+    for key in ("read_group", "control_group", "allowed_group"):
+        field = key.replace("allowed", "control")
+        by_name = load(tmp_path, f'[control]\n{key} = "{group.gr_name}"\n')
+        assert getattr(by_name, field) == group.gr_gid
+        assert getattr(load(tmp_path, f"[control]\n{key} = 4242\n"), field) == 4242
+        assert getattr(load(tmp_path, f'[control]\n{key} = "4243"\n'), field) == 4243
+        assert getattr(load(tmp_path, f'[control]\n{key} = ""\n'), field) is None
 
 
 def test_unknown_group(tmp_path):

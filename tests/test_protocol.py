@@ -81,7 +81,8 @@ def test_defaults_are_not_shared_between_requests():
 
 def test_request_round_trip_through_encode():
     line = protocol.encode(protocol.make_request(9, "start", {"job": "ticker"}))
-    assert protocol.decode_request(line) == protocol.Request(9, "start", {"job": "ticker"})
+    assert protocol.decode_request(line) == protocol.Request(9, "start", {"job": "ticker",
+                                                                         "force": False})
 
 
 def test_not_json_is_bad_request_without_id():
