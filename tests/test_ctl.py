@@ -70,8 +70,8 @@ class Backend:
         self.calls.append(("kill", task))
         return {"task": dict(self._task(task), state="killed")}
 
-    async def start(self, job):
-        self.calls.append(("start", job))
+    async def start(self, job, force=False):
+        self.calls.append(("start", job) if not force else ("start", job, "force"))
         return {"task": dict(TASK, id=8, job=job, state="starting")}
 
     async def reload(self):
@@ -106,7 +106,6 @@ class ServerThread:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(partial(serve, self.path, 0o660, self.backend,
-                                                allowed_uids=set(), allowed_gid=None,
                                                 max_line=65536))
                     self.ready.set()
         except BaseException as exc:
