@@ -8,11 +8,14 @@ import os
 import pwd
 import socket
 import stat
+import threading
+from collections import Counter
 from functools import partial
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from cosched import protocol
@@ -651,3 +654,125 @@ def test_foreign_peer_admitted_by_its_gid(tmp_path):
         assert response["ok"] is True, response
 
     run_server(tmp_path, body, **options)
+
+
+# -- fuzzing the backend arguments against the real supervisor --------------------
+
+FUZZ_JOBS = {
+    "asker": "from cosched import coro\n\nasync def main(task):\n"
+             "    while True:\n        await coro.yield_('more?')\n",
+    "sleeper": "import trio\n\nasync def main(task):\n    await trio.sleep(1000)\n",
+    "quick": "async def main(task):\n    return 1\n",
+    "off": "async def main(task):\n    return 2\n",
+    "broken": "async def main(task)\n",
+}
+
+
+class SupervisorThread:
+    """The real Supervisor behind the real ``serve``, in a thread with its own trio.run,
+    on a jobs folder of FUZZ_JOBS; requests are sent from the test's thread."""
+
+    def __init__(self, tmp_path):
+        from cosched.config import parse_config
+        (tmp_path / "jobs").mkdir()
+        for name, source in FUZZ_JOBS.items():
+            (tmp_path / "jobs" / f"{name}.py").write_text(source)
+        self.config = parse_config({"daemon": {"jobs_dir": "jobs", "stop_timeout": 2},
+                                    "jobs": {"restart": "no"},
+                                    "job": {"off": {"enabled": False}}}, tmp_path, environ={})
+        self.path = tmp_path / "c.sock"
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def _main(self):
+        from cosched.supervisor import Supervisor
+        self.token = trio.lowlevel.current_trio_token()
+        self.sup = sup = Supervisor(self.config)
+        with trio.CancelScope() as self.scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(serve, self.path, 0o600, sup, max_line=65536))
+                await nursery.start(sup.run)
+                self.ready.set()
+                await trio.sleep_forever()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.ready.wait(WAIT), "supervisor did not start"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(os.fspath(self.path))
+        self.buffer = b""
+        return self
+
+    def ask(self, line: bytes) -> dict:
+        """One request on the shared connection (a fresh one after a bad request)."""
+        self.sock.sendall(line)
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, "the server closed the connection without answering"
+            self.buffer += chunk
+        answer, self.buffer = self.buffer.split(b"\n", 1)
+        response = json.loads(answer)
+        if not response["ok"] and response["error"]["code"] == "bad-request":
+            self.sock.close()  # the server hangs up after a bad request
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(WAIT)
+            self.sock.connect(os.fspath(self.path))
+            self.buffer = b""
+        return response
+
+    def __exit__(self, *exc):
+        self.sock.close()
+        trio.from_thread.run(self.sup.stop, 5, trio_token=self.token)  # as SIGTERM does
+        self.token.run_sync_soon(self.scope.cancel)
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "supervisor thread did not stop"
+
+
+_TASK_REFS = (st.sampled_from(["asker", "sleeper", "quick", "off", "broken", "1", "2", "\u00b2",
+                               "9" * 30, "9" * 5000, "-1", " 1", "１", "\udcff", ""])
+              | st.integers(min_value=-2**70, max_value=2**70) | st.text(max_size=8))
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-10**50, 10**50)
+                       | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+                       lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+_BACKEND_ARGS = {
+    "task": _TASK_REFS | _VALUES,
+    "job": st.sampled_from(sorted(FUZZ_JOBS) + ["nope", "../quick", "\udcff"]) | _VALUES,
+    "state": st.sampled_from(["failed", "suspended", "sleepy"]) | _VALUES,
+    "values": st.lists(_VALUES, max_size=3) | _VALUES,
+    "timeout": st.sampled_from([0, 0.01, 10**400, -1, 86400.0]) | _VALUES,
+    "force": st.booleans() | _VALUES,
+}
+
+
+@st.composite
+def backend_requests(draw):
+    cmd = draw(st.sampled_from(sorted(protocol.COMMANDS)))
+    names = draw(st.lists(st.sampled_from(sorted(_BACKEND_ARGS)), max_size=3, unique=True))
+    args = {name: draw(_BACKEND_ARGS[name]) for name in set(names) | set(
+        name for name, arg in protocol.COMMANDS[cmd].args.items() if arg.required)}
+    if cmd == "resume" and isinstance(args.get("timeout"), (int, float)):
+        args["timeout"] = min(args["timeout"], 0.05)  # a resume of a task that does not
+    return json.dumps({"id": 1, "cmd": cmd, "args": args}).encode() + b"\n"  # yield again
+
+
+def test_no_request_makes_the_real_supervisor_answer_internal(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+
+    with SupervisorThread(tmp_path) as server:
+        seen = Counter()
+
+        @settings(max_examples=300, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(backend_requests())
+        def fuzz(line):
+            response = server.ask(line)
+            code = "ok" if response["ok"] else response["error"]["code"]
+            seen[code] += 1
+            assert code != protocol.INTERNAL, (line, response)
+            assert code == "ok" or code in protocol.ERROR_CODES, response
+
+        fuzz()
+        assert server.ask(b'{"id": 2, "cmd": "ping"}\n')["ok"] is True
+    assert seen["ok"] and seen["bad-request"] and seen["no-such-task"], seen
