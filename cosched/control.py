@@ -54,7 +54,7 @@ PROBE_TIMEOUT = 2.0  # connecting to an existing socket file to see whether it i
 ACCEPT_BACKOFF = 0.1  # pause of the accept loop when the process is out of descriptors
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 since Linux 5.4)
 RECV_CHUNK = 65536
-REFUSAL_LOG_INTERVAL = 10.0  # refused connections are logged at most this often
+REFUSAL_LOG_INTERVAL = 10.0  # each kind of refusal is logged at most this often
 
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SO_PEERGROUPS = getattr(stdsocket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
@@ -292,6 +292,23 @@ def _remove_if_ours(path: Path, identity: tuple[int, int]) -> None:
 
 # -- the server -------------------------------------------------------------------
 
+class _Throttled:
+    """Warnings about refused peers, each event logged at most every
+    REFUSAL_LOG_INTERVAL with the number of times it happened since: a peer that
+    keeps connecting must not fill the log."""
+
+    def __init__(self) -> None:
+        self.count: Counter[str] = Counter()
+        self.logged_at: dict[str, float] = {}
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.count[event] += 1
+        now = time.monotonic()
+        if now - self.logged_at.get(event, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            log.warning(event, times=self.count.pop(event), **fields)
+            self.logged_at[event] = now
+
+
 class _Server:
     """State shared by the accept loop and the connection handlers."""
 
@@ -302,8 +319,7 @@ class _Server:
         self.max_line = max_line
         self.active = 0                      # connections being served
         self.per_uid: Counter[int] = Counter()  # of them, by peer uid; no zero entries
-        self.refused = 0                     # refusals not logged yet
-        self.refusal_logged_at = -REFUSAL_LOG_INTERVAL
+        self.refusals = _Throttled()
         self.local: dict[str, Callable[..., Any]] = {"ping": self.ping}
 
     def ping(self) -> dict:
@@ -353,13 +369,9 @@ class _Server:
 
     def _refuse_busy(self, conn: trio.socket.SocketType, uid: int, reason: str) -> None:
         """Answer ``busy`` without waiting: a peer that does not read must not hold up
-        the accept loop. Logged at most every REFUSAL_LOG_INTERVAL, with a count."""
-        self.refused += 1
-        now = time.monotonic()
-        if now - self.refusal_logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning("control connections refused", reason=reason, uid=uid,
-                        refused=self.refused, active=self.active)
-            self.refused, self.refusal_logged_at = 0, now
+        the accept loop."""
+        self.refusals.warning("control connection refused: busy", reason=reason, uid=uid,
+                              active=self.active)
         data = protocol.encode(protocol.err(None, protocol.BUSY, reason))
         with stdsocket.socket(fileno=conn.detach()) as raw:
             try:
@@ -387,7 +399,7 @@ class _Server:
                         gid: int) -> None:
         level = await self._level(conn, uid, gid)
         if level is None:
-            log.warning("control peer refused", pid=pid, uid=uid, gid=gid)
+            self.refusals.warning("control peer refused", pid=pid, uid=uid, gid=gid)
             await send_all(conn, protocol.encode(protocol.err(
                 None, protocol.FORBIDDEN, f"uid {uid} may not use this control socket; "
                 "read access is granted by control.read_users or control.read_group, "

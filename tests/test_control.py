@@ -634,6 +634,19 @@ def test_foreign_peer_is_forbidden_for_real(tmp_path):
     assert [e for e in logs if e["event"] == "control peer refused" and e["uid"] == uid]
 
 
+def test_refused_peers_that_keep_coming_do_not_fill_the_log(tmp_path):
+    uid, _, options, _ = foreign_peer(tmp_path)
+
+    async def body(path):
+        for _ in range(3):
+            assert error_of(json.loads(await ping_from(uid, tmp_path, path))) == "forbidden"
+
+    with capture_logs() as logs:
+        run_server(tmp_path, body, **options)
+    refused = [e for e in logs if e["event"] == "control peer refused"]
+    assert len(refused) == 1 and refused[0]["times"] == 1, refused
+
+
 def test_foreign_peer_admitted_by_listed_uid(tmp_path):
     uid, _, options, own = foreign_peer(tmp_path)
     options["access"] = Access(read_uids=frozenset({uid}), own_uid=own)
