@@ -136,7 +136,11 @@ def prepare_runtime(config) -> None:
         return  # a folder the administrator chose: theirs to open to others
     folder, gid = config.runtime_dir, access.socket_group()
     if gid is not None and os.stat(folder).st_gid != gid:
-        os.chown(folder, -1, gid)
+        try:
+            os.chown(folder, -1, gid)
+        except PermissionError as e:
+            raise PermissionError(e.errno, f"cannot give {folder} to group {gid}: {e.strerror} "
+                                           "(the daemon's user must be a member of it)") from None
     need = 0o001 if access.world_connectable() else 0o010 if gid is not None else 0
     mode = stat.S_IMODE(os.stat(folder).st_mode)
     if mode & need != need:

@@ -454,7 +454,8 @@ def test_timeout_above_a_day_is_a_usage_error(daemon):
 
 
 def test_coschedctl_imports_neither_trio_nor_the_coroutine_core():
-    code = ("import cosched.ctl, sys; cosched.ctl.build_parser(); cosched.ctl.default_socket_path();"
+    code = ("import cosched.ctl, sys; cosched.ctl.build_parser(); "
+            "cosched.ctl.default_socket_path(); "
             "assert 'trio' not in sys.modules and 'cosched.coro' not in sys.modules, "
             "sorted(m for m in sys.modules if 'trio' in m or 'coro' in m)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -22,8 +22,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+import test_daemon
 from test_daemon import (BASE_CONFIG, COSCHEDCTL, COSCHEDD, CTL_TIMEOUT, LIVE, SLEEPER, WAIT,
                          _SCRUBBED_ENV, Daemon, merged, newest, raw_request, render_toml)
 
@@ -256,6 +258,40 @@ def test_strict_modes_off_loads_unsafe_files_with_warnings(start):
               "job file"]
     assert loaded and loaded[0]["job"] == "open" and "writable by its group and others" in \
         loaded[0]["reason"]
+
+
+@pytest.fixture
+def as_daemon_user(base, monkeypatch):
+    """Daemons started from here run as uid READER (through setpriv), in a runtime
+    folder of their own; returns the ``before`` hook that makes that folder."""
+    wrapper = base / "coschedd-as-user"
+    wrapper.write_text(f'#!/bin/sh\nexec {" ".join(as_user(READER))} {COSCHEDD} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(test_daemon, "COSCHEDD", str(wrapper))
+
+    def own_runtime_folder(root):
+        (root / "run").mkdir(mode=0o750)
+        os.chown(root / "run", READER, READER)
+    return own_runtime_folder
+
+
+def test_a_daemon_trusts_its_own_user_and_root_only(start, as_daemon_user):
+    d = start(jobs={"roots": SLEEPER}, before=as_daemon_user)
+    assert psutil.Process(d.proc.pid).uids().real == READER
+    place_job(d.jobs_dir, "mine", SLEEPER, uid=READER)
+    place_job(d.jobs_dir, "theirs", SLEEPER, uid=CONTROLLER)
+    assert job_error(d, "theirs").startswith(
+        f"unsafe file {d.jobs_dir / 'theirs.py'} (owner uid {CONTROLLER}, mode 0644): owned by "
+        f"uid {CONTROLLER}, not by root or uid {READER}")
+    d.wait_status(lambda s: {t["name"] for t in s["tasks"]} == {"roots", "mine"}, "both loaded")
+
+
+def test_a_group_the_daemons_user_is_not_in_stops_startup(start, as_daemon_user):
+    d = start(config={"control": {"control_group": GROUP}}, before=as_daemon_user, wait=False)
+    assert d.wait_exit() == 2
+    assert (f"coschedd: cannot set up the runtime folder: [Errno 1] cannot give {d.root / 'run'} "
+            f"to group {GROUP}: Operation not permitted (the daemon's user must be a member of "
+            "it)") in d.log_text()
 
 
 # -- who may command it -------------------------------------------------------------
@@ -491,14 +527,17 @@ def test_human_output_escapes_what_jobs_chose_and_json_stays_exact(start):
         out = proc.stdout
         for raw in (b"\x1b", b"\x07", b"\xc2\x9b", b"\xe2\x80\xae", b"\xe9"):
             assert raw not in out, (args, raw, out)
-        assert not any(line.startswith((b"FAKE", b"name ", b"name.py")) for line in out.splitlines())
+        forged = [line for line in out.splitlines()
+                  if line.startswith((b"FAKE", b"name ", b"name.py"))]
+        assert not forged, (args, out)
     status = outputs[("status",)].stdout.decode()
     assert "kid\\x1b[31mRED\\nFAKE ROW" in status
     assert "odd\\x1b[2J\\nname" in outputs[("jobs",)].stdout.decode()
     assert "latin\\xe9" in outputs[("jobs",)].stdout.decode()
     assert '"\\u001b]0;pwned\\u0007", "\\u009b2J", "a\\u202eb"' in \
         outputs[("show", "evil")].stdout.decode()
-    assert "ValueError: bad\\x1b[2Jthing\\nFAKE LINE" in outputs[("show", "failing")].stdout.decode()
+    failing = outputs[("show", "failing")].stdout.decode()
+    assert "ValueError: bad\\x1b[2Jthing\\nFAKE LINE" in failing
 
     exact = json.loads(ctl(d, "--json", "status").stdout)
     assert {t["name"] for t in exact["tasks"]} >= {"kid\x1b[31mRED\nFAKE ROW", ODD_NAME, NOT_UTF8}
