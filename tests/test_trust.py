@@ -467,12 +467,12 @@ def test_a_connect_flood_from_one_user_cannot_keep_root_out(start):
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV)
     try:
         assert flood.stdout.readline() == b"flooding\n"
-        results = [ctl(d, "ping").returncode for _ in range(10)]
+        results = [ctl(d, "ping").returncode for _ in range(6)]
         assert flood.poll() is None  # the flood went on during every ping
     finally:
         flood.kill()
         flood.wait(WAIT)
-    assert results == [0] * 10
+    assert results == [0] * 6
     assert ctl_json(d, "ping")["pong"] is True
 
 
