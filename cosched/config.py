@@ -3,6 +3,11 @@
 SCHEMA is the one description of every key (default, doc, accepted values).
 Validation, the defaults and the shipped config/coschedd.toml (rendered by
 `python -m cosched.config`) are all derived from it, so they cannot disagree.
+
+The config file decides what the daemon runs and who may command it, so it is
+read only from a descriptor that passed ``cosched.strictmodes`` (owned by root or
+the reader's own user, writable by no one else), whatever ``strict_modes`` says:
+a file anyone could write could also turn that switch off.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from .strictmodes import Untrusted, read_trusted
+
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "coschedd.toml"
 SYSTEM_CONFIG = Path("/etc/cosched/coschedd.toml")
 SOCKET_PATH_MAX = 107  # sizeof(sun_path) on Linux minus the terminating NUL
+RESERVED_CONNECTIONS = 4  # of control.max_connections, kept for root and the daemon's user
 
 
 class ConfigError(Exception):
@@ -106,6 +114,17 @@ _uid = _resolver("user", lambda name: pwd.getpwnam(name).pw_uid)
 _gid = _resolver("group", lambda name: grp.getgrnam(name).gr_gid)
 
 
+def _users(doc: str) -> Key:
+    return Key([], doc, "a list of user names or uids",
+               lambda v: isinstance(v, list) and all(map(_is_id, v)),
+               lambda v: tuple(dict.fromkeys(map(_uid, v))))  # dedupe, keep order
+
+
+def _group(doc: str) -> Key:
+    return Key("", doc, "a group name or gid", lambda v: v == "" or _is_id(v),
+               lambda v: None if v == "" else _gid(v))
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "daemon": {
         "jobs_dir": _str("../jobs", "Folder of job scripts. Relative paths, here and below, "
@@ -121,21 +140,42 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "worker_threads": _int(16, "Threads shared by all tasks for task.run_sync (blocking "
                                "calls); a call waits for a free one.", 1, 1024),
         "watchdog": _bool(True, "Ping the systemd watchdog when WATCHDOG_USEC is set."),
+        "strict_modes": _bool(True, "Refuse job files, and a runtime folder, that anyone but "
+                              "root and the daemon's user could change (the file, or a folder "
+                              "or symlink on the way to it; see the README). false is for "
+                              "development only: such job files then load with a warning. The "
+                              "config file itself is checked either way."),
     },
     "control": {
         "socket": _str("", 'Path of the unix socket. "" means <runtime_dir>/coschedd.sock.'),
-        "mode": Key("0660", "Permissions of the socket. Must grant nothing to other users.",
+        "mode": Key("0660", "Permissions of the socket for its owner and group. Must grant "
+                    "nothing to other users: the daemon itself opens the socket to others (and "
+                    "their uid is then checked on every connection) only when read_users or "
+                    "control_users list someone, or read_group and control_group differ.",
                     'an octal string like "0660"',
                     lambda v: isinstance(v, str) and bool(re.fullmatch(r"0?[0-7]{3}", v)), _mode),
-        "allowed_users": Key([], "Users (names or uids) allowed to connect besides the daemon's "
-                             "own user and root.", "a list of user names or uids",
-                             lambda v: isinstance(v, list) and all(map(_is_id, v)),
-                             lambda v: tuple(dict.fromkeys(map(_uid, v)))),  # dedupe, keep order
-        "allowed_group": Key("", 'Members of this group (name or gid) may connect; "": none.',
-                             "a group name or gid", lambda v: v == "" or _is_id(v),
-                             lambda v: None if v == "" else _gid(v)),
+        "read_users": _users("Users (names or uids) who may use the read commands: status, "
+                             "show (without the job's config table), jobs, ping."),
+        "read_group": _group('Members of this group (name or gid) may use the read commands; '
+                             '"": none. The socket and its folder get this group when it is '
+                             "the only group configured."),
+        "control_users": _users("Users (names or uids) who may use every command, including "
+                                "resume, kill, start and reload. Root and the daemon's own "
+                                "user always may."),
+        "control_group": _group('Members of this group (name or gid) may use every command; '
+                                '"": none. Like read_group, it becomes the group of the socket '
+                                "and its folder when it is the only group configured."),
         "max_request_bytes": _int(65536, "Longest request line accepted, in bytes.",
                                   256, 16777216),
+        "max_connections": _int(64, "Connections open at once, all peers together; the last "
+                                f"{RESERVED_CONNECTIONS} are kept for root and the daemon's "
+                                "user.", 8, 65536),
+        "max_connections_per_user": _int(8, "Connections one user (uid) may hold open at once; "
+                                         "root and the daemon's user have no such quota. Must "
+                                         "be below max_connections minus "
+                                         f"{RESERVED_CONNECTIONS}.", 1, 65536),
+        "idle_timeout": _seconds(60.0, "Seconds; a connection that sends no complete request "
+                                 "for this long is closed.", positive=True),
     },
     "log": {
         "format": _choice("auto", '"console", "json" (one object per line), or "auto": console '
@@ -188,17 +228,24 @@ class Config:
     runtime_dir: Path
     socket: Path
     socket_mode: int
-    allowed_users: tuple[int, ...]
-    allowed_group: int | None
+    read_users: tuple[int, ...]
+    read_group: int | None
+    control_users: tuple[int, ...]   # control implies read
+    control_group: int | None
     max_request_bytes: int
+    max_connections: int
+    max_connections_per_user: int    # < max_connections - RESERVED_CONNECTIONS
+    idle_timeout: float
     log_format: str
     log_level: str
     step_warning: float
     stop_timeout: float
     worker_threads: int
     watchdog: bool
+    strict_modes: bool
     job_defaults: JobPolicy
     jobs: Mapping[str, JobPolicy]  # merged policies of the jobs that have a [job.<name>] table
+    warnings: tuple[str, ...] = ()  # for the daemon to log: old key names that were used
 
     def job_policy(self, name: str) -> JobPolicy:
         """job_defaults merged with [job.<name>]. config is copied per call so that a
@@ -216,15 +263,51 @@ def _check(dotted: str, key: Key, value: Any) -> Any:
         raise ConfigError(f"{dotted}: {e}") from None
 
 
-def _table(name: str, table: Any, keys: Mapping[str, Key], *, defaults: bool) -> dict[str, Any]:
-    """The validated values of one table; with defaults=True missing keys get theirs."""
+# Old key names still read, as the new key they now mean.
+ALIASES: dict[str, dict[str, str]] = {
+    "control": {"allowed_users": "control_users", "allowed_group": "control_group"},
+}
+
+
+def _table(name: str, table: Any, keys: Mapping[str, Key], *, defaults: bool,
+           aliases: Mapping[str, str] = {}) -> dict[str, Any]:
+    """The validated values of one table; with defaults=True missing keys get theirs.
+    A key given by an old name (``aliases``) is stored under its new name; errors
+    name the key as the file spells it."""
     if not isinstance(table, dict):
         raise ConfigError(f"{name}: expected a table, got {_toml(table)}")
-    for k in table:
-        if k not in keys:
+    given: dict[str, tuple[str, Any]] = {}
+    for k, value in table.items():
+        new = aliases.get(k, k)
+        if new not in keys:
             raise ConfigError(f"unknown key {name}.{k}")
-    given = {k: table.get(k, key.default) for k, key in keys.items()} if defaults else table
-    return {k: _check(f"{name}.{k}", keys[k], v) for k, v in given.items()}
+        if new != k and new in table:
+            raise ConfigError(f"{name}.{k} is the old name of {name}.{new}; set only {name}.{new}")
+        given[new] = (k, value)
+    if defaults:
+        given = {k: given.get(k, (k, key.default)) for k, key in keys.items()}
+    return {k: _check(f"{name}.{spelled}", keys[k], v) for k, (spelled, v) in given.items()}
+
+
+def _check_control(control: dict[str, Any]) -> None:
+    """The rules between [control] keys."""
+    room = control["max_connections"] - RESERVED_CONNECTIONS
+    if control["max_connections_per_user"] >= room:
+        raise ConfigError(
+            f"control.max_connections_per_user: {control['max_connections_per_user']} must be "
+            f"below control.max_connections ({control['max_connections']}) minus the "
+            f"{RESERVED_CONNECTIONS} connections kept for root and the daemon's user")
+    groups = {control["read_group"], control["control_group"]} - {None}
+    if len(groups) == 1 and control["mode"] & 0o060 != 0o060:
+        raise ConfigError(f'control.mode: "{control["mode"]:04o}" keeps out the group that '
+                          'control.read_group or control.control_group lets in; give the group '
+                          'read and write, e.g. "0660"')
+
+
+def _alias_warnings(data: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(f"{name}.{old} is an old name; it is read as {name}.{new}"
+                 for name, aliases in ALIASES.items() if isinstance(data.get(name), dict)
+                 for old, new in aliases.items() if old in data[name])
 
 
 def _path(base: Path, p: str | os.PathLike) -> Path:
@@ -247,7 +330,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
     for name, table in data.items():
         if name not in SCHEMA and name != "job":
             raise ConfigError(f"unknown {'table' if isinstance(table, dict) else 'key'} {name}")
-    v = {name: _table(name, data.get(name, {}), keys, defaults=True)
+    v = {name: _table(name, data.get(name, {}), keys, defaults=True,
+                      aliases=ALIASES.get(name, {}))
          for name, keys in SCHEMA.items()}
     job_defaults = JobPolicy(**(_table("job", {}, JOB_KEYS, defaults=True) | v["jobs"]))
     if not isinstance(job_tables := data.get("job", {}), dict):
@@ -256,6 +340,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
                                                              defaults=False))
             for name, t in job_tables.items()}
     daemon, control, log = v["daemon"], v["control"], v["log"]
+    _check_control(control)
     runtime_dir = _runtime_dir(daemon["runtime_dir"], base_dir, environ)
     socket = runtime_dir / "coschedd.sock"
     if control["socket"]:
@@ -265,12 +350,16 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
                           "a unix socket path may have")
     return Config(
         path=path, jobs_dir=_path(base_dir, daemon["jobs_dir"]), runtime_dir=runtime_dir,
-        socket=socket, socket_mode=control["mode"], allowed_users=control["allowed_users"],
-        allowed_group=control["allowed_group"], max_request_bytes=control["max_request_bytes"],
-        log_format=log["format"], log_level=log["level"], step_warning=daemon["step_warning"],
-        stop_timeout=daemon["stop_timeout"], worker_threads=daemon["worker_threads"],
-        watchdog=daemon["watchdog"],
-        job_defaults=job_defaults, jobs=jobs)
+        socket=socket, socket_mode=control["mode"], read_users=control["read_users"],
+        read_group=control["read_group"], control_users=control["control_users"],
+        control_group=control["control_group"], max_request_bytes=control["max_request_bytes"],
+        max_connections=control["max_connections"],
+        max_connections_per_user=control["max_connections_per_user"],
+        idle_timeout=control["idle_timeout"], log_format=log["format"], log_level=log["level"],
+        step_warning=daemon["step_warning"], stop_timeout=daemon["stop_timeout"],
+        worker_threads=daemon["worker_threads"],
+        watchdog=daemon["watchdog"], strict_modes=daemon["strict_modes"],
+        job_defaults=job_defaults, jobs=jobs, warnings=_alias_warnings(data))
 
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -282,14 +371,17 @@ def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
 
 def load_config(path: str | os.PathLike | None = None,
                 environ: Mapping[str, str] = os.environ) -> Config:
+    """Read, check (see the module docstring) and validate the config file."""
     path = Path(os.path.abspath(default_config_path(environ) if path is None else path))
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        raw, _, _ = read_trusted(path)
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except Untrusted as e:
+        raise ConfigError(f"{path}: refusing the config file: {e}") from None
     except ValueError as e:  # TOMLDecodeError ends in "(at line L, column C)"; or bad UTF-8
         raise ConfigError(f"{path}: {e}") from None
     return parse_config(data, path.parent, path=path, environ=environ)
@@ -309,6 +401,8 @@ def default_toml() -> str:
         out += ["", f"[{section}]"]
         for k, key in keys.items():
             out += ["", *_key_doc(key), f"{k} = {_toml(key.default)}"]
+        for old, new in ALIASES.get(section, {}).items():
+            out += ["", f"# {old}: the old name of {new}, still read as {new}."]
     out += ["", "# Per-job overrides, one table per job: any key of [jobs] (the defaults for",
             "# every job), plus the keys below.",
             "#", "# [job.example]"]

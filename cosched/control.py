@@ -1,10 +1,26 @@
 """coschedd's control server: the unix socket that coschedctl and other clients talk to.
 
-``serve`` binds the socket, checks each peer's credentials (``SO_PEERCRED``) with
-``peer_allowed``, reads newline-delimited JSON requests with ``LineReader``, dispatches
-them to the backend by command name (the names and argument schemas come from
-``cosched.protocol.COMMANDS``) and writes one response line per request.
-The wire format and the error codes are documented in ``cosched.protocol``.
+``serve`` binds the socket, reads each peer's credentials (``SO_PEERCRED``, and its
+groups with ``SO_PEERGROUPS``), admits it within the connection limits, gives it an
+access level with ``peer_level``, reads newline-delimited JSON requests with
+``LineReader``, dispatches them to the backend by command name (names, argument
+schemas and the level each needs come from ``cosched.protocol.COMMANDS``) and writes
+one response line per request. The wire format and the error codes are documented
+in ``cosched.protocol``.
+
+Who reaches the socket (``Access``): root and the daemon's own user always, with
+control access. A group (read_group or control_group, when only one is configured)
+becomes the socket's group at bind, and the socket is ``mode`` (0660); the kernel
+then keeps everyone else out. Listed users, or two different groups, cannot be
+expressed by one file group: then the socket is also connectable by others and
+the peer's uid and groups, which the kernel vouches for, decide alone, like the
+D-Bus system bus does. Either way every request is checked against its level.
+
+No lock-out (``Limits``): unprivileged peers share ``max_connections`` minus a few
+slots kept for root and the daemon's user, each uid holds at most ``per_user``,
+idle connections are closed, refusals never wait on the refused peer, and the
+listen backlog is large, so a flood of connects from one user cannot keep root's
+``coschedctl`` out.
 """
 
 from __future__ import annotations
@@ -17,7 +33,10 @@ import pwd
 import socket as stdsocket
 import stat
 import struct
+import time
+from collections import Counter
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,43 +44,67 @@ import structlog
 import trio
 
 from . import protocol
-from .protocol import ControlError
+from .config import RESERVED_CONNECTIONS
+from .protocol import CONTROL, READ, ControlError
 from .stalldesk import StallDesk
 
 log = structlog.get_logger("cosched.control")
 
 SEND_TIMEOUT = 30.0  # a peer that does not take its response within this is dropped
-BUSY_SEND_TIMEOUT = 1.0  # for the one-line "busy" refusal, sent from the accept loop
 PROBE_TIMEOUT = 2.0  # connecting to an existing socket file to see whether it is live
 ACCEPT_BACKOFF = 0.1  # pause of the accept loop when the process is out of descriptors
-LISTEN_BACKLOG = 128
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 since Linux 5.4)
 RECV_CHUNK = 65536
+REFUSAL_LOG_INTERVAL = 10.0  # each kind of refusal is logged at most this often
 
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_SO_PEERGROUPS = getattr(stdsocket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+_GID = struct.Struct("I")
 _ACCEPT_RETRY = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 _ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
-# -- credentials ------------------------------------------------------------------
+# -- who may do what --------------------------------------------------------------
 
-def peer_allowed(uid: int, gid: int, *, allowed_uids: Collection[int], allowed_gid: int | None,
-                 own_uid: int) -> bool:
-    """The credential policy: root, the daemon's own user, the listed uids, and, when a
-    group is configured, peers running with that gid or whose user belongs to it."""
-    quick = peer_allowed_quick(uid, gid, allowed_uids=allowed_uids, allowed_gid=allowed_gid,
-                               own_uid=own_uid)
-    return user_in_group(uid, allowed_gid) if quick is None else quick
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The principals of each level. CONTROL implies READ; root and ``own_uid`` (the
+    daemon's user) always have CONTROL."""
+
+    read_uids: frozenset[int] = frozenset()
+    read_gid: int | None = None
+    control_uids: frozenset[int] = frozenset()
+    control_gid: int | None = None
+    own_uid: int = field(default_factory=os.geteuid)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Access:
+        return cls(frozenset(config.read_users), config.read_group,
+                   frozenset(config.control_users), config.control_group)
+
+    def privileged(self, uid: int) -> bool:
+        return uid == 0 or uid == self.own_uid
+
+    def groups(self) -> frozenset[int]:
+        return frozenset({self.read_gid, self.control_gid} - {None})
+
+    def world_connectable(self) -> bool:
+        """Whether the socket must let others connect (then peer credentials decide)."""
+        return bool(self.read_uids or self.control_uids) or len(self.groups()) > 1
+
+    def socket_group(self) -> int | None:
+        """The group the socket file gets: the one configured group, if just one."""
+        groups = self.groups()
+        return next(iter(groups)) if len(groups) == 1 else None
 
 
-def peer_allowed_quick(uid: int, gid: int, *, allowed_uids: Collection[int],
-                       allowed_gid: int | None, own_uid: int) -> bool | None:
-    """peer_allowed as far as it goes without the user and group databases (which may
-    block, e.g. on LDAP): True or False, or None when only a group look-up can tell."""
-    if uid == 0 or uid == own_uid or uid in allowed_uids:
-        return True
-    if allowed_gid is None:
-        return False
-    return True if gid == allowed_gid else None
+def peer_level(uid: int, groups: Collection[int], access: Access) -> str | None:
+    """CONTROL, READ or None (no access) for a peer with ``uid`` in ``groups``."""
+    if access.privileged(uid) or uid in access.control_uids or access.control_gid in groups:
+        return CONTROL
+    if uid in access.read_uids or access.read_gid in groups:
+        return READ
+    return None
 
 
 def user_in_group(uid: int, gid: int) -> bool:
@@ -82,6 +125,35 @@ def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of a connected unix socket."""
     raw = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, _CREDENTIALS.size)
     return _CREDENTIALS.unpack(raw)
+
+
+def peer_groups(sock: trio.socket.SocketType) -> frozenset[int] | None:
+    """The supplementary groups the peer had when it connected, as the kernel saw them
+    (the ones it checked the socket file's permissions with); None if it cannot tell."""
+    size = 64 * _GID.size
+    while True:
+        try:
+            raw = sock.getsockopt(stdsocket.SOL_SOCKET, _SO_PEERGROUPS, size)
+            return frozenset(g for (g,) in _GID.iter_unpack(raw[:len(raw) // 4 * 4]))
+        except OSError as e:
+            if e.errno != errno.ERANGE or size >= 65536 * _GID.size:
+                return None  # ENOPROTOOPT: a kernel older than 4.13
+            size = 65536 * _GID.size  # NGROUPS_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Connection limits; ``per_user`` < ``max_connections`` - ``reserved`` (config checks)."""
+
+    max_connections: int = 64
+    per_user: int = 8
+    idle_timeout: float = 60.0
+    reserved: int = RESERVED_CONNECTIONS  # of max_connections, for root and own uid only
+
+    @classmethod
+    def from_config(cls, config: Any) -> Limits:
+        return cls(config.max_connections, config.max_connections_per_user,
+                   config.idle_timeout)
 
 
 # -- line reading -----------------------------------------------------------------
@@ -172,9 +244,10 @@ async def _remove_stale(path: Path) -> None:
         pass
 
 
-def _bind(path: Path, mode: int) -> stdsocket.socket:
-    """A listening unix socket at ``path`` with permissions ``mode``. The file is
-    created under umask 0177, so it is never more open than ``mode`` asks."""
+def _bind(path: Path, mode: int, gid: int | None) -> stdsocket.socket:
+    """A listening unix socket at ``path`` with permissions ``mode`` and group ``gid``
+    (None: the process's). The file is created under umask 0177 and gets its group
+    before its mode, so it is never more open than asked, nor open to another group."""
     sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     bound = False
     try:
@@ -184,6 +257,13 @@ def _bind(path: Path, mode: int) -> stdsocket.socket:
             bound = True
         finally:
             os.umask(old_umask)
+        if gid is not None:
+            try:
+                os.chown(path, -1, gid)
+            except PermissionError as e:
+                raise PermissionError(e.errno, f"cannot give the control socket {path} to group "
+                                               f"{gid} (the daemon's user must be a member of "
+                                               f"it): {e.strerror}") from None
         os.chmod(path, mode)
         sock.listen(LISTEN_BACKLOG)
         return sock
@@ -213,18 +293,34 @@ def _remove_if_ours(path: Path, identity: tuple[int, int]) -> None:
 
 # -- the server -------------------------------------------------------------------
 
+class _Throttled:
+    """Warnings about refused peers, each event logged at most every
+    REFUSAL_LOG_INTERVAL with the number of times it happened since: a peer that
+    keeps connecting must not fill the log."""
+
+    def __init__(self) -> None:
+        self.count: Counter[str] = Counter()
+        self.logged_at: dict[str, float] = {}
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.count[event] += 1
+        now = time.monotonic()
+        if now - self.logged_at.get(event, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            log.warning(event, times=self.count.pop(event), **fields)
+            self.logged_at[event] = now
+
+
 class _Server:
     """State shared by the accept loop and the connection handlers."""
 
-    def __init__(self, backend: Any, *, allowed_uids: Collection[int], allowed_gid: int | None,
-                 max_line: int, max_clients: int, own_uid: int):
+    def __init__(self, backend: Any, access: Access, limits: Limits, max_line: int):
         self.backend = backend
-        self.allowed_uids = frozenset(allowed_uids)
-        self.allowed_gid = allowed_gid
+        self.access = access
+        self.limits = limits
         self.max_line = max_line
-        self.max_clients = max_clients
-        self.own_uid = own_uid
-        self.active = 0
+        self.active = 0                      # connections being served
+        self.per_uid: Counter[int] = Counter()  # of them, by peer uid; no zero entries
+        self.refusals = _Throttled()
         self.local: dict[str, Callable[..., Any]] = {"ping": self.ping}
 
     def ping(self) -> dict:
@@ -237,11 +333,32 @@ class _Server:
             except OSError as exc:
                 await self._accept_failed(exc)
                 continue
-            if self.active >= self.max_clients:
-                await self._refuse_busy(conn)
-            else:
-                self.active += 1
-                nursery.start_soon(self.connection, conn)
+            try:
+                pid, uid, gid = peer_credentials(conn)
+            except OSError:
+                conn.close()
+                continue
+            reason = self._over_limit(uid)
+            if reason is not None:
+                self._refuse_busy(conn, uid, reason)
+                continue
+            self.active += 1
+            self.per_uid[uid] += 1
+            nursery.start_soon(self.connection, conn, pid, uid, gid)
+
+    def _over_limit(self, uid: int) -> str | None:
+        """Why a new connection of ``uid`` is refused, or None to admit it."""
+        lim = self.limits
+        if self.active >= lim.max_connections:
+            return f"too many connections (limit {lim.max_connections})"
+        if self.access.privileged(uid):
+            return None
+        if self.active >= lim.max_connections - lim.reserved:
+            return (f"too many connections (limit {lim.max_connections}, of which "
+                    f"{lim.reserved} are kept for root and the daemon's user)")
+        if self.per_uid[uid] >= lim.per_user:
+            return f"uid {uid} already has {lim.per_user} connections open, its limit"
+        return None
 
     async def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in _ACCEPT_RETRY:
@@ -251,86 +368,132 @@ class _Server:
         log.error("control accept failed; pausing", error=str(exc), pause=ACCEPT_BACKOFF)
         await trio.sleep(ACCEPT_BACKOFF)
 
-    async def _refuse_busy(self, conn: trio.socket.SocketType) -> None:
-        log.warning("control connection refused: too many clients", max_clients=self.max_clients)
-        with conn:
+    def _refuse_busy(self, conn: trio.socket.SocketType, uid: int, reason: str) -> None:
+        """Answer ``busy`` without waiting: a peer that does not read must not hold up
+        the accept loop."""
+        self.refusals.warning("control connection refused: busy", reason=reason, uid=uid,
+                              active=self.active)
+        data = protocol.encode(protocol.err(None, protocol.BUSY, reason))
+        with stdsocket.socket(fileno=conn.detach()) as raw:
             try:
-                await send_all(conn, protocol.encode(protocol.err(
-                    None, protocol.BUSY, f"too many connections (limit {self.max_clients})")),
-                    BUSY_SEND_TIMEOUT)
+                raw.send(data, stdsocket.MSG_DONTWAIT | stdsocket.MSG_NOSIGNAL)
             except OSError:
                 pass
 
     def adopt(self, conn: stdsocket.socket, initial: bytes, nursery: trio.Nursery) -> None:
-        """Serve a connection the stall desk accepted (and began to read) for us."""
+        """Serve a connection the stall desk accepted (and began to read) for us. It was
+        accepted while the loop stalled, so it is admitted beyond the limits."""
+        trio_conn = trio.socket.from_stdlib_socket(conn)
+        try:
+            pid, uid, gid = peer_credentials(trio_conn)
+        except OSError:
+            trio_conn.close()
+            return
         self.active += 1
-        nursery.start_soon(self.connection, trio.socket.from_stdlib_socket(conn), initial)
+        self.per_uid[uid] += 1
+        nursery.start_soon(self.connection, trio_conn, pid, uid, gid, initial)
 
     def may_control(self, conn: stdsocket.socket) -> bool:
-        """The credential check, for the stall desk's thread (blocking look-ups are fine there)."""
-        _pid, uid, gid = _CREDENTIALS.unpack(
-            conn.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, _CREDENTIALS.size))
-        return peer_allowed(uid, gid, allowed_uids=self.allowed_uids,
-                            allowed_gid=self.allowed_gid, own_uid=self.own_uid)
+        """Whether the peer has control access (for the stall desk's thread)."""
+        _pid, uid, gid = peer_credentials(conn)
+        groups = peer_groups(conn)
+        if groups is None:   # no SO_PEERGROUPS: the user database (blocking is fine here)
+            groups = {g for g in self.access.groups() if user_in_group(uid, g)}
+        return peer_level(uid, set(groups) | {gid}, self.access) == CONTROL
 
-    async def connection(self, conn: trio.socket.SocketType, initial: bytes = b"") -> None:
+    async def connection(self, conn: trio.socket.SocketType, pid: int, uid: int,
+                         gid: int, initial: bytes = b"") -> None:
         """Serve one client until it closes; nothing it does escapes from here."""
         try:
             with conn:
-                await self._converse(conn, initial)
+                await self._converse(conn, pid, uid, gid, initial)
         except (OSError, EOFError) as exc:
             log.debug("control peer dropped", error=f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("control connection failed")
         finally:
             self.active -= 1
+            self.per_uid[uid] -= 1
+            if not self.per_uid[uid]:
+                del self.per_uid[uid]
 
-    async def _converse(self, conn: trio.socket.SocketType, initial: bytes = b"") -> None:
-        pid, uid, gid = peer_credentials(conn)
-        if not await self._allowed(uid, gid):
-            log.warning("control peer refused", pid=pid, uid=uid, gid=gid)
+    async def _converse(self, conn: trio.socket.SocketType, pid: int, uid: int,
+                        gid: int, initial: bytes = b"") -> None:
+        level = await self._level(conn, uid, gid)
+        if level is None:
+            self.refusals.warning("control peer refused", pid=pid, uid=uid, gid=gid)
             await send_all(conn, protocol.encode(protocol.err(
-                None, protocol.FORBIDDEN, f"uid {uid} may not use this control socket")))
+                None, protocol.FORBIDDEN, f"uid {uid} may not use this control socket; "
+                "read access is granted by control.read_users or control.read_group, "
+                "control access by control.control_users or control.control_group")))
             return
         reader = LineReader(conn, self.max_line, initial)
         while True:
-            try:
-                line = await reader.readline()
-            except LineTooLong:
-                await send_all(conn, protocol.encode(protocol.err(
-                    None, protocol.TOO_LARGE, f"request line longer than {self.max_line} bytes")))
-                return
+            line = await self._next_request(conn, reader, uid)
             if line is None:
                 return
-            if not line.strip():
-                continue
-            response = await self._answer(line, pid=pid, uid=uid)
+            response = await self._answer(line, pid=pid, uid=uid, level=level)
             await send_all(conn, protocol.encode(response))
             if not response["ok"] and response["error"]["code"] == protocol.BAD_REQUEST:
                 return
 
-    async def _allowed(self, uid: int, gid: int) -> bool:
-        quick = peer_allowed_quick(uid, gid, allowed_uids=self.allowed_uids,
-                                   allowed_gid=self.allowed_gid, own_uid=self.own_uid)
-        if quick is not None:
-            return quick
-        # user/group look-ups may block (NSS, LDAP): off the event loop
-        return await trio.to_thread.run_sync(user_in_group, uid, self.allowed_gid)
+    async def _next_request(self, conn: trio.socket.SocketType, reader: LineReader,
+                            uid: int) -> bytes | None:
+        """The next non-blank request line; None when the connection should end: the
+        peer closed it, sent too long a line, or sent no request within idle_timeout."""
+        idle = self.limits.idle_timeout
+        try:
+            with trio.move_on_after(idle):
+                while True:
+                    line = await reader.readline()
+                    if line is None or line.strip():
+                        return line
+        except LineTooLong:
+            await send_all(conn, protocol.encode(protocol.err(
+                None, protocol.TOO_LARGE, f"request line longer than {self.max_line} bytes")))
+            return None
+        log.debug("control connection idle; closing", uid=uid, idle_timeout=idle)
+        await send_all(conn, protocol.encode(protocol.err(
+            None, protocol.TIMEOUT, f"no request for {idle:g}s; closing the connection")))
+        return None
 
-    async def _answer(self, line: bytes, *, pid: int, uid: int) -> dict:
+    async def _level(self, conn: trio.socket.SocketType, uid: int, gid: int) -> str | None:
+        groups = peer_groups(conn)
+        if groups is not None:
+            return peer_level(uid, groups | {gid}, self.access)
+        # No SO_PEERGROUPS: ask the user database, which may block (NSS, LDAP), off the
+        # event loop, and only when the peer's uid and primary gid do not decide already.
+        level = peer_level(uid, {gid}, self.access)
+        wanted = self.access.groups() - {gid}
+        if level == CONTROL or not wanted:
+            return level
+        member = await trio.to_thread.run_sync(
+            lambda: {g for g in wanted if user_in_group(uid, g)})
+        return peer_level(uid, member | {gid}, self.access)
+
+    async def _answer(self, line: bytes, *, pid: int, uid: int, level: str) -> dict:
         try:
             request = protocol.decode_request(line)
         except ControlError as exc:
             log.debug("control request rejected", code=exc.code, message=exc.message, uid=uid)
             return protocol.err(exc.request_id, exc.code, exc.message)
         log.debug("control request", cmd=request.cmd, args=request.args, pid=pid, uid=uid)
+        spec = protocol.COMMANDS[request.cmd]
         try:
-            return protocol.ok(request.id, await self._dispatch(request))
+            if spec.level == CONTROL and level != CONTROL:
+                raise ControlError(protocol.FORBIDDEN, (
+                    f"{request.cmd!r} needs control access; uid {uid} has read access only "
+                    "(control access is granted by control.control_users or "
+                    "control.control_group)"))
+            result = await self._dispatch(request)
         except ControlError as exc:
             return protocol.err(request.id, exc.code, exc.message)
         except Exception as exc:
             log.exception("control command failed", cmd=request.cmd, args=request.args)
             return protocol.err(request.id, protocol.INTERNAL, f"{type(exc).__name__}: {exc}")
+        if level != CONTROL and spec.private and isinstance(result, dict):
+            result = {k: v for k, v in result.items() if k not in spec.private}
+        return protocol.ok(request.id, result)
 
     async def _dispatch(self, request: protocol.Request) -> Any:
         """Call the handler named by the command: the server's own, else the backend's
@@ -351,29 +514,32 @@ def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nurse
                          server.adopt, conn, data, nursery))
 
 
-async def serve(path: Path, mode: int, backend: Any, *, allowed_uids: Collection[int],
-                allowed_gid: int | None, max_line: int, max_clients: int = 64,
+async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
+                access: Access | None = None, limits: Limits = Limits(),
                 task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
-                guard: Any = None, _own_uid: int | None = None) -> None:
+                guard: Any = None) -> None:
     """Serve the control protocol on a unix socket at ``path`` until cancelled.
 
     A stale socket file is replaced; a live one raises ``OSError`` ("another coschedd
     is listening on ..."), as does a non-socket file in the way. The socket file gets
-    permissions ``mode`` and is removed on exit. ``task_status.started(path)`` is called
-    once clients can connect. ``_own_uid`` overrides the daemon's own uid in the
-    credential check (tests use it to be refused). With a step ``guard``, its watchdog
-    takes connections while a step stalls the loop (``cosched.stalldesk``).
+    permissions ``mode`` (plus connect access for others when ``access`` needs it,
+    see the module docstring) and ``access``'s group, and is removed on exit.
+    ``task_status.started(path)`` is called once clients can connect. ``access``
+    defaults to root and the daemon's own user only. With a step ``guard``, its
+    watchdog takes connections while a step stalls the loop (``cosched.stalldesk``).
     """
     path = Path(path)
+    access = Access() if access is None else access
+    if access.world_connectable():
+        mode |= 0o006
     await _remove_stale(path)
-    listener = trio.socket.from_stdlib_socket(_bind(path, mode))
+    listener = trio.socket.from_stdlib_socket(_bind(path, mode, access.socket_group()))
     st = os.lstat(path)
-    server = _Server(backend, allowed_uids=allowed_uids, allowed_gid=allowed_gid,
-                     max_line=max_line, max_clients=max_clients,
-                     own_uid=os.getuid() if _own_uid is None else _own_uid)
+    server = _Server(backend, access, limits, max_line)
     try:
         with listener:
-            log.info("control socket listening", path=str(path), mode=f"{mode:04o}")
+            log.info("control socket listening", path=str(path), mode=f"{mode:04o}",
+                     group=st.st_gid)
             async with trio.open_nursery() as nursery:
                 if guard is not None:
                     guard.desk = _desk(server, listener, nursery, max_line)

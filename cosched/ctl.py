@@ -16,19 +16,24 @@ Commands:
                           is parsed as JSON, else taken as a string:
                           resume t 1 '"x"' abc '{"a":1}' sends [1, "x", "abc", {"a": 1}]
   kill TASK               cancel a task
-  start JOB               start a new task for a job
+  start [--force] JOB     start a new task for a job; --force starts even a job
+                          whose config says enabled = false
   reload                  rescan the jobs folder
   jobs                    list the jobs and their state
   ping                    check that the daemon answers
 
 TASK is a task id (a number) or a task name.
 
+Some commands need control access (resume, kill, start, reload), the others
+read access; the daemon's control.* config keys say who has which.
+
 Options (before or after the command):
   --socket PATH           the daemon's socket; default $COSCHED_SOCKET, else the
                           socket of the default configuration, else
                           $XDG_RUNTIME_DIR/cosched/coschedd.sock
   --json                  print the daemon's raw result as JSON
-  --timeout SECONDS       how long to wait to connect and for the answer (default 35)
+  --timeout SECONDS       how long to wait to connect and for the answer (default 35,
+                          at most 86400)
   -h, --help              show this text
 
 Exit status:
@@ -36,6 +41,10 @@ Exit status:
   1  the daemon refused the request; "coschedctl: CODE: MESSAGE" is printed
   2  usage error
   3  the daemon cannot be reached
+
+Text from the daemon (task and file names, values, errors) is printed with
+control characters escaped (\\n, \\x1b, ...) and bytes that are not UTF-8 as
+\\xNN; --json prints exact JSON, escaping such characters as \\uNNNN.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +63,7 @@ from typing import Any, NamedTuple
 
 from . import protocol
 from .protocol import ControlError
+from .terminal import escape, escape_json, escape_lines
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -60,6 +71,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 DEFAULT_TIMEOUT = 35.0
+MAX_TIMEOUT = protocol.MAX_WAIT  # so that resume_wait() stays within what the daemon accepts
 RESUME_MARGIN = 5.0  # the daemon stops waiting on a resume this long before we do
 USAGE = __doc__.splitlines()[0].removeprefix("usage: ")
 
@@ -92,8 +104,8 @@ def call(path: str, cmd: str, args: dict[str, Any], timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
+            _connect(sock, path, timeout)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
             line = _read_line(sock, deadline)
     except TimeoutError:
@@ -104,6 +116,21 @@ def call(path: str, cmd: str, args: dict[str, Any], timeout: float) -> Any:
         return protocol.decode_response(line).result
     except ValueError as exc:
         raise Unreachable(f"unreadable answer: {exc}") from None
+
+
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """Connect, waiting while the daemon's listen queue is full. A non-blocking (or
+    timed) connect to a unix socket fails at once with EAGAIN then, so a burst of
+    connections from anyone would make us fail; a blocking one sleeps in the kernel
+    until there is room, for at most SO_SNDTIMEO."""
+    usec = max(1, int(min(timeout, MAX_TIMEOUT) * 1e6))  # a zero timeval would mean forever
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("@ll", usec // 1_000_000, usec % 1_000_000))
+    try:
+        sock.connect(path)
+    except BlockingIOError:
+        raise Unreachable(f"its listen queue stayed full for {timeout:g}s") from None
 
 
 def _send_request(sock: socket.socket, data: bytes) -> None:
@@ -130,8 +157,10 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes:
 # -- argument parsing -------------------------------------------------------------
 
 def task_arg(text: str) -> int | str:
-    """A TASK: a number is an id, anything else a name."""
-    return int(text) if re.fullmatch(r"[0-9]+", text) else text
+    """A TASK: a number is an id (ASCII digits, up to the largest id), anything else a name."""
+    if re.fullmatch(r"[0-9]{1,19}", text) and int(text) <= protocol.MAX_TASK_ID:
+        return int(text)
+    return text
 
 
 def _no_constant(name: str) -> Any:
@@ -151,8 +180,9 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"not a positive number of seconds up to {MAX_TIMEOUT:g}: {text!r}")
     return value
 
 
@@ -170,7 +200,7 @@ def _is_number(value: Any) -> bool:
 def fmt_duration(seconds: Any) -> str:
     """0.2ms, 350ms, 1.2s, 3m04s, 2h05m, 3d04h; '-' for a missing value."""
     if not _is_number(seconds):
-        return "-" if seconds is None else str(seconds)
+        return _text(seconds)
     if seconds < 0.0095:
         return "0s" if seconds == 0 else f"{seconds * 1000:.1f}ms"
     if round(seconds, 3) < 1:
@@ -190,7 +220,7 @@ def fmt_duration(seconds: Any) -> str:
 def fmt_bytes(count: Any) -> str:
     """512 B, 12.3 MiB, ..."""
     if not _is_number(count):
-        return "-" if count is None else str(count)
+        return _text(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(count) < 1024:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
@@ -198,12 +228,15 @@ def fmt_bytes(count: Any) -> str:
     return f"{count:.1f} TiB"
 
 
+# Every renderer below prints what the daemon sent only through _text, fmt_json and
+# the fmt_* helpers, which escape it for the terminal (cosched.terminal).
+
 def fmt_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return escape_json(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _text(value: Any) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else escape(str(value))
 
 
 def _json_or_dash(value: Any) -> str:
@@ -211,8 +244,8 @@ def _json_or_dash(value: Any) -> str:
 
 
 def _plain(value: Any) -> str:
-    """Strings as they are, other values as JSON, '-' for null."""
-    return value if isinstance(value, str) else _json_or_dash(value)
+    """Strings as they are (escaped), other values as JSON, '-' for null."""
+    return _text(value) if isinstance(value, str) else _json_or_dash(value)
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -223,7 +256,8 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _job_errors(errors: list[dict]) -> list[str]:
-    return [f"  {e.get('job')} ({e.get('path')}): {e.get('error')}" for e in errors]
+    return [f"  {_text(e.get('job'))} ({_text(e.get('path'))}): {_text(e.get('error'))}"
+            for e in errors]
 
 
 def render_status(result: dict) -> str:
@@ -249,9 +283,10 @@ def render_status(result: dict) -> str:
 
 
 def _started_at(value: Any) -> str:
-    if not _is_number(value):
+    try:
+        return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):  # not a number, or out of range
         return _text(value)
-    return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
 
 
 _SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
@@ -267,15 +302,17 @@ _SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
 def render_show(result: dict) -> str:
     lines = [f"{label}: {fmt(result.get(key))}" for label, key, fmt in _SHOW_FIELDS]
     known = {key for _, key, _ in _SHOW_FIELDS} | {"stack", "traceback"}
-    lines += [f"{key.replace('_', ' ')}: {_plain(value)}"  # fields added later
+    lines += [f"{_text(key).replace('_', ' ')}: {_plain(value)}"  # fields added later
               for key, value in result.items() if key not in known]
     stack = result.get("stack") or []
     lines.append("stack:" if stack else "stack: -")
-    lines += [f"  {f.get('file')}:{f.get('line')} {f.get('function')}" for f in stack]
+    lines += [f"  {_text(f.get('file'))}:{_text(f.get('line'))} {_text(f.get('function'))}"
+              for f in stack]
     traceback = result.get("traceback")
     lines.append("traceback:" if traceback else "traceback: -")
     if traceback:
-        lines += ["  " + line for line in traceback.rstrip("\n").splitlines()]
+        text = escape_lines(str(traceback).rstrip("\n"))  # keeps its own line breaks only
+        lines += ["  " + line for line in text.split("\n")]
     return "\n".join(lines)
 
 
@@ -284,10 +321,10 @@ def render_resume(result: dict) -> str:
     if outcome in ("yielded", "finished"):
         return f"{outcome}: {fmt_json(result.get('values') or [])}"
     if outcome == "failed":
-        return f"failed: {result.get('error')}"
+        return f"failed: {_text(result.get('error'))}"
     if outcome == "running":
         return "still running"
-    return f"{outcome}: {fmt_json(result)}"
+    return f"{_text(outcome)}: {fmt_json(result)}"
 
 
 def _task_line(verb: str, result: dict) -> str:
@@ -297,7 +334,8 @@ def _task_line(verb: str, result: dict) -> str:
 
 
 def render_reload(result: dict) -> str:
-    lines = [f"{key}: {', '.join(result.get(key) or []) or '-'}" for key in ("loaded", "removed")]
+    lines = [f"{key}: {', '.join(map(_text, result.get(key) or [])) or '-'}"
+             for key in ("loaded", "removed")]
     errors = result.get("errors") or []
     if errors:
         lines += ["errors:", *_job_errors(errors)]
@@ -308,11 +346,12 @@ def render_jobs(result: dict) -> str:
     jobs = result.get("jobs") or []
     lines = [table(["NAME", "STATE", "TASKS", "PATH"],
                    [[j.get("name"), j.get("state"),
-                     ",".join(map(str, j.get("tasks") or [])) or "-", j.get("path")]
+                     ",".join(map(_text, j.get("tasks") or [])) or "-", j.get("path")]
                     for j in jobs])]
     failed = [j for j in jobs if j.get("error")]
     if failed:
-        lines += ["", "errors:", *[f"  {j.get('name')}: {j.get('error')}" for j in failed]]
+        lines += ["", "errors:", *[f"  {_text(j.get('name'))}: {_text(j.get('error'))}"
+                                   for j in failed]]
     return "\n".join(lines)
 
 
@@ -349,7 +388,8 @@ COMMANDS: tuple[Cmd, ...] = (
         lambda ns: {"task": ns.task, "values": ns.values, "timeout": resume_wait(ns.timeout)},
         render_resume),
     Cmd("kill", (_TASK,), lambda ns: {"task": ns.task}, lambda r: _task_line("killed", r)),
-    Cmd("start", (("job", {"metavar": "JOB"}),), lambda ns: {"job": ns.job},
+    Cmd("start", (("--force", {"action": "store_true"}), ("job", {"metavar": "JOB"})),
+        lambda ns: {"job": ns.job, **({"force": True} if ns.force else {})},
         lambda r: _task_line("started", r)),
     Cmd("reload", (), lambda ns: {}, render_reload),
     Cmd("jobs", (), lambda ns: {}, render_jobs),
@@ -400,18 +440,37 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command is None:
         print(f"usage: {USAGE}\ncoschedctl: no command given (see --help)", file=sys.stderr)
         return EXIT_USAGE
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character
+        stream.reconfigure(errors="backslashreplace")  # gets \xNN, never an exception
     cmd = _BY_NAME[ns.command]
     path = ns.socket or default_socket_path()
     try:
         result = call(path, cmd.name, cmd.build(ns), ns.timeout)
     except Unreachable as exc:
-        print(f"coschedctl: cannot reach coschedd at {path}: {exc}", file=sys.stderr)
+        print(f"coschedctl: cannot reach coschedd at {escape(path)}: {escape(str(exc))}",
+              file=sys.stderr)
         return EXIT_UNREACHABLE
     except ControlError as exc:
-        print(f"coschedctl: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"coschedctl: {escape(exc.code)}: {escape(exc.message)}", file=sys.stderr)
         return EXIT_REFUSED
-    print(json.dumps(result, indent=2, ensure_ascii=False) if ns.json else cmd.render(result))
+    try:
+        print(json_text(result, sys.stdout.encoding) if ns.json else cmd.render(result))
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
+        print(f"coschedctl: the daemon's answer has an unexpected shape ({type(exc).__name__}); "
+              "--json prints it as it came", file=sys.stderr)
+        return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def json_text(result: Any, encoding: str | None) -> str:
+    """The result as indented JSON: exact, and safe on a terminal (see cosched.terminal);
+    all ASCII when the output's encoding cannot carry the text otherwise."""
+    text = escape_json(json.dumps(result, indent=2, ensure_ascii=False))
+    try:
+        text.encode(encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(result, indent=2)  # ensure_ascii: \uNNNN escapes only
+    return text
 
 
 if __name__ == "__main__":

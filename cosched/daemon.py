@@ -11,9 +11,10 @@ systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and ping
 the watchdog from the event loop when WatchdogSec is set.
 
 Exit codes: 0 stopped (cleanly, or with abandoned cleanup, which is logged),
-1 failed while running, 2 bad configuration or arguments, 4 a task's step
-could not be interrupted (stuck in C code past step_limit plus a grace
-period): the daemon ended itself so that its service manager restarts it.
+1 failed while running, 2 bad configuration or arguments, or an unsafe config
+file or runtime folder (see cosched.strictmodes), 4 a task's step could not be
+interrupted (stuck in C code past step_limit plus a grace period): the daemon
+ended itself so that its service manager restarts it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import dataclasses
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -30,10 +32,12 @@ import trio
 
 from . import log as logsetup
 from .config import ConfigError, load_config
-from .control import serve
+from .control import Access, Limits, serve
 from .forks import ForkWatch
 from .guard import EXIT_STUCK
+from .loader import set_strict_modes
 from .logsink import LogSink
+from .strictmodes import Untrusted, check_folder
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .watch import DirWatcher, WatchError
@@ -71,8 +75,6 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None) -> None:
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config, log_sink=sink, on_stuck=lambda code: _exit_now(sink, code))
     forks = ForkWatch(sup.guard)
-    config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     with trio.open_signal_receiver(*DAEMON_SIGNALS) as signals:
         sup.guard.wrap_daemon_signals(DAEMON_SIGNALS)
         async with trio.open_nursery() as nursery:
@@ -104,8 +106,8 @@ async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Super
     try:
         with scope:
             await serve(config.socket, config.socket_mode, sup,
-                        allowed_uids=set(config.allowed_users), allowed_gid=config.allowed_group,
-                        max_line=config.max_request_bytes, task_status=task_status,
+                        max_line=config.max_request_bytes, access=Access.from_config(config),
+                        limits=Limits.from_config(config), task_status=task_status,
                         guard=sup.guard)
     finally:
         closed.set()
@@ -156,6 +158,36 @@ async def watch_jobs(sup: Supervisor) -> None:
         sup.rescan()
 
 
+def prepare_runtime(config) -> None:
+    """Create the runtime and socket folders if missing and check them: whoever could
+    change them could put an impostor socket in the daemon's place. When the socket's
+    folder is the runtime folder, the daemon's own, let the principals of
+    control.*_users/_group traverse it (group, or others when the socket is
+    world-connectable). Raises Untrusted, or OSError when a folder cannot be set up."""
+    access = Access.from_config(config)
+    for folder in dict.fromkeys([config.runtime_dir, config.socket.parent]):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            check_folder(folder)
+        except Untrusted as e:
+            if config.strict_modes:
+                raise
+            log.warning("strict_modes is off: using an unsafe runtime folder", reason=str(e))
+    if config.socket.parent != config.runtime_dir:
+        return  # a folder the administrator chose: theirs to open to others
+    folder, gid = config.runtime_dir, access.socket_group()
+    if gid is not None and os.stat(folder).st_gid != gid:
+        try:
+            os.chown(folder, -1, gid)
+        except PermissionError as e:
+            raise PermissionError(e.errno, f"cannot give {folder} to group {gid}: {e.strerror} "
+                                           "(the daemon's user must be a member of it)") from None
+    need = 0o001 if access.world_connectable() else 0o010 if gid is not None else 0
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    if mode & need != need:
+        os.chmod(folder, mode | need)
+
+
 def _status_line(sup: Supervisor) -> str:
     alive = sum(t.alive for t in sup.tasks.values())
     return f"{alive} tasks, {len(sup.job_table)} jobs"
@@ -170,6 +202,20 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     sink = LogSink(sys.stderr.fileno())
     logsetup.setup(config.log_format, config.log_level, sink)
+    for warning in config.warnings:
+        log.warning("configuration", note=warning)
+    if not config.strict_modes:
+        log.warning("strict_modes is off: unsafe job files and runtime folders are used "
+                    "anyway; for development only")
+    set_strict_modes(config.strict_modes)
+    try:
+        prepare_runtime(config)
+    except Untrusted as e:
+        print(f"coschedd: refusing to start: runtime folder: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as e:
+        print(f"coschedd: cannot set up the runtime folder: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     notifier = Notifier()
     try:
         trio.run(run, config, notifier, sink)

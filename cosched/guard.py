@@ -151,7 +151,11 @@ class StepGuard(trio.abc.Instrument):
     # ---------------------------------------------------------------- set-up
 
     def start(self) -> None:
-        """Install the signal handlers and start the watchdog (main thread, inside trio)."""
+        """Install the signal handlers and start the watchdog (inside trio). Signals reach
+        only the main thread: run elsewhere (an embedding, a test), steps are timed but
+        never interrupted."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         self._old_handlers[INTERRUPT_SIGNAL] = signal.signal(INTERRUPT_SIGNAL, self._on_interrupt)
         self._thread = threading.Thread(target=self._watch, name="cosched step guard",
                                         daemon=True)

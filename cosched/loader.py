@@ -2,9 +2,14 @@
 
 A job is ``<name>.py`` exposing ``async def main(task)``. Loading runs the file's
 top level in a fresh module object (never ``sys.modules``: two versions of one
-job may live side by side while the old one's tasks wind down). A file that is
-group- or other-writable is refused before any of it runs, since whoever can
-write it could run code as the daemon.
+job may live side by side while the old one's tasks wind down).
+
+Whoever can change a job file, or a folder on the way to it, could run code as
+the daemon. So each load opens the file, checks it and the path to it with
+``cosched.strictmodes`` (owned by root or the daemon's user, writable by no one
+else) and compiles exactly the bytes read from the checked descriptor; a file
+that fails is refused before any of it runs. ``strict_modes = false`` in the
+config (development only) turns a refusal into a logged warning.
 """
 
 from __future__ import annotations
@@ -12,14 +17,28 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
-import stat
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-__all__ = ["Job", "JobLoadError", "load_job", "job_files", "signature"]
+import structlog
+
+from .strictmodes import Untrusted, read_trusted
+
+__all__ = ["Job", "JobLoadError", "load_job", "job_files", "signature", "set_strict_modes"]
+
+log = structlog.get_logger("cosched.loader")
+
+# The config's daemon.strict_modes, set once at start-up (set_strict_modes). Only
+# False, for development, lets an unsafe job file load, with a warning each time.
+_strict_modes = True
+
+
+def set_strict_modes(strict: bool) -> None:
+    global _strict_modes
+    _strict_modes = strict
 
 
 class JobLoadError(Exception):
@@ -36,8 +55,9 @@ class Job:
 
 
 def signature(st: os.stat_result) -> tuple:
-    """Changes whenever the file's content or permissions may have changed."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+    """Changes whenever the file's content, permissions or owner may have changed
+    (a file refused for its owner is tried again once it is chowned)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid)
 
 
 def job_files(folder: Path) -> dict[str, Path]:
@@ -52,20 +72,20 @@ def job_files(folder: Path) -> dict[str, Path]:
 def load_job(path: Path) -> Job:
     """Load the job in ``path``; raises JobLoadError naming the reason."""
     try:
-        st = path.stat()
+        source, st, problem = read_trusted(path, strict=_strict_modes)
+    except Untrusted as e:
+        raise JobLoadError(f"{e}; refusing to run it") from None
     except OSError as e:
         raise JobLoadError(f"cannot read {path.name}: {e.strerror}") from None
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise JobLoadError(
-            f"{path.name} is group- or other-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
-            "refusing to run it (chmod go-w)")
+    if problem is not None:
+        log.warning("strict_modes is off: loading an unsafe job file", job=path.stem,
+                    path=str(path), reason=str(problem))
     try:
-        source = path.read_bytes()
         code = compile(source, str(path), "exec")
     except SyntaxError as e:
         raise JobLoadError(f"syntax error at line {e.lineno}: {e.msg}") from None
-    except (OSError, ValueError) as e:
-        raise JobLoadError(f"cannot read {path.name}: {e}") from None
+    except ValueError as e:  # e.g. a NUL byte in the source
+        raise JobLoadError(f"cannot compile {path.name}: {e}") from None
     module = _new_module(path)
     try:
         exec(code, module.__dict__)

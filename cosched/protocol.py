@@ -34,7 +34,12 @@ Error codes (stable; clients may branch on them):
 ``not-alive``
     ``kill`` of a task that has already finished.
 ``forbidden``
-    The peer's credentials are not allowed; the connection is closed.
+    The peer's credentials are not allowed: on connecting (no access at all; the
+    connection is closed), or for one command that needs control access when the
+    peer has read access only (the connection stays open). The message says
+    which access is needed and which config keys grant it.
+``job-disabled``
+    ``start`` of a job whose config says ``enabled = false``, without ``force``.
 ``busy``
     Too many connections at once; the connection is closed.
 ``timeout``
@@ -42,16 +47,21 @@ Error codes (stable; clients may branch on them):
 ``internal``
     A bug in the daemon; the message carries the exception's type and text.
 
-Commands (``COMMANDS`` is the single table of them)::
+Commands (``COMMANDS`` is the single table of them), with the access each needs::
 
-    ping    {}                                   -> {"pong": true, "pid": int}
-    status  {task?: str|int, job?: str, state?: str}  daemon and task overview
-    show    {task: str|int}                      one task in detail
-    resume  {task: str|int, values: list = [], timeout: number = 30}
-    kill    {task: str|int}
-    start   {job: str}
-    reload  {}                                   rescan the jobs folder
-    jobs    {}                                   list the jobs
+    ping    read     {}                          -> {"pong": true, "pid": int}
+    status  read     {task?: str|int, job?: str, state?: str}  daemon and task overview
+    show    read     {task: str|int}             one task in detail (``config`` only
+                                                 for peers with control access)
+    jobs    read     {}                          list the jobs
+    resume  control  {task: str|int, values: list = [], timeout: number = 30}
+    kill    control  {task: str|int}
+    start   control  {job: str, force: bool = false}
+    reload  control  {}                          rescan the jobs folder
+
+A task is an id (an integer from 0 to 2**63 - 1) or a name; a name made of ASCII
+digits is taken as an id. ``timeout`` is a number of seconds from 0 to 86400.
+A command added later needs control access unless its entry says otherwise.
 
 This module holds the error codes, ``ControlError``, the command table, request
 validation and the encoding helpers. It does no I/O.
@@ -74,14 +84,23 @@ NO_SUCH_JOB = "no-such-job"
 NOT_SUSPENDED = "not-suspended"
 NOT_ALIVE = "not-alive"
 FORBIDDEN = "forbidden"
+JOB_DISABLED = "job-disabled"
 BUSY = "busy"
 TIMEOUT = "timeout"
 INTERNAL = "internal"
 
 ERROR_CODES = frozenset({
     BAD_REQUEST, TOO_LARGE, UNKNOWN_COMMAND, NO_SUCH_TASK, NO_SUCH_JOB, NOT_SUSPENDED,
-    NOT_ALIVE, FORBIDDEN, BUSY, TIMEOUT, INTERNAL,
+    NOT_ALIVE, FORBIDDEN, JOB_DISABLED, BUSY, TIMEOUT, INTERNAL,
 })
+
+# Access levels, lowest first. Root and the daemon's own user always have CONTROL.
+READ = "read"
+CONTROL = "control"
+LEVELS = (READ, CONTROL)
+
+MAX_TASK_ID = 2**63 - 1  # ids are counters; a bigger number names no task
+MAX_WAIT = 86400.0       # longest resume timeout, in seconds
 
 _MAX_DEPTH = 100  # nesting kept by the fallback encoder; deeper parts become repr strings
 
@@ -113,41 +132,54 @@ class Arg(NamedTuple):
 
 
 class Command(NamedTuple):
-    """One entry of ``COMMANDS``: the argument schema and a one-line help."""
+    """One entry of ``COMMANDS``: the argument schema, a one-line help, the access
+    level it needs (CONTROL unless said otherwise: a new command is mutating until
+    someone decides it is not), and the result fields withheld from peers below
+    CONTROL (they may hold secrets, like a job's config table)."""
 
     args: dict[str, Arg]
     help: str
+    level: str = CONTROL
+    private: tuple[str, ...] = ()
 
 
-def _finite_non_negative(value: float) -> bool:
-    return math.isfinite(value) and value >= 0
+def _seconds_in_range(value: int | float) -> bool:
+    # compare before any float conversion: math.isfinite(10**400) raises OverflowError
+    return 0 <= value <= MAX_WAIT  # NaN compares false; +inf is above MAX_WAIT
 
 
-_TASK = Arg((str, int), required=True)
+def _task_ref(value: str | int) -> bool:
+    return isinstance(value, str) or 0 <= value <= MAX_TASK_ID
+
+
+_TASK_EXPECTED = f"a string or an integer (a task name, or an id from 0 to {MAX_TASK_ID})"
+_TASK = Arg((str, int), required=True, valid=_task_ref, expected=_TASK_EXPECTED)
 
 # A task's state as reports show it ("waiting": running, but blocked in the event loop).
 TASK_STATES = ("starting", "running", "waiting", "suspended", "restarting",
                "finished", "failed", "killed")
 
 COMMANDS: dict[str, Command] = {
-    "ping": Command({}, "Check that the daemon answers."),
+    "ping": Command({}, "Check that the daemon answers.", READ),
     "status": Command({
-        "task": Arg((str, int)),
+        "task": Arg((str, int), valid=_task_ref, expected=_TASK_EXPECTED),
         "job": Arg((str,)),
         "state": Arg((str,), valid=TASK_STATES.__contains__,
                      expected=f"one of {', '.join(TASK_STATES)}"),
-    }, "Daemon overview and all tasks (or a job's, or those in one state), or one task."),
-    "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values."),
+    }, "Daemon overview and all tasks (or a job's, or those in one state), or one task.", READ),
+    "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values.",
+                    READ, private=("config",)),
+    "jobs": Command({}, "List the known jobs and their state.", READ),
     "resume": Command({
         "task": _TASK,
         "values": Arg((list,), default=[]),
-        "timeout": Arg((int, float), default=30, valid=_finite_non_negative,
-                       expected="a non-negative number"),
+        "timeout": Arg((int, float), default=30, valid=_seconds_in_range,
+                       expected=f"a number from 0 to {MAX_WAIT:g}"),
     }, "Resume a suspended task with values; wait until it yields, ends or the timeout."),
     "kill": Command({"task": _TASK}, "Cancel a task."),
-    "start": Command({"job": Arg((str,), required=True)}, "Start a new task for a job."),
+    "start": Command({"job": Arg((str,), required=True), "force": Arg((bool,), default=False)},
+                     "Start a new task for a job (force: even one with enabled = false)."),
     "reload": Command({}, "Rescan the jobs folder: load new and changed jobs, drop removed ones."),
-    "jobs": Command({}, "List the known jobs and their state."),
 }
 
 

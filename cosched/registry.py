@@ -142,8 +142,10 @@ class Registry:
     def find(self, ref: str | int) -> Task:
         """A task by id (an int, or a string of ASCII digits) or by name; the alive one
         of that name if there is one, else the newest."""
+        # Only ASCII digits make an id ("²".isdigit() is true, int("²") fails), and no more
+        # of them than an id can have: int() never converts thousands of digits.
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()
-                                    and len(ref) <= 18):  # int() of 4,300+ digits raises
+                                    and len(ref) <= 19):
             t = self.tasks.get(int(ref))
             if t is not None:
                 return t

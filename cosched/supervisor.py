@@ -50,7 +50,8 @@ from ._coro import last_transfer_to_main, switches_of
 from .config import Config
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import BUSY, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED, ControlError
+from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
+                       ControlError)
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
@@ -434,13 +435,17 @@ class Supervisor:
         if self.nursery is None:
             raise ControlError(BUSY, "coschedd is still starting; try again")
 
-    async def start(self, job: str) -> dict:
+    async def start(self, job: str, force: bool = False) -> dict:
         self._require_running()
         entry = self.job_table.get(job)
         if entry is None:
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         if entry["job"] is None:
             raise ControlError(NO_SUCH_JOB, f"job {job!r} failed to load: {entry['error']}")
+        if not force and not self.config.job_policy(job).enabled:
+            raise ControlError(JOB_DISABLED, f"job {job!r} is disabled (enabled = false in its "
+                                             "[job] table); start it with --force to run it "
+                                             "anyway")
         t = self.start_task(entry["job"])
         await trio.lowlevel.checkpoint()  # let it take its first step before we report it
         return {"task": reports.info(t)}

@@ -1,6 +1,7 @@
 """Tests of cosched.config: loading, defaults, path rules and strict validation."""
 
 import dataclasses
+import os
 import grp
 import pwd
 import re
@@ -72,9 +73,10 @@ def test_every_default(tmp_path):
     etc = tmp_path / "etc"
     assert config == Config(
         path=etc / "coschedd.toml", jobs_dir=tmp_path / "jobs", runtime_dir=tmp_path / ".run",
-        socket=tmp_path / ".run" / "coschedd.sock", socket_mode=0o660, allowed_users=(),
-        allowed_group=None, max_request_bytes=65536, log_format="auto", log_level="info",
-        step_warning=0.5, stop_timeout=10.0, worker_threads=16, watchdog=True,
+        socket=tmp_path / ".run" / "coschedd.sock", socket_mode=0o660, read_users=(),
+        read_group=None, control_users=(), control_group=None, max_request_bytes=65536,
+        max_connections=64, max_connections_per_user=8, idle_timeout=60.0, log_format="auto",
+        log_level="info", step_warning=0.5, stop_timeout=10.0, worker_threads=16, watchdog=True, strict_modes=True,
         job_defaults=JobPolicy(restart="on-failure", restart_delay=1.0, restart_delay_max=30.0,
                                start_limit_burst=5, start_limit_interval=60.0, autostart=True,
                                step_limit=10.0, enabled=True, config={}),
@@ -96,12 +98,18 @@ def test_every_key_is_read_from_the_file(tmp_path):
         step_warning = 0.25
         stop_timeout = 3.5
         watchdog = false
+        strict_modes = false
         [control]
         socket = "/run/x/ctl"
         mode = "0600"
-        allowed_users = [1234]
-        allowed_group = 4321
+        read_users = [1233]
+        read_group = 4320
+        control_users = [1234]
+        control_group = 4321
         max_request_bytes = 1024
+        max_connections = 100
+        max_connections_per_user = 3
+        idle_timeout = 2.5
         [log]
         format = "json"
         level = "error"
@@ -116,7 +124,12 @@ def test_every_key_is_read_from_the_file(tmp_path):
     assert (config.jobs_dir, config.runtime_dir, config.socket) == (
         Path("/srv/jobs"), Path("/run/x"), Path("/run/x/ctl"))
     assert (config.step_warning, config.stop_timeout, config.watchdog) == (0.25, 3.5, False)
-    assert (config.socket_mode, config.allowed_users, config.allowed_group) == (0o600, (1234,), 4321)
+    assert config.strict_modes is False
+    assert (config.socket_mode, config.read_users, config.read_group) == (0o600, (1233,), 4320)
+    assert (config.control_users, config.control_group) == ((1234,), 4321)
+    assert (config.max_connections, config.max_connections_per_user, config.idle_timeout) == (
+        100, 3, 2.5)
+    assert config.warnings == ()
     assert (config.max_request_bytes, config.log_format, config.log_level) == (1024, "json", "error")
     assert config.job_defaults == JobPolicy("no", 2.0, 8.0, 3, 9.0, False, 10.0, True, {})
 
@@ -337,13 +350,17 @@ def test_mode_granting_anything_to_other_is_rejected(tmp_path):
 def test_allowed_users_by_name_and_by_number(tmp_path):
     user = other_user()
     users = f'["root", "{user.pw_name}", 123456, "654321"]'
-    config = load(tmp_path, f"[control]\nallowed_users = {users}\n")
-    assert config.allowed_users == (0, user.pw_uid, 123456, 654321)
+    for key in ("read_users", "control_users", "allowed_users"):
+        config = load(tmp_path, f"[control]\n{key} = {users}\n")
+        assert getattr(config, key.replace("allowed", "control")) == \
+            (0, user.pw_uid, 123456, 654321)
 
 
 def test_allowed_users_are_deduplicated_in_order(tmp_path):
     config = load(tmp_path, '[control]\nallowed_users = [5000, "root", 0, "5000"]\n')
-    assert config.allowed_users == (5000, 0)
+    assert config.control_users == (5000, 0)
+    config = load(tmp_path, '[control]\nread_users = [5000, "root", 0, "5000"]\n')
+    assert config.read_users == (5000, 0)
 
 
 def test_unknown_user(tmp_path):
@@ -359,11 +376,13 @@ def test_allowed_users_of_the_wrong_type(tmp_path):
 
 def test_allowed_group_by_name_and_by_number(tmp_path):
     group = other_group()
-    by_name = load(tmp_path, f'[control]\nallowed_group = "{group.gr_name}"\n')
-    assert by_name.allowed_group == group.gr_gid
-    assert load(tmp_path, "[control]\nallowed_group = 4242\n").allowed_group == 4242
-    assert load(tmp_path, '[control]\nallowed_group = "4243"\n').allowed_group == 4243
-    assert load(tmp_path, '[control]\nallowed_group = ""\n').allowed_group is None
+    for key in ("read_group", "control_group", "allowed_group"):
+        field = key.replace("allowed", "control")
+        by_name = load(tmp_path, f'[control]\n{key} = "{group.gr_name}"\n')
+        assert getattr(by_name, field) == group.gr_gid
+        assert getattr(load(tmp_path, f"[control]\n{key} = 4242\n"), field) == 4242
+        assert getattr(load(tmp_path, f'[control]\n{key} = "4243"\n'), field) == 4243
+        assert getattr(load(tmp_path, f'[control]\n{key} = ""\n'), field) is None
 
 
 def test_unknown_group(tmp_path):
@@ -438,3 +457,106 @@ def test_job_config_must_be_a_table(tmp_path):
 def test_job_entries_must_be_tables(tmp_path):
     assert error(tmp_path, "[job]\nbackup = 1\n") == "job.backup: expected a table, got 1"
     assert error(tmp_path, "job = 1\n").startswith("job: expected")
+
+
+# --- the config file is trusted only when root or we alone can change it ---
+
+OTHER_UID = 4242
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another uid")
+def test_config_file_of_another_user_is_refused(tmp_path):
+    path = write(tmp_path, "")
+    os.chown(path, OTHER_UID, -1)
+    message = error_of_file(path)
+    assert message == (f"{path}: refusing the config file: unsafe file {path} (owner uid "
+                       f"{OTHER_UID}, mode 0644): owned by uid {OTHER_UID}, not by root "
+                       f"(chown root {path})")
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o666, 0o602])
+def test_group_or_other_writable_config_file_is_refused(tmp_path, mode):
+    path = write(tmp_path, "")
+    os.chmod(path, mode)
+    assert f"unsafe file {path} (owner uid {os.geteuid()}, mode {mode:04o}): writable by" in \
+        error_of_file(path)
+
+
+def test_config_file_in_a_writable_folder_is_refused(tmp_path):
+    path = write(tmp_path, "")
+    os.chmod(path.parent, 0o777)
+    assert f"unsafe folder {path.parent} " in error_of_file(path)
+
+
+def test_strict_modes_off_does_not_excuse_the_config_file_itself(tmp_path):
+    path = write(tmp_path, "[daemon]\nstrict_modes = false\n")
+    os.chmod(path, 0o666)  # anyone could have written that switch
+    assert "writable by its group and others" in error_of_file(path)
+
+
+def test_config_read_through_a_safe_symlink(tmp_path):
+    target = write(tmp_path, '[log]\nlevel = "error"\n', "real/coschedd.toml")
+    link = tmp_path / "coschedd.toml"
+    link.symlink_to(target)
+    assert load_config(link, environ={}).log_level == "error"
+
+
+def error_of_file(path: Path) -> str:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, environ={})
+    return str(excinfo.value)
+
+
+# --- access and limits ---
+
+def test_old_and_new_name_of_a_key_together_are_refused(tmp_path):
+    assert error(tmp_path, "[control]\nallowed_users = [1]\ncontrol_users = [2]\n") == \
+        "control.allowed_users is the old name of control.control_users; set only " \
+        "control.control_users"
+    assert error(tmp_path, '[control]\nallowed_group = 1\ncontrol_group = ""\n').startswith(
+        "control.allowed_group is the old name of control.control_group")
+
+
+def test_old_names_are_read_with_a_warning_for_the_log(tmp_path):
+    config = load(tmp_path, "[control]\nallowed_users = [7]\nallowed_group = 8\n")
+    assert (config.control_users, config.control_group) == ((7,), 8)
+    assert config.warnings == (
+        "control.allowed_users is an old name; it is read as control.control_users",
+        "control.allowed_group is an old name; it is read as control.control_group")
+
+
+def test_shipped_file_mentions_the_old_names():
+    text = REPO_CONFIG.read_text()
+    assert "# allowed_users: the old name of control_users" in text
+    assert "# allowed_group: the old name of control_group" in text
+
+
+def test_per_user_quota_must_stay_below_the_unreserved_connections(tmp_path):
+    assert error(tmp_path, "[control]\nmax_connections = 16\nmax_connections_per_user = 12\n") \
+        == ("control.max_connections_per_user: 12 must be below control.max_connections (16) "
+            "minus the 4 connections kept for root and the daemon's user")
+    assert load(tmp_path, "[control]\nmax_connections = 16\nmax_connections_per_user = 11\n") \
+        .max_connections_per_user == 11
+
+
+def test_connection_limits_ranges(tmp_path):
+    assert error(tmp_path, "[control]\nmax_connections = 7\n") == \
+        "control.max_connections: expected an integer from 8 to 65536, got 7"
+    assert error(tmp_path, "[control]\nmax_connections_per_user = 0\n") == \
+        "control.max_connections_per_user: expected an integer from 1 to 65536, got 0"
+    assert error(tmp_path, "[control]\nidle_timeout = 0\n") == \
+        "control.idle_timeout: expected a number > 0, got 0"
+
+
+def test_a_mode_that_keeps_out_the_one_configured_group(tmp_path):
+    for key in ("read_group", "control_group"):
+        message = error(tmp_path, f'[control]\nmode = "0600"\n{key} = 4242\n')
+        assert message.startswith('control.mode: "0600" keeps out the group'), message
+    # two different groups: the socket is world-connectable, its group bits do not matter
+    config = load(tmp_path, '[control]\nmode = "0600"\nread_group = 1\ncontrol_group = 2\n')
+    assert (config.read_group, config.control_group) == (1, 2)
+
+
+def test_strict_modes_must_be_a_boolean(tmp_path):
+    assert error(tmp_path, '[daemon]\nstrict_modes = "no"\n') == \
+        'daemon.strict_modes: expected true or false, got "no"'

@@ -8,15 +8,18 @@ import os
 import pwd
 import socket
 import stat
+import threading
+from collections import Counter
 from functools import partial
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from cosched import protocol
-from cosched.control import peer_allowed, peer_allowed_quick, serve, user_in_group
+from cosched.control import Access, Limits, peer_level, serve, user_in_group
 from cosched.protocol import ControlError
 
 WAIT = 10  # seconds; bound of every test's trio.run
@@ -76,8 +79,8 @@ class Backend:
         self.calls.append(("kill", task))
         return {"task": dict(self._task(task), state="killed")}
 
-    async def start(self, job):
-        self.calls.append(("start", job))
+    async def start(self, job, force=False):
+        self.calls.append(("start", job) if not force else ("start", job, "force"))
         if job == "nope":
             raise ControlError(protocol.NO_SUCH_JOB, "no job 'nope'")
         return {"task": dict(TASK, job=job, state="starting")}
@@ -97,7 +100,7 @@ class Backend:
 def run_server(tmp_path, body, backend=None, *, mode=0o660, **options):
     """Run ``serve`` on tmp_path/c.sock and ``await body(path)`` next to it, then stop."""
     path = tmp_path / "c.sock"
-    options = {"allowed_uids": set(), "allowed_gid": None, "max_line": MAX_LINE} | options
+    options = {"max_line": MAX_LINE} | options
 
     async def main():
         with trio.fail_after(WAIT):
@@ -383,7 +386,7 @@ def test_hundred_concurrent_clients_get_their_own_ids(tmp_path):
             for i in range(clients):
                 nursery.start_soon(client, path, i)
 
-    run_server(tmp_path, body, backend, max_clients=clients + 10)
+    run_server(tmp_path, body, backend, limits=Limits(max_connections=clients + 10))
     assert len(answers) == clients
     for i, response in answers.items():
         assert response["id"] == f"client-{i}"
@@ -403,7 +406,7 @@ def test_connection_over_max_clients_gets_busy(tmp_path):
             await send(first, request(2, "ping"))
             assert (await read_response(first))["ok"] is True
 
-    run_server(tmp_path, body, max_clients=2)
+    run_server(tmp_path, body, limits=Limits(max_connections=2, per_user=1, reserved=0))
 
 
 # -- the socket file --------------------------------------------------------------
@@ -447,8 +450,7 @@ def test_live_socket_file_raises(tmp_path):
 
         async def main():
             with trio.fail_after(WAIT):
-                await serve(path, 0o660, Backend(), allowed_uids=set(), allowed_gid=None,
-                            max_line=MAX_LINE)
+                await serve(path, 0o660, Backend(), max_line=MAX_LINE)
 
         with pytest.raises(OSError, match="another coschedd is listening on") as info:
             trio.run(main)
@@ -462,8 +464,7 @@ def test_file_that_is_not_a_socket_is_not_replaced(tmp_path):
 
     async def main():
         with trio.fail_after(WAIT):
-            await serve(path, 0o660, Backend(), allowed_uids=set(), allowed_gid=None,
-                        max_line=MAX_LINE)
+            await serve(path, 0o660, Backend(), max_line=MAX_LINE)
 
     with pytest.raises(FileExistsError, match="not a socket"):
         trio.run(main)
@@ -472,59 +473,66 @@ def test_file_that_is_not_a_socket_is_not_replaced(tmp_path):
 
 # -- credentials ------------------------------------------------------------------
 
-def allowed(uid, gid, *, allowed_uids=(), allowed_gid=None, own_uid=1000):
-    return peer_allowed(uid, gid, allowed_uids=set(allowed_uids), allowed_gid=allowed_gid,
-                        own_uid=own_uid)
+def level(uid, groups=(), *, read_uids=(), read_gid=None, control_uids=(), control_gid=None,
+          own_uid=1000):
+    return peer_level(uid, set(groups), Access(frozenset(read_uids), read_gid,
+                                               frozenset(control_uids), control_gid, own_uid))
 
 
-def test_peer_allowed_root_and_own_user():
-    assert allowed(0, 0)
-    assert allowed(1000, 1000, own_uid=1000)
+def test_root_and_own_user_always_have_control():
+    assert level(0) == "control"
+    assert level(1000, own_uid=1000) == "control"
+    assert level(0, read_uids={0}) == "control"  # listing root as a reader does not demote it
 
 
-def test_peer_allowed_listed_uid_only():
-    assert allowed(4242, 4242, allowed_uids={4242})
-    assert not allowed(4243, 4243, allowed_uids={4242})
+def test_listed_uid_only():
+    assert level(4242, control_uids={4242}) == "control"
+    assert level(4242, read_uids={4242}) == "read"
+    assert level(4243, read_uids={4242}, control_uids={4242}) is None
 
 
-def test_peer_allowed_by_process_gid():
-    assert allowed(4242, 777, allowed_gid=777)
-    assert not allowed(4242, 777, allowed_gid=None)
+def test_level_by_group():
+    assert level(4242, {777}, control_gid=777) == "control"
+    assert level(4242, {777}, read_gid=777) == "read"
+    assert level(4242, {5, 777}, read_gid=777, control_gid=778) == "read"
+    assert level(4242, {777}, read_gid=777, control_gid=777) == "control"
+    assert level(4242, {777}) is None
 
 
-def test_peer_allowed_by_primary_group_of_the_user():
+def test_control_implies_read():
+    assert level(4242, {1}, read_gid=2, control_uids={4242}) == "control"
+    assert level(4242, {2}, read_gid=2, control_gid=3) == "read"
+
+
+def test_access_decides_how_open_the_socket_is():
+    assert Access().socket_group() is None and not Access().world_connectable()
+    one = Access(read_gid=5)
+    assert one.socket_group() == 5 and not one.world_connectable()
+    same = Access(read_gid=5, control_gid=5)
+    assert same.socket_group() == 5 and not same.world_connectable()
+    two = Access(read_gid=5, control_gid=6)
+    assert two.socket_group() is None and two.world_connectable()
+    assert Access(read_uids=frozenset({4242})).world_connectable()
+    assert Access(control_uids=frozenset({4242}), control_gid=5).world_connectable()
+
+
+def test_user_in_group_by_primary_group_of_the_user():
     user = _nobody()
-    assert allowed(user.pw_uid, 54321, allowed_gid=user.pw_gid)
     assert user_in_group(user.pw_uid, user.pw_gid)
 
 
-def test_peer_allowed_by_supplementary_group_membership():
+def test_user_in_group_by_supplementary_group_membership():
     pair = _member_and_group()
     if pair is None:
         pytest.skip("no user with a supplementary group on this machine")
     uid, gid = pair
-    assert allowed(uid, 54321, allowed_gid=gid)
     assert user_in_group(uid, gid)
 
 
-def test_quick_decision_needs_no_lookup_except_for_group_membership():
-    def quick(uid, gid, **kw):
-        return peer_allowed_quick(uid, gid, allowed_uids=set(kw.get("allowed_uids", ())),
-                                  allowed_gid=kw.get("allowed_gid"), own_uid=1000)
-
-    assert quick(0, 0) is True
-    assert quick(1000, 5) is True
-    assert quick(4242, 5, allowed_uids={4242}) is True
-    assert quick(4242, 777, allowed_gid=777) is True
-    assert quick(4242, 5) is False             # no group configured: nothing to look up
-    assert quick(4242, 5, allowed_gid=777) is None   # only the group database can tell
-
-
-def test_peer_refused_when_not_in_the_group():
+def test_user_not_in_the_group():
     user = _nobody()
-    assert not allowed(user.pw_uid, user.pw_gid, allowed_gid=0)
     assert not user_in_group(user.pw_uid, 0)
-    assert not allowed(987654, 987654, allowed_gid=0)  # no such user
+    assert not user_in_group(987654, 0)  # no such user
 
 
 def _nobody():
@@ -578,14 +586,15 @@ def _exchange_in_child(sock_name, cwd, uid, out_fd):
 
 
 def foreign_peer(tmp_path):
-    """(uid, serve options) for a peer the server does not trust by default.
+    """(uid, gid, serve options, own uid) for a peer the server does not trust by default.
 
     As root, a child process switches to uid 65534 (root is always trusted); otherwise
     the child keeps our uid and the server is told its own uid is another one."""
     if os.getuid() == 0:
         tmp_path.chmod(0o711)  # the child only needs to reach c.sock from inside
-        return NOBODY, NOBODY, {"mode": 0o666, "_own_uid": 12345}
-    return os.getuid(), os.getgid(), {"_own_uid": os.getuid() + 1}
+        return NOBODY, NOBODY, {"mode": 0o666, "access": Access(own_uid=12345)}, 12345
+    own = os.getuid() + 1
+    return os.getuid(), os.getgid(), {"access": Access(own_uid=own)}, own
 
 
 async def ping_from(uid, tmp_path, path):
@@ -610,7 +619,7 @@ async def ping_from(uid, tmp_path, path):
 
 
 def test_foreign_peer_is_forbidden_for_real(tmp_path):
-    uid, _, options = foreign_peer(tmp_path)
+    uid, _, options, _ = foreign_peer(tmp_path)
     backend = Backend()
 
     async def body(path):
@@ -625,21 +634,158 @@ def test_foreign_peer_is_forbidden_for_real(tmp_path):
     assert [e for e in logs if e["event"] == "control peer refused" and e["uid"] == uid]
 
 
-def test_foreign_peer_admitted_by_allowed_uids(tmp_path):
-    uid, _, options = foreign_peer(tmp_path)
+def test_refused_peers_that_keep_coming_do_not_fill_the_log(tmp_path):
+    uid, _, options, _ = foreign_peer(tmp_path)
+
+    async def body(path):
+        for _ in range(3):
+            assert error_of(json.loads(await ping_from(uid, tmp_path, path))) == "forbidden"
+
+    with capture_logs() as logs:
+        run_server(tmp_path, body, **options)
+    refused = [e for e in logs if e["event"] == "control peer refused"]
+    assert len(refused) == 1 and refused[0]["times"] == 1, refused
+
+
+def test_foreign_peer_admitted_by_listed_uid(tmp_path):
+    uid, _, options, own = foreign_peer(tmp_path)
+    options["access"] = Access(read_uids=frozenset({uid}), own_uid=own)
 
     async def body(path):
         response = json.loads(await ping_from(uid, tmp_path, path))
         assert response["ok"] is True and response["result"]["pong"] is True, response
 
-    run_server(tmp_path, body, **options, allowed_uids={uid})
+    run_server(tmp_path, body, **options)
 
 
-def test_foreign_peer_admitted_by_allowed_gid(tmp_path):
-    uid, gid, options = foreign_peer(tmp_path)
+def test_foreign_peer_admitted_by_its_gid(tmp_path):
+    uid, gid, options, own = foreign_peer(tmp_path)
+    options["access"] = Access(control_gid=gid, own_uid=own)
 
     async def body(path):
         response = json.loads(await ping_from(uid, tmp_path, path))
         assert response["ok"] is True, response
 
-    run_server(tmp_path, body, **options, allowed_gid=gid)
+    run_server(tmp_path, body, **options)
+
+
+# -- fuzzing the backend arguments against the real supervisor --------------------
+
+FUZZ_JOBS = {
+    "asker": "from cosched import coro\n\nasync def main(task):\n"
+             "    while True:\n        await coro.yield_('more?')\n",
+    "sleeper": "import trio\n\nasync def main(task):\n    await trio.sleep(1000)\n",
+    "quick": "async def main(task):\n    return 1\n",
+    "off": "async def main(task):\n    return 2\n",
+    "broken": "async def main(task)\n",
+}
+
+
+class SupervisorThread:
+    """The real Supervisor behind the real ``serve``, in a thread with its own trio.run,
+    on a jobs folder of FUZZ_JOBS; requests are sent from the test's thread."""
+
+    def __init__(self, tmp_path):
+        from cosched.config import parse_config
+        (tmp_path / "jobs").mkdir()
+        for name, source in FUZZ_JOBS.items():
+            (tmp_path / "jobs" / f"{name}.py").write_text(source)
+        self.config = parse_config({"daemon": {"jobs_dir": "jobs", "stop_timeout": 2},
+                                    "jobs": {"restart": "no"},
+                                    "job": {"off": {"enabled": False}}}, tmp_path, environ={})
+        self.path = tmp_path / "c.sock"
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def _main(self):
+        from cosched.supervisor import Supervisor
+        self.token = trio.lowlevel.current_trio_token()
+        self.sup = sup = Supervisor(self.config)
+        with trio.CancelScope() as self.scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(serve, self.path, 0o600, sup, max_line=65536))
+                await nursery.start(sup.run)
+                self.ready.set()
+                await trio.sleep_forever()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.ready.wait(WAIT), "supervisor did not start"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(os.fspath(self.path))
+        self.buffer = b""
+        return self
+
+    def ask(self, line: bytes) -> dict:
+        """One request on the shared connection (a fresh one after a bad request)."""
+        self.sock.sendall(line)
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, "the server closed the connection without answering"
+            self.buffer += chunk
+        answer, self.buffer = self.buffer.split(b"\n", 1)
+        response = json.loads(answer)
+        if not response["ok"] and response["error"]["code"] == "bad-request":
+            self.sock.close()  # the server hangs up after a bad request
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(WAIT)
+            self.sock.connect(os.fspath(self.path))
+            self.buffer = b""
+        return response
+
+    def __exit__(self, *exc):
+        self.sock.close()
+        trio.from_thread.run(self.sup.stop, 5, trio_token=self.token)  # as SIGTERM does
+        self.token.run_sync_soon(self.scope.cancel)
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "supervisor thread did not stop"
+
+
+_TASK_REFS = (st.sampled_from(["asker", "sleeper", "quick", "off", "broken", "1", "2", "\u00b2",
+                               "9" * 30, "9" * 5000, "-1", " 1", "１", "\udcff", ""])
+              | st.integers(min_value=-2**70, max_value=2**70) | st.text(max_size=8))
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-10**50, 10**50)
+                       | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+                       lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+_BACKEND_ARGS = {
+    "task": _TASK_REFS | _VALUES,
+    "job": st.sampled_from(sorted(FUZZ_JOBS) + ["nope", "../quick", "\udcff"]) | _VALUES,
+    "state": st.sampled_from(["failed", "suspended", "sleepy"]) | _VALUES,
+    "values": st.lists(_VALUES, max_size=3) | _VALUES,
+    "timeout": st.sampled_from([0, 0.01, 10**400, -1, 86400.0]) | _VALUES,
+    "force": st.booleans() | _VALUES,
+}
+
+
+@st.composite
+def backend_requests(draw):
+    cmd = draw(st.sampled_from(sorted(protocol.COMMANDS)))
+    names = draw(st.lists(st.sampled_from(sorted(_BACKEND_ARGS)), max_size=3, unique=True))
+    args = {name: draw(_BACKEND_ARGS[name]) for name in set(names) | set(
+        name for name, arg in protocol.COMMANDS[cmd].args.items() if arg.required)}
+    if cmd == "resume" and isinstance(args.get("timeout"), (int, float)):
+        args["timeout"] = min(args["timeout"], 0.05)  # a resume of a task that does not
+    return json.dumps({"id": 1, "cmd": cmd, "args": args}).encode() + b"\n"  # yield again
+
+
+def test_no_request_makes_the_real_supervisor_answer_internal(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+
+    with SupervisorThread(tmp_path) as server:
+        seen = Counter()
+
+        @settings(max_examples=300, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(backend_requests())
+        def fuzz(line):
+            response = server.ask(line)
+            code = "ok" if response["ok"] else response["error"]["code"]
+            seen[code] += 1
+            assert code != protocol.INTERNAL, (line, response)
+            assert code == "ok" or code in protocol.ERROR_CODES, response
+
+        fuzz()
+        assert server.ask(b'{"id": 2, "cmd": "ping"}\n')["ok"] is True
+    assert seen["ok"] and seen["bad-request"] and seen["no-such-task"], seen

@@ -70,8 +70,8 @@ class Backend:
         self.calls.append(("kill", task))
         return {"task": dict(self._task(task), state="killed")}
 
-    async def start(self, job):
-        self.calls.append(("start", job))
+    async def start(self, job, force=False):
+        self.calls.append(("start", job) if not force else ("start", job, "force"))
         return {"task": dict(TASK, id=8, job=job, state="starting")}
 
     async def reload(self):
@@ -106,7 +106,6 @@ class ServerThread:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(partial(serve, self.path, 0o660, self.backend,
-                                                allowed_uids=set(), allowed_gid=None,
                                                 max_line=65536))
                     self.ready.set()
         except BaseException as exc:
@@ -308,3 +307,165 @@ def test_default_socket_falls_back_to_xdg_runtime_dir_without_config(monkeypatch
     monkeypatch.setitem(sys.modules, "cosched.config", None)  # the import fails
     assert ctl.default_socket_path({"XDG_RUNTIME_DIR": "/run/user/5"}) == \
         "/run/user/5/cosched/coschedd.sock"
+
+
+# -- what the daemon says is escaped; --json stays exact --------------------------
+
+class Impostor:
+    """Whatever listens on the socket path: answers every connection's first request
+    with ``answer`` (raw bytes), as an impostor or a broken daemon might."""
+
+    def __init__(self, path, answer):
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.answer = answer
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\n" not in data and (chunk := conn.recv(4096)):
+                    data += chunk
+                conn.sendall(self.answer)
+
+    def close(self):
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(WAIT)
+
+
+def ok_line(result):
+    return json.dumps({"id": 1, "ok": True, "result": result}).encode() + b"\n"
+
+
+EVIL = "x\x1b]0;pwned\x07\x1b[2J\nFAKE\x9b31m\u202e" + os.fsdecode(b"\xff")
+UNSAFE_BYTES = (b"\x1b", b"\x07", b"\xc2\x9b", b"\xe2\x80\xae", b"\xff")
+
+
+def raw_ctl(*args, env=None):
+    environ = {k: v for k, v in os.environ.items() if k != "COSCHED_SOCKET"}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")]))
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cosched.ctl", *map(str, args)], cwd=REPO,
+                          env=environ, capture_output=True, timeout=WAIT)
+
+
+@pytest.mark.parametrize("cmd, result", [
+    ("status", {"daemon": {"version": EVIL, "jobs_dir": EVIL}, "tasks": [
+        {"id": EVIL, "name": EVIL, "state": EVIL, "waiting_on": EVIL, "busy": EVIL}],
+        "job_errors": [{"job": EVIL, "path": EVIL, "error": EVIL}]}),
+    ("show", {"name": EVIL, "error": EVIL, "yielded": [EVIL], "config": {EVIL: EVIL},
+              EVIL: EVIL, "stack": [{"file": EVIL, "line": EVIL, "function": EVIL}],
+              "traceback": EVIL, "started_at": 1e300}),
+    ("jobs", {"jobs": [{"name": EVIL, "state": EVIL, "tasks": [EVIL], "path": EVIL,
+                        "error": EVIL}]}),
+    ("resume", {"outcome": "failed", "error": EVIL}),
+    ("resume", {"outcome": EVIL, "values": [EVIL]}),
+    ("reload", {"loaded": [EVIL], "removed": [EVIL], "errors": [{"job": EVIL}]}),
+    ("kill", {"task": {"id": EVIL, "name": EVIL, "job": EVIL, "state": EVIL}}),
+    ("ping", {"pid": EVIL}),
+])
+def test_every_human_output_escapes_control_characters(tmp_path, cmd, result):
+    impostor = Impostor(tmp_path / "c.sock", ok_line(result))
+    try:
+        args = {"show": ["show", "t"], "resume": ["resume", "t"], "kill": ["kill", "t"]}.get(
+            cmd, [cmd])
+        proc = raw_ctl("--socket", tmp_path / "c.sock", *args)
+        exact = raw_ctl("--socket", tmp_path / "c.sock", "--json", *args)
+    finally:
+        impostor.close()
+    assert proc.returncode == 0, proc.stderr
+    for raw in UNSAFE_BYTES:
+        assert raw not in proc.stdout, (raw, proc.stdout)
+    assert not any(line.startswith(b"FAKE") for line in proc.stdout.splitlines()), proc.stdout
+    assert b"x\\x1b]0;pwned\\x07\\x1b[2J\\nFAKE\\x9b31m\\u202e\\xff" in proc.stdout or \
+        b"\\u001b]0;pwned\\u0007\\u001b[2J\\nFAKE\\u009b31m\\u202e\\udcff" in proc.stdout
+    assert exact.returncode == 0, exact.stderr
+    for raw in UNSAFE_BYTES:
+        assert raw not in exact.stdout
+    assert json.loads(exact.stdout) == result  # the very same value
+
+
+def test_json_output_survives_an_ascii_only_terminal(tmp_path):
+    result = {"jobs": [{"name": EVIL + "é", "state": "loaded", "tasks": [], "path": "p"}]}
+    impostor = Impostor(tmp_path / "c.sock", ok_line(result))
+    try:
+        env = {"PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+        exact = raw_ctl("--socket", tmp_path / "c.sock", "--json", "jobs", env=env)
+        human = raw_ctl("--socket", tmp_path / "c.sock", "jobs", env=env)
+    finally:
+        impostor.close()
+    assert exact.returncode == 0, exact.stderr
+    exact.stdout.decode("ascii")
+    assert json.loads(exact.stdout) == result
+    assert human.returncode == 0, human.stderr
+    assert b"\\xe9" in human.stdout  # é, which ASCII cannot show
+
+
+def test_error_message_from_the_daemon_is_escaped(tmp_path):
+    answer = json.dumps({"id": 1, "ok": False, "error": {"code": "no\x1b-such", "message": EVIL}})
+    impostor = Impostor(tmp_path / "c.sock", answer.encode() + b"\n")
+    try:
+        proc = raw_ctl("--socket", tmp_path / "c.sock", "show", "t")
+    finally:
+        impostor.close()
+    assert proc.returncode == ctl.EXIT_REFUSED
+    assert proc.stderr.startswith(b"coschedctl: no\\x1b-such: x\\x1b]0;pwned")
+    for raw in UNSAFE_BYTES:
+        assert raw not in proc.stderr
+
+
+def test_an_answer_of_the_wrong_shape_is_reported_not_a_traceback(tmp_path):
+    impostor = Impostor(tmp_path / "c.sock", ok_line(["not", "an", "object"]))
+    try:
+        proc = raw_ctl("--socket", tmp_path / "c.sock", "status")
+    finally:
+        impostor.close()
+    assert proc.returncode == ctl.EXIT_UNREACHABLE
+    assert proc.stderr.decode() == ("coschedctl: the daemon's answer has an unexpected shape "
+                                    "(AttributeError); --json prints it as it came\n")
+
+
+# -- arguments ------------------------------------------------------------------------
+
+def test_start_force_is_sent_only_when_asked(daemon):
+    assert at(daemon, "start", "mailer").returncode == ctl.EXIT_OK
+    assert at(daemon, "start", "--force", "mailer").returncode == ctl.EXIT_OK
+    assert daemon.backend.calls == [("start", "mailer"), ("start", "mailer", "force")]
+
+
+def test_only_ascii_digits_within_the_id_range_make_an_id():
+    assert ctl.task_arg("42") == 42 and ctl.task_arg(str(2**63 - 1)) == 2**63 - 1
+    for name in ("\u00b2", "１２", str(2**63), "9" * 5000, "-1", "1.0"):
+        assert ctl.task_arg(name) == name
+
+
+def test_timeout_above_a_day_is_a_usage_error(daemon):
+    proc = at(daemon, "--timeout", "1e9", "ping")
+    assert proc.returncode == ctl.EXIT_USAGE
+    assert "not a positive number of seconds up to 86400: '1e9'" in proc.stderr
+
+
+def test_coschedctl_imports_neither_trio_nor_the_coroutine_core():
+    code = ("import cosched.ctl, sys; cosched.ctl.build_parser(); "
+            "cosched.ctl.default_socket_path(); "
+            "assert 'trio' not in sys.modules and 'cosched.coro' not in sys.modules, "
+            "sorted(m for m in sys.modules if 'trio' in m or 'coro' in m)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=WAIT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_package_still_offers_coro_on_first_use():
+    proc = subprocess.run([sys.executable, "-c", "import cosched, sys; "
+                           "assert cosched.CoroutineError is cosched.coro.CoroutineError; "
+                           "assert 'trio' in sys.modules"], cwd=REPO, capture_output=True,
+                          text=True, timeout=WAIT)
+    assert proc.returncode == 0, proc.stderr

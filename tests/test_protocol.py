@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cosched import protocol
 from cosched.protocol import ControlError
@@ -81,7 +83,8 @@ def test_defaults_are_not_shared_between_requests():
 
 def test_request_round_trip_through_encode():
     line = protocol.encode(protocol.make_request(9, "start", {"job": "ticker"}))
-    assert protocol.decode_request(line) == protocol.Request(9, "start", {"job": "ticker"})
+    assert protocol.decode_request(line) == protocol.Request(9, "start", {"job": "ticker",
+                                                                         "force": False})
 
 
 def test_not_json_is_bad_request_without_id():
@@ -188,3 +191,87 @@ def test_decode_response_returns_result_or_raises():
         ("no-such-task", "none", 3)
     with pytest.raises(ValueError):
         protocol.decode_response(b'{"id": 3}\n')
+
+
+# -- access levels ----------------------------------------------------------------
+
+def test_every_command_has_a_level_and_only_reads_are_read():
+    levels = {name: cmd.level for name, cmd in protocol.COMMANDS.items()}
+    assert {name for name, level in levels.items() if level == protocol.READ} == \
+        {"ping", "status", "show", "jobs"}
+    assert set(levels.values()) <= set(protocol.LEVELS)
+    assert protocol.Command({}, "a command added later").level == protocol.CONTROL
+
+
+def test_show_keeps_the_config_table_from_read_only_peers():
+    assert protocol.COMMANDS["show"].private == ("config",)
+    assert all(not cmd.private for name, cmd in protocol.COMMANDS.items() if name != "show")
+
+
+# -- numbers and task references --------------------------------------------------
+
+@pytest.mark.parametrize("timeout", [b"1" + b"0" * 400, b"-1", b"86400.5", b"1e308", b"-0.5"])
+def test_timeout_is_range_checked_before_any_arithmetic(timeout):
+    error = rejected(b'{"id": 1, "cmd": "resume", "args": {"task": 1, "timeout": '
+                     + timeout + b"}}")
+    assert error.code == "bad-request"
+    assert "'timeout' of 'resume' must be a number from 0 to 86400" in error.message
+
+
+def test_timeout_bounds_are_accepted():
+    for timeout in (b"0", b"-0.0", b"86400", b"0.001"):
+        request = protocol.decode_request(
+            b'{"id": 1, "cmd": "resume", "args": {"task": 1, "timeout": ' + timeout + b"}}")
+        assert request.args["timeout"] == float(timeout)
+
+
+@pytest.mark.parametrize("task", [b"-1", str(2**63).encode(), b"1" + b"0" * 400])
+def test_task_ids_out_of_range_are_bad_requests(task):
+    for cmd in (b"show", b"kill", b"status"):
+        error = rejected(b'{"id": 1, "cmd": "' + cmd + b'", "args": {"task": ' + task + b"}}")
+        assert error.code == "bad-request" and "an id from 0 to 9223372036854775807" in \
+            error.message
+
+
+def test_start_force_must_be_a_boolean():
+    assert protocol.decode_request(
+        b'{"id": 1, "cmd": "start", "args": {"job": "j", "force": true}}').args["force"] is True
+    assert rejected(b'{"id": 1, "cmd": "start", "args": {"job": "j", "force": 1}}').code == \
+        "bad-request"
+
+
+# -- fuzzing the decoder ----------------------------------------------------------
+
+_ARG_NAMES = sorted({name for cmd in protocol.COMMANDS.values() for name in cmd.args})
+_ODD_STRINGS = st.sampled_from(["\u00b2", "9" * 400, "１２", "\udcff", "\x00", "-1", " 1", "1.0",
+                                "\x1b[2J", ""]) | st.text(max_size=12)
+_NUMBERS = (st.integers(min_value=-10**600, max_value=10**600)
+            | st.floats(allow_nan=False, allow_infinity=False))
+_SCALARS = st.none() | st.booleans() | _NUMBERS | _ODD_STRINGS
+JSON_VALUES = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(_ODD_STRINGS, inner, max_size=4), max_leaves=12)
+REQUESTS = st.fixed_dictionaries(
+    {"id": st.integers(-5, 5) | _ODD_STRINGS,
+     "cmd": st.sampled_from(sorted(protocol.COMMANDS)) | _ODD_STRINGS},
+    optional={"args": st.dictionaries(st.sampled_from(_ARG_NAMES) | _ODD_STRINGS, JSON_VALUES,
+                                      max_size=4) | JSON_VALUES,
+              "extra": JSON_VALUES})
+
+
+def request_line(request: dict) -> bytes:
+    return json.dumps(request).encode() + b"\n"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(REQUESTS.map(request_line), JSON_VALUES.map(request_line),
+                 st.binary(max_size=120)))
+def test_no_line_makes_the_decoder_fail_other_than_with_a_clear_error(line):
+    try:
+        request = protocol.decode_request(line)
+    except ControlError as error:
+        assert error.code in protocol.ERROR_CODES - {protocol.INTERNAL}, error
+        assert error.message
+        return
+    spec = protocol.COMMANDS[request.cmd]
+    assert set(request.args) == set(spec.args)

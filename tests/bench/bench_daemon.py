@@ -1,9 +1,12 @@
-"""Benchmark of a real coschedd: idle cost, status with many tasks, the downloader.
+"""Benchmark of a real coschedd: idle, status, downloader, wake-up cost, many children.
 
 How to run it (it is not collected by pytest), with the project's virtualenv::
 
-    python tests/bench/bench_daemon.py            # 10 s idle windows
-    python tests/bench/bench_daemon.py --quick    # 3 s idle windows
+    python tests/bench/bench_daemon.py                # every part, full windows
+    python tests/bench/bench_daemon.py --quick        # shorter windows, fewer rounds
+    python tests/bench/bench_daemon.py --only wakeup,children   # some parts only
+
+Parts: idle, status, downloader, wakeup, children (all by default).
 
 Every daemon is a real ``coschedd`` process on a temporary folder (its config,
 jobs folder and runtime folder live there; JSON logs at level warning go to a
@@ -36,6 +39,32 @@ What it measures and how to read it:
    wall and CPU are each the best of 3 rounds (1 with --quick).
    Concurrent wall should be close to the longest delay, blocking to the sum;
    concurrent CPU / blocking CPU should be about 1, busy-polling / blocking large.
+4. wakeup: 1,000 tasks each run ``while True: await trio.sleep(0.001)`` and add
+   one to a shared counter per wake-up (a list item: cheap, and the same in
+   both programs). Three subjects run the same code: a plain trio program
+   (``trio.run`` in a subprocess, no cosched), a coschedd whose job spawns the
+   1,000 as its children (the root measures), and a coschedd with ``[jobs]
+   step_limit = 0`` (the step guard's instrument and watchdog stay installed;
+   only the limit is off). Each round starts a fresh process of each, one after
+   another, the order rotating from round to round. After a warm-up (1 s; 0.5 s
+   with --quick) the measuring code, running inside that process (in the
+   daemon: the job's root, started by ``coschedctl resume``; nothing else talks
+   to the daemon meanwhile), reads the counter and ``time.process_time`` (the
+   whole process: every thread, user + system) at both ends of a window (5 s;
+   1.5 s with --quick). ``us/wake`` is CPU microseconds per wake-up. The loop
+   cannot keep up with 1,000 wake-ups per ms, so it is CPU-bound: ``cpu/wall``
+   well below 1 means the process waited for a CPU (other load on the machine).
+   Best and median of 3 rounds; the ratios divide the daemon's figure by plain
+   trio's (target: at most 1.15x, judged on the best rounds: other load only
+   adds CPU time, and on a busy machine the medians scatter by 10% and more).
+5. children: a job spawns 100,000 children that just return, in batches of 100
+   started together and joined (``task.spawn(child)`` then ``await
+   kid.join()``). At 0, 10k, 25k, 50k, 75k and 100k children the root yields to
+   the daemon, so it is suspended and nothing runs; the bench then reads the
+   daemon's RSS (psutil) and resumes it (``coschedctl resume`` answers at the
+   next mark). ``growth 10k->100k`` should be near 0: ended tasks are kept up to
+   1,000 in the registry and ended children are pruned from their parent
+   (``status`` lists at most 1,001 tasks at the end; the root has no children).
 """
 
 from __future__ import annotations
@@ -51,6 +80,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,8 +141,8 @@ def ctl(sock: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
 
 
 @contextlib.contextmanager
-def daemon(jobs: dict[str, str]):
-    """A coschedd on a temporary folder with these job files.
+def daemon(jobs: dict[str, str], config: str = ""):
+    """A coschedd on a temporary folder with these job files (``config``: more TOML).
 
     Yields (psutil.Process, socket path, launch time); stops it however the block ends."""
     with tempfile.TemporaryDirectory(prefix="cosched-bench-") as tmp:
@@ -122,7 +152,7 @@ def daemon(jobs: dict[str, str]):
             (tmp / "jobs" / f"{name}.py").write_text(code)
         (tmp / "coschedd.toml").write_text(
             f'[daemon]\njobs_dir = "{tmp / "jobs"}"\nruntime_dir = "{tmp / "run"}"\n'
-            '[log]\nformat = "json"\nlevel = "warning"\n')
+            '[log]\nformat = "json"\nlevel = "warning"\n' + config)
         sock = tmp / "run" / "coschedd.sock"
         env = {k: v for k, v in os.environ.items()
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "COSCHED_CONFIG")}
@@ -320,17 +350,206 @@ def bench_downloader(rounds: int) -> None:
         f"busy-polling/blocking {runs['busy-polling'][1] / blocking_cpu:.1f}")
 
 
+# --- [4] wake-up cost --------------------------------------------------------------
+
+SLEEPERS = """
+import time
+import trio
+
+async def sleeper(task, counter):
+    while True:
+        await trio.sleep(0.001)
+        counter[0] += 1
+
+async def measure(counter, warmup, window):
+    await trio.sleep(warmup)
+    n0, c0, t0 = counter[0], time.process_time(), time.perf_counter()
+    await trio.sleep(window)
+    n1, c1, t1 = counter[0], time.process_time(), time.perf_counter()
+    return {{"wakeups": n1 - n0, "cpu": c1 - c0, "wall": t1 - t0}}
+"""
+WAKEUP_JOB = SLEEPERS + """
+from cosched import coro
+
+async def main(task):
+    counter = [0]
+    for _ in range({tasks}):
+        task.spawn(sleeper, counter)
+    await coro.yield_("ready")   # the bench's resume starts the measurement
+    return await measure(counter, {warmup}, {window})
+"""
+WAKEUP_PLAIN = SLEEPERS + """
+import json
+
+async def main():
+    counter = [0]
+    async with trio.open_nursery() as nursery:
+        for _ in range({tasks}):
+            nursery.start_soon(sleeper, None, counter)
+        print(json.dumps(await measure(counter, {warmup}, {window})))
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+SLEEPING_TASKS = 1000
+
+
+def wakeup_plain(warmup: float, window: float) -> dict:
+    code = WAKEUP_PLAIN.format(tasks=SLEEPING_TASKS, warmup=warmup, window=window)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120 + warmup + window)
+    if done.returncode:
+        raise DaemonError(f"the plain trio program failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def wait_suspended(sock: Path, task: str, limit: float = 300.0) -> dict:
+    """Poll ``show`` until the task is suspended at the daemon; its show answer."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        _, done = ctl(sock, "--json", "show", task)
+        if done.returncode == 0 and (shown := json.loads(done.stdout))["state"] == "suspended":
+            return shown
+        time.sleep(0.25)
+    raise DaemonError(f"task {task} did not suspend within {limit:.0f} s")
+
+
+def resume(sock: Path, task: str) -> dict:
+    """Resume a suspended task; the answer comes when it suspends again or ends."""
+    _, done = ctl(sock, "--json", "resume", task)
+    if done.returncode:
+        raise DaemonError(f"resume {task} failed: {done.stderr.strip()[:300]}")
+    answer = json.loads(done.stdout)
+    if answer["outcome"] == "running":  # still working after the resume's own timeout
+        answer = {"outcome": "yielded", "values": wait_suspended(sock, task)["yielded"]}
+    return answer
+
+
+def wakeup_daemon(warmup: float, window: float, config: str = "") -> dict:
+    job = WAKEUP_JOB.format(tasks=SLEEPING_TASKS, warmup=warmup, window=window)
+    with daemon({"wakeup": job}, config) as (proc, sock, launched):
+        wait_suspended(sock, "wakeup")
+        answer = resume(sock, "wakeup")
+        if answer["outcome"] != "finished":
+            raise DaemonError(f"the wakeup job did not finish: {answer}")
+        return answer["values"][0]
+
+
+def per_wakeup(m: dict) -> float:
+    return m["cpu"] / m["wakeups"] * 1e6
+
+
+def bench_wakeup(warmup: float, window: float, rounds: int = 3) -> None:
+    print(f"\n[4] wake-up cost: {SLEEPING_TASKS:,} tasks in trio.sleep(0.001) loops, "
+          f"{window:g} s windows after {warmup:g} s warm-up, {rounds} rounds")
+    subjects = {"plain trio": partial(wakeup_plain, warmup, window),
+                "coschedd": partial(wakeup_daemon, warmup, window),
+                "coschedd step_limit=0": partial(wakeup_daemon, warmup, window,
+                                                 "[jobs]\nstep_limit = 0\n")}
+    runs: dict[str, list[dict]] = {name: [] for name in subjects}
+    names = list(subjects)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each first once
+            m = subjects[name]()
+            runs[name].append(m)
+            print(f"  round {r + 1} {name}: {per_wakeup(m):.2f} us/wake, "
+                  f"{m['wakeups']:,} wake-ups, cpu {m['cpu']:.2f} s / wall {m['wall']:.2f} s")
+    figures = {}
+    for name, ms in runs.items():
+        costs = sorted(per_wakeup(m) for m in ms)
+        figures[name] = (costs[0], statistics.median(costs))
+        rate = statistics.median(m["wakeups"] / m["wall"] for m in ms)
+        cpu = statistics.median(m["cpu"] / m["wall"] for m in ms)
+        row(f"4 {name}", f"best {costs[0]:.2f} us/wake, median {figures[name][1]:.2f}",
+            f"({rate:,.0f} wake-ups/s, cpu/wall {cpu:.2f})")
+    starved = sum(m["cpu"] / m["wall"] < 0.9 for ms in runs.values() for m in ms)
+    if starved:
+        row("4 load", f"{starved} of {rounds * len(runs)} rounds got < 90% of a CPU",
+            "other load on the machine: CPU per wake-up inflates; rerun when it is quiet")
+    plain = figures["plain trio"]
+    for name in ("coschedd", "coschedd step_limit=0"):
+        best, median = (figures[name][i] / plain[i] for i in (0, 1))
+        row(f"4 {name} / plain", f"best {best:.3f}x, median {median:.3f}x",
+            f"target <= 1.15x: {'ok' if best <= 1.15 else 'OVER'} (best)")
+
+
+# --- [5] 100,000 short-lived children ----------------------------------------------
+
+MARKS = (0, 10_000, 25_000, 50_000, 75_000, 100_000)
+CHILDREN_JOB = """
+from cosched import coro
+
+async def child(task):
+    return None
+
+async def main(task):
+    done = 0
+    for mark in {marks}:
+        while done < mark:
+            batch = [task.spawn(child) for _ in range(min({batch}, mark - done))]
+            for kid in batch:
+                await kid.join()
+            done += len(batch)
+        await coro.yield_(done)   # suspended: the bench reads the RSS, then resumes
+    return done
+"""
+
+
+def bench_children(batch: int = 100) -> None:
+    print(f"\n[5] {MARKS[-1]:,} short-lived children, spawned {batch} at a time and joined")
+    job = CHILDREN_JOB.format(marks=MARKS, batch=batch)
+    with daemon({"children": job}) as (proc, sock, launched):
+        wait_suspended(sock, "children")
+        rss = {0: proc.memory_info().rss}
+        for prev, mark in zip(MARKS, MARKS[1:]):
+            t0 = time.perf_counter()
+            answer = resume(sock, "children")
+            took = time.perf_counter() - t0
+            rss[mark] = proc.memory_info().rss
+            if answer["values"] != [mark]:
+                raise DaemonError(f"the children job should have yielded {mark}: {answer}")
+            row(f"5 rss at {mark // 1000}k", f"{rss[mark] / 2**20:.1f} MiB",
+                f"({(mark - prev) / took:,.0f} children/s, the resume call included)")
+        row("5 growth 10k->100k", f"{(rss[100_000] - rss[10_000]) / 2**20:+.2f} MiB",
+            f"(rss at 0: {rss[0] / 2**20:.1f} MiB)")
+        status = json.loads(ctl(sock, "--json", "status")[1].stdout)
+        root = json.loads(ctl(sock, "--json", "show", "children")[1].stdout)
+        row("5 registry", f"{len(status['tasks'])} tasks listed",
+            f"({status['daemon']['num_tasks']} alive; "
+            f"the root has {len(root['children'])} children)")
+
+
+PARTS = ("idle", "status", "downloader", "wakeup", "children")
+
+
+def parts_arg(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PARTS]
+    if unknown or not names:
+        what = f"unknown part {', '.join(map(repr, unknown))}" if unknown else "no part given"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(PARTS)}")
+    return names
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 s idle windows instead of 10 s")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 s idle windows instead of 10 s, 1.5 s wake-up windows instead "
+                             "of 5 s, 1 downloader round instead of 3")
+    parser.add_argument("--only", type=parts_arg, default=list(PARTS), metavar="PART,...",
+                        help=f"run only these parts ({', '.join(PARTS)})")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited: 500 socketpairs need fds
     print(f"Python {platform.python_version()}, trio {trio.__version__}, psutil {psutil.__version__}")
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, fd limit {hard}")
     status = 0
-    for bench in (partial(bench_idle, 3.0 if args.quick else 10.0), bench_status,
-                  partial(bench_downloader, 1 if args.quick else 3)):
+    benches = {"idle": partial(bench_idle, 3.0 if args.quick else 10.0),
+               "status": bench_status,
+               "downloader": partial(bench_downloader, 1 if args.quick else 3),
+               "wakeup": partial(bench_wakeup, *((0.5, 1.5) if args.quick else (1.0, 5.0))),
+               "children": bench_children}
+    for bench in (benches[name] for name in PARTS if name in args.only):
         try:
             bench()
         except (DaemonError, psutil.Error) as e:
