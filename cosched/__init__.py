@@ -6,12 +6,16 @@ imports this package and must start fast without the coroutine core.
 
 import importlib
 
-__all__ = ["coro", "CoroutineError"]
+__all__ = ["coro", "CoroutineError", "StepTimeout", "TaskInterrupted"]
 __version__ = "0.1.0"
+
+_LAZY = {"coro": ("coro", None), "CoroutineError": ("coro", "CoroutineError"),
+         "StepTimeout": ("guard", "StepTimeout"), "TaskInterrupted": ("guard", "TaskInterrupted")}
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        coro = importlib.import_module(f"{__name__}.coro")  # also sets the attribute "coro"
-        return coro if name == "coro" else coro.CoroutineError
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(f"{__name__}.{module}")
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
