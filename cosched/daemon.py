@@ -128,6 +128,7 @@ async def handle_signals(signals, sup: Supervisor, notifier: Notifier, config) -
             notifier.reloading()
             report = sup.rescan()
             log.info("reloaded", **report)
+            sup.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"])
             notifier.ready(status=_status_line(sup))
             continue
         notifier.stopping()

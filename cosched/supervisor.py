@@ -48,6 +48,7 @@ import trio
 from . import __version__, coro, reports
 from ._coro import last_transfer_to_main, switches_of
 from .config import Config
+from .events import Events
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
 from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
@@ -79,6 +80,7 @@ class Supervisor:
                                on_stuck=on_stuck)
         self.threads = trio.CapacityLimiter(config.worker_threads)
         self.log_sink = log_sink
+        self.events = Events()
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
 
@@ -149,10 +151,12 @@ class Supervisor:
         self.job_table[name] = {"path": path, "job": job, "error": error, "signature": sig}
         if job is None:
             log.error("job failed to load", job=name, path=str(path), reason=error)
+            self.events.job("job-refused", name, path=str(path), error=error)
             if report is not None:
                 report["errors"].append({"job": name, "path": str(path), "error": error})
             return
         log.info("job loaded", job=name, path=str(path), reloaded=entry is not None)
+        self.events.job("job-loaded", name, path=str(path), reloaded=entry is not None)
         if report is not None:
             report["loaded"].append(name)
         old = self.reg.roots_of(name)
@@ -185,6 +189,7 @@ class Supervisor:
             self._request_kill(t)
         del self.job_table[name]
         log.info("job removed", job=name)
+        self.events.job("job-removed", name)
 
     # ---------------------------------------------------------------- tasks
 
@@ -218,19 +223,25 @@ class Supervisor:
                 t.starts.append(time.monotonic())
                 await self._run_once(t)
                 delay = self._restart_delay(t)
-                if delay is None or t.abandoned:
+                if t.abandoned:
+                    break
+                self._life_ended(t)
+                if delay is None:
                     break
                 t.state = "restarting"
                 log.info("restarting task", task=t.name, id=t.id, delay=delay, after=t.error)
+                self.events.task("restarting", t, delay=delay)
                 with trio.CancelScope() as t.scope:
                     await trio.sleep(delay)
                 if t.kill_requested or t.scope.cancelled_caught:
                     t.state = "killed"
+                    self._life_ended(t)
                     break
                 t.restarts += 1
         except Exception:  # noqa: BLE001 - a bug of ours ends this task, not the daemon
             log.exception("supervising the task failed", task=t.name, id=t.id)
             t.state, t.error = "failed", t.error or "internal error in coschedd (see its log)"
+            self._life_ended(t)
         finally:
             self._finished(t)
 
@@ -245,6 +256,12 @@ class Supervisor:
             log.info("abandoned task has ended at last", task=t.name, id=t.id)
             return
         self._retire(t)
+
+    def _life_ended(self, t: Task) -> None:
+        if t.state == "finished":
+            self.events.task("finished", t, result=t.result)
+        else:
+            self.events.task(t.state, t, error=t.error)
 
     def _retire(self, t: Task) -> None:
         """t has ended for good: wake whoever waits for it, forget old tasks, end its children."""
@@ -262,6 +279,7 @@ class Supervisor:
         t.state = "killed"
         t.error = f"cleanup did not finish within {timeout:g} s"
         log.error("task abandoned", task=t.name, id=t.id, error=t.error)
+        self._life_ended(t)
         self._retire(t)
 
     def _restart_delay(self, t: Task) -> float | None:
@@ -284,6 +302,7 @@ class Supervisor:
         t.root = coro.create(t.fn)
         t.error = t.traceback = t.result = None
         t.state = "running"
+        self.events.task("started", t, restarts=t.restarts)
         with trio.CancelScope() as t.scope:
             try:
                 await self._drive(t)
@@ -342,6 +361,7 @@ class Supervisor:
         t.state = "suspended"
         t.signal_stop()
         log.info("task suspended", task=t.name, id=t.id, values=_short(values))
+        self.events.task("suspended", t, values=list(values))
         with trio.CancelScope(shield=True):   # a kill arrives through `wake`, so cleanup can run
             await t.wake.wait()
         t.wake = trio.Event()
@@ -413,6 +433,7 @@ class Supervisor:
         stopped = t.stopped
         t.inbox = tuple(values)
         t.state = "running"
+        self.events.task("resumed", t, values=values)
         t.wake.set()
         with trio.move_on_after(timeout):
             await stopped.wait()
@@ -454,6 +475,7 @@ class Supervisor:
         self._require_running()
         report = self.rescan()
         report["errors"] = self._job_errors()
+        self.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"])
         return report
 
     def jobs(self) -> dict:
