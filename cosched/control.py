@@ -433,7 +433,10 @@ class _Server:
             if line is None:
                 return
             response = await self._answer(line, pid=pid, uid=uid, level=level)
-            await send_all(conn, protocol.encode(response))
+            if isinstance(response.get("result"), protocol.Chunked):
+                await _send_pieces(conn, response["result"].pieces(response["id"]))
+            else:
+                await send_all(conn, protocol.encode(response))
             if not response["ok"] and response["error"]["code"] == protocol.BAD_REQUEST:
                 return
 
@@ -503,6 +506,14 @@ class _Server:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+async def _send_pieces(conn: trio.socket.SocketType, pieces) -> None:
+    """Send a long answer piece by piece, the event loop running between pieces: each is
+    rendered only when the previous one was taken, so a slow reader holds one piece."""
+    for piece in pieces:
+        await send_all(conn, piece)
+        await trio.sleep(0)
 
 
 def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nursery,

@@ -405,3 +405,35 @@ def encode(obj: Any) -> bytes:
         return text.encode("utf-8") + b"\n"
     except UnicodeEncodeError:  # lone surrogates in a string: let JSON escape them
         return _dumps(obj, ascii_only=True).encode("ascii") + b"\n"
+
+
+# -- answers produced in pieces -----------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Chunked:
+    """A result whose one long list is rendered and sent a chunk at a time.
+
+    On the wire it is an ordinary response line: ``{..."result": {**head, key: [...],
+    **tail}}``. The server writes the pieces that ``pieces`` yields one by one, letting
+    the event loop run between them, so a status of a million tasks neither stalls the
+    loop nor holds the whole answer in memory, and a peer that stops reading is dropped
+    after the send timeout with at most one chunk buffered.
+    """
+
+    head: dict
+    key: str
+    items: list
+    render: Callable[[Any], Any]
+    tail: dict
+    size: int = 500
+
+    def pieces(self, request_id: int | str | None):
+        """The response line in pieces (bytes), the last one ending in a newline."""
+        opening = encode(ok(request_id, {**self.head, self.key: []}))
+        cut = opening.rindex(b"[]")   # `key: []` is the last member of the result
+        yield opening[:cut + 1]
+        for i in range(0, len(self.items), self.size):
+            part = encode([self.render(x) for x in self.items[i:i + self.size]])
+            yield (b"," if i else b"") + part[1:-2]   # without the brackets and the newline
+        closing = encode(self.tail)[1:-2]
+        yield b"]" + (b"," + closing if closing else b"") + b"}}\n"

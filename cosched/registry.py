@@ -19,17 +19,26 @@ from .protocol import NO_SUCH_TASK, ControlError
 __all__ = ["Task", "Registry", "ALIVE", "ENDED_KEPT"]
 
 ALIVE = frozenset({"starting", "running", "waiting", "suspended", "restarting"})
+STATES = ("starting", "running", "suspended", "restarting", "finished", "failed", "killed")
 ENDED_KEPT = 1000  # ended tasks kept for status; older ones are forgotten
 
 
 class Task:
-    """One job instance and everything operators may ask about it."""
+    """One job instance and everything operators may ask about it.
+
+    Kept lean, since a daemon may hold a million of them: what most tasks never
+    need (events to wait on, the restart history, the children table) is made on
+    first use, and the policy is shared by every task of a job.
+    """
 
     __slots__ = (
         "id", "name", "job", "policy", "ctx", "fn", "args", "parent",
-        "children",      # id -> Task of its alive spawned children; an ended child is removed
-        "state",         # starting|running|suspended|restarting|finished|failed|killed ("waiting" is derived)
-        "started_at", "born", "restarts", "starts",
+        "_children",     # id -> Task of its alive spawned children (None: none yet); pruned on end
+        "_state",        # starting|running|suspended|restarting|finished|failed|killed ("waiting"
+                         # is derived); assigned through `state`, which keeps the index current
+        "_index",        # the registry's by-state index, or None before the task is added
+        "started_at", "born", "restarts",
+        "starts",        # monotonic start times within the start-limit window (None: no restarts)
         "busy", "steps", "longest_step", "step_began",
         "switches",      # coroutine switches in its trio task, taken from the chain when it ends
         "yielded",       # values of the latest suspension, while suspended
@@ -37,56 +46,83 @@ class Task:
         "root", "trio_task", "scope",
         "kill_requested",  # set once by kill or stop; the task can no longer be resumed
         "abandoned",     # its cleanup overran stop_timeout: ended in the registry, trio task left
+        "done",          # ended for good (no restart follows); set once, by the supervisor
         "inbox",         # values an operator resumed it with, until the task takes them
-        "wake",          # set to hand `inbox` (or a kill) to a suspended task
-        "stopped",       # set whenever the task suspends or ends; replaced after each
-        "ended",         # set once, when the task has ended for good
+        "wake",          # while suspended: set to hand `inbox` (or a kill) to the task
+        "_stopped",      # made by whoever waits for the next suspension or end (see stop_event)
+        "_ended",        # made by whoever waits for the end (see wait_ended)
+        "where",         # (steps, text): waiting_on as computed at that step count
     )
 
     def __init__(self, id: int, name: str, job: Any, policy: Any, fn, args: tuple,
                  parent: Task | None) -> None:
         self.id, self.name, self.job, self.policy = id, name, job, policy
         self.fn, self.args, self.parent = fn, args, parent
-        self.children: dict[int, Task] = {}
+        self._children: dict[int, Task] | None = None
         self.ctx = None
-        self.state = "starting"
+        self._state = "starting"
+        self._index: dict[str, dict[int, Task]] | None = None
         self.started_at = time.time()
         self.born = time.monotonic()
         self.restarts = 0
-        self.starts: deque[float] = deque()
-        self.busy = 0.0
-        self.steps = 0
-        self.longest_step = 0.0
-        self.step_began = 0.0
-        self.switches = 0
-        self.yielded: tuple | None = None
-        self.result = None
-        self.error: str | None = None
-        self.traceback: str | None = None
-        self.root = None
-        self.trio_task = None
-        self.scope: trio.CancelScope | None = None
-        self.kill_requested = False
-        self.abandoned = False
-        self.inbox: tuple | None = None
-        self.wake = trio.Event()
-        self.stopped = trio.Event()
-        self.ended = trio.Event()
+        self.starts: deque[float] | None = None
+        self.busy = self.longest_step = self.step_began = 0.0
+        self.steps = self.switches = 0
+        self.yielded = self.result = self.error = self.traceback = None
+        self.root = self.trio_task = self.scope = None
+        self.kill_requested = self.abandoned = self.done = False
+        self.inbox = self.wake = self._stopped = self._ended = self.where = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, new: str) -> None:
+        index = self._index
+        if index is not None and new != self._state:
+            del index[self._state][self.id]
+            index[new][self.id] = self
+        self._state = new
 
     @property
     def alive(self) -> bool:
-        return self.state in ALIVE
+        return self._state in ALIVE
+
+    @property
+    def children(self) -> dict[int, Task]:
+        return self._children if self._children is not None else {}
 
     def shown_state(self) -> str:
         """running (runnable or stepping) vs waiting (blocked in the event loop) is read off trio."""
-        if self.state == "running" and self.trio_task is not None:
+        if self._state == "running" and self.trio_task is not None:
             runnable = getattr(self.trio_task, "_next_send_fn", None) is not None
             return "running" if runnable else "waiting"
-        return self.state
+        return self._state
+
+    def stop_event(self) -> trio.Event:
+        """An event set when the task next suspends or ends."""
+        if self._stopped is None:
+            self._stopped = trio.Event()
+        return self._stopped
 
     def signal_stop(self) -> None:
-        self.stopped.set()
-        self.stopped = trio.Event()
+        if self._stopped is not None:
+            self._stopped.set()
+            self._stopped = None
+
+    async def wait_ended(self) -> None:
+        """Return once the task has ended for good."""
+        if not self.done:
+            if self._ended is None:
+                self._ended = trio.Event()
+            await self._ended.wait()
+
+    def mark_done(self) -> None:
+        self.done = True
+        if self._ended is not None:
+            self._ended.set()
+        self.signal_stop()
 
 
 class Registry:
@@ -95,9 +131,14 @@ class Registry:
     def __init__(self) -> None:
         self.tasks: dict[int, Task] = {}
         self.by_trio: dict[Any, Task] = {}       # trio task -> Task, while it runs
+        # Indexes, so that filters cost what they match: state -> id -> Task (every listed
+        # task is in exactly the dict of its state), job -> id -> Task (listed tasks).
+        self.by_state: dict[str, dict[int, Task]] = {s: {} for s in STATES}
+        self.by_job: dict[str, dict[int, Task]] = {}
         self._live: dict[str, Task] = {}         # name -> the alive task of that name
         self._suffix: dict[str, int] = {}        # base name -> next suffix worth trying
         self._ended: deque[int] = deque()        # ids of ended tasks still listed, oldest first
+        self._ended_names: dict[str, Task] = {}  # name -> newest listed ended task of that name
         self.next_id = 1
 
     def new_id(self) -> int:
@@ -118,26 +159,70 @@ class Registry:
     def add(self, t: Task) -> None:
         self.tasks[t.id] = t
         self._live[t.name] = t
+        t._index = self.by_state
+        self.by_state[t.state][t.id] = t
+        self.by_job.setdefault(t.job.name, {})[t.id] = t
         if t.parent is not None:
-            t.parent.children[t.id] = t
+            if t.parent._children is None:
+                t.parent._children = {}
+            t.parent._children[t.id] = t
 
     def retire(self, t: Task) -> None:
         """t has ended: keep it listed, forgetting the oldest ended tasks beyond ENDED_KEPT."""
         if self._live.get(t.name) is t:
             del self._live[t.name]
-        if t.parent is not None:
-            t.parent.children.pop(t.id, None)
+        self._ended_names[t.name] = t
+        if t.parent is not None and t.parent._children is not None:
+            t.parent._children.pop(t.id, None)
         self._ended.append(t.id)
         while len(self._ended) > ENDED_KEPT:
-            self.tasks.pop(self._ended.popleft(), None)
+            self._forget(self._ended.popleft())
+
+    def _forget(self, tid: int) -> None:
+        t = self.tasks.pop(tid, None)
+        if t is None:
+            return
+        self.by_state[t.state].pop(tid, None)
+        t._index = None
+        if self._ended_names.get(t.name) is t:
+            del self._ended_names[t.name]
+        of_job = self.by_job.get(t.job.name)
+        if of_job is not None:
+            of_job.pop(tid, None)
+            if not of_job:
+                del self.by_job[t.job.name]
+
+    def count_alive(self) -> int:
+        return sum(len(self.by_state[s]) for s in ALIVE if s in self.by_state)
 
     def alive(self) -> list[Task]:
-        return [t for t in self.tasks.values() if t.alive]
+        return [t for s in ALIVE if s in self.by_state for t in self.by_state[s].values()]
+
+    def of_job(self, job: str) -> dict[int, Task]:
+        return self.by_job.get(job, {})
 
     def roots_of(self, job: str) -> list[Task]:
         """The alive top-level tasks of a job (children end with their parent)."""
-        return [t for t in self.tasks.values()
-                if t.job.name == job and t.alive and t.parent is None]
+        return [t for t in self.of_job(job).values() if t.alive and t.parent is None]
+
+    def select(self, job: str | None = None, state: str | None = None) -> list[Task]:
+        """The listed tasks of a job and/or in a shown state, in id order; the cost is in
+        proportion to the smaller index, not to every task."""
+        stored = {"waiting": "running"}.get(state, state)
+        pools = []
+        if job is not None:
+            pools.append(self.of_job(job))
+        if stored is not None:
+            pools.append(self.by_state.get(stored, {}))
+        if not pools:
+            return list(self.tasks.values())
+        pool = min(pools, key=len)
+        picked = [t for t in pool.values()
+                  if (job is None or t.job.name == job)
+                  and (state is None or t.state == stored and t.shown_state() == state)]
+        if pool is not self.by_job.get(job):
+            picked.sort(key=lambda t: t.id)   # state dicts are in order of arrival
+        return picked
 
     def find(self, ref: str | int) -> Task:
         """A task by id (an int, or a string of ASCII digits) or by name; the alive one
@@ -153,7 +238,7 @@ class Registry:
             t = self._live.get(ref)
             if t is not None:
                 return t
-            named = [t for t in self.tasks.values() if t.name == ref]
-            if named:
-                return named[-1]
+            t = self._ended_names.get(ref)
+            if t is not None:
+                return t
         raise ControlError(NO_SUCH_TASK, f"no task {ref!r} (see coschedctl status)")

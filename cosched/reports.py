@@ -57,11 +57,19 @@ def stack(t: Task) -> list[tuple[str, int, str]]:
     return [f for f in frames if not f[0].startswith(_PKG_DIR)] or frames
 
 
+def waiting_on(t: Task) -> str | None:
+    """Where a waiting task waits; walked once per step (a parked task does not step)."""
+    cached = t.where
+    if cached is None or cached[0] != t.steps:
+        cached = t.where = (t.steps, where(stack(t)))
+    return cached[1]
+
+
 def info(t: Task) -> dict:
     state = t.shown_state()
     return {
         "id": t.id, "name": t.name, "job": t.job.name, "state": state,
-        "waiting_on": where(stack(t)) if state == "waiting" else None,
+        "waiting_on": waiting_on(t) if state == "waiting" else None,
         "busy": round(t.busy, 6), "steps": t.steps,
         "switches": switches_of(t.trio_task) if t.trio_task is not None else t.switches,
         "age": round(time.monotonic() - t.born, 3), "restarts": t.restarts,

@@ -37,6 +37,7 @@ import dataclasses
 import os
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,11 @@ import trio
 
 from . import __version__, coro, reports
 from ._coro import last_transfer_to_main, switches_of
-from .config import Config
+from .config import Config, JobPolicy
 from .events import Events
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
+from .protocol import (BUSY, Chunked, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
                        ControlError)
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
@@ -63,6 +64,7 @@ log = structlog.get_logger("cosched.supervisor")
 
 MAX_TRACEBACK = 64 * 1024   # characters of a failed task's traceback kept
 MAX_BACKOFF_DOUBLINGS = 64  # restart_delay * 2**n is capped long before this
+STATUS_CHUNK = 500          # task rows rendered per piece of a long status answer
 
 
 class Supervisor:
@@ -81,6 +83,7 @@ class Supervisor:
         self.threads = trio.CapacityLimiter(config.worker_threads)
         self.log_sink = log_sink
         self.events = Events()
+        self._child_policies: dict[str, JobPolicy] = {}   # cleared when the config changes
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
 
@@ -109,8 +112,8 @@ class Supervisor:
             self._request_kill(t)
         with trio.move_on_after(timeout):
             for t in alive:
-                await t.ended.wait()
-        left = [t for t in alive if not t.ended.is_set()]
+                await t.wait_ended()
+        left = [t for t in alive if not t.done]
         for t in left:
             self._abandon(t, timeout)
         return left
@@ -179,7 +182,7 @@ class Supervisor:
 
     async def _start_after(self, name: str, old: list[Task]) -> None:
         for t in old:
-            await t.ended.wait()
+            await t.wait_ended()
         entry = self.job_table.get(name)
         if entry is not None and entry["job"] is not None:
             self.start_task(entry["job"])
@@ -195,17 +198,26 @@ class Supervisor:
 
     def start_task(self, job: Job, fn=None, args: tuple = (), parent: Task | None = None,
                    name: str | None = None) -> Task:
-        policy = self.config.job_policy(job.name)
-        if parent is not None:
-            policy = dataclasses.replace(policy, restart="no")
+        if parent is None:
+            policy = self.config.job_policy(job.name)   # its own copy of the config table
+            config = policy.config
+        else:   # children share their parent's config table and one policy per job
+            policy, config = self._child_policy(job.name), parent.ctx.config
         tid = self.reg.new_id()
         name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
         t = Task(tid, name, job, policy, fn or job.main, args, parent)
-        t.ctx = TaskContext(name, tid, structlog.get_logger("cosched.job").bind(task=name, id=tid),
-                            policy.config, spawner=self._spawn, threads=self.threads)
+        t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawn,
+                            threads=self.threads)
         self.reg.add(t)
-        self.nursery.start_soon(self._supervise, t, name=f"cosched task {name}")
+        self.nursery.start_soon(self._supervise, t, name=name)
         return t
+
+    def _child_policy(self, job: str) -> JobPolicy:
+        policy = self._child_policies.get(job)
+        if policy is None:
+            policy = dataclasses.replace(self.config.job_policy(job), restart="no")
+            self._child_policies[job] = policy
+        return policy
 
     def _spawn(self, parent_ctx: TaskContext, fn, args: tuple, name: str | None) -> TaskContext:
         parent = self.tasks[parent_ctx.id]
@@ -220,7 +232,10 @@ class Supervisor:
         self.guard.enter(t)  # this first step began before the guard knew the task
         try:
             while True:
-                t.starts.append(time.monotonic())
+                if t.policy.restart != "no":
+                    if t.starts is None:
+                        t.starts = deque()
+                    t.starts.append(time.monotonic())
                 await self._run_once(t)
                 delay = self._restart_delay(t)
                 if t.abandoned:
@@ -267,8 +282,7 @@ class Supervisor:
         """t has ended for good: wake whoever waits for it, forget old tasks, end its children."""
         t.yielded = None
         t.ctx._finish(t.state, t.result if t.state == "finished" else t.error)
-        t.ended.set()
-        t.signal_stop()
+        t.mark_done()
         self.reg.retire(t)
         for child in list(t.children.values()):
             self._request_kill(child)
@@ -359,12 +373,13 @@ class Supervisor:
         """Suspended at the daemon until resumed (returns the values) or killed (None)."""
         t.yielded = values
         t.state = "suspended"
+        t.wake = trio.Event()
         t.signal_stop()
         log.info("task suspended", task=t.name, id=t.id, values=_short(values))
         self.events.task("suspended", t, values=list(values))
         with trio.CancelScope(shield=True):   # a kill arrives through `wake`, so cleanup can run
             await t.wake.wait()
-        t.wake = trio.Event()
+        t.wake = None
         t.yielded = None
         if t.kill_requested:
             return None
@@ -400,7 +415,7 @@ class Supervisor:
 
     def _request_kill(self, t: Task) -> None:
         t.kill_requested = True
-        if t.state == "suspended":
+        if t.state == "suspended" and t.wake is not None:
             t.wake.set()
         elif t.scope is not None:
             t.scope.cancel()
@@ -411,16 +426,22 @@ class Supervisor:
         return self.reg.find(ref)
 
     def status(self, task: str | int | None = None, job: str | None = None,
-               state: str | None = None) -> dict:
-        tasks = [self.find(task)] if task is not None else list(self.tasks.values())
-        if job is not None:
-            if job not in self.job_table and not any(t.job.name == job for t in tasks):
-                raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
-            tasks = [t for t in tasks if t.job.name == job]
-        infos = [reports.info(t) for t in tasks]
-        if state is not None:
-            infos = [i for i in infos if i["state"] == state]
-        return {"daemon": self._daemon_info(), "tasks": infos, "job_errors": self._job_errors()}
+               state: str | None = None) -> dict | Chunked:
+        """The daemon and its tasks (a job's, those in a state, or one); long lists are
+        sent in chunks (see protocol.Chunked)."""
+        if job is not None and job not in self.job_table and not self.reg.of_job(job):
+            raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
+        if task is not None:
+            t = self.find(task)
+            tasks = [t] if (job is None or t.job.name == job) and (
+                state is None or t.shown_state() == state) else []
+        else:
+            tasks = self.reg.select(job, state)
+        head = {"daemon": self._daemon_info()}
+        tail = {"job_errors": self._job_errors()}
+        if len(tasks) <= STATUS_CHUNK:
+            return {**head, "tasks": [reports.info(t) for t in tasks], **tail}
+        return Chunked(head, "tasks", tasks, reports.info, tail, STATUS_CHUNK)
 
     def show(self, task: str | int) -> dict:
         return reports.show(self.find(task))
@@ -430,7 +451,7 @@ class Supervisor:
         if t.state != "suspended" or t.kill_requested:
             state = "being killed" if t.kill_requested and t.alive else t.shown_state()
             raise ControlError(NOT_SUSPENDED, f"task {t.name} (#{t.id}) is {state}, not suspended")
-        stopped = t.stopped
+        stopped = t.stop_event()
         t.inbox = tuple(values)
         t.state = "running"
         self.events.task("resumed", t, values=values)
@@ -447,8 +468,8 @@ class Supervisor:
             raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) is not alive: it {_ended_how(t)}")
         self._request_kill(t)
         with trio.move_on_after(self.config.stop_timeout):
-            await t.ended.wait()
-        if not t.ended.is_set():
+            await t.wait_ended()
+        if not t.done:
             self._abandon(t, self.config.stop_timeout)
         return {"task": reports.info(t)}
 
@@ -481,7 +502,7 @@ class Supervisor:
     def jobs(self) -> dict:
         return {"jobs": [
             reports.job_row(name, e, self.config.job_policy(name),
-                            [t.id for t in self.tasks.values() if t.job.name == name and t.alive])
+                            [t.id for t in self.reg.of_job(name).values() if t.alive])
             for name, e in sorted(self.job_table.items())]}
 
     # ---------------------------------------------------------------- reports
@@ -494,13 +515,18 @@ class Supervisor:
             pct = p.cpu_percent()
         return {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started, 3),
                 "rss": mem, "cpu_time": round(cpu.user + cpu.system, 3), "cpu_percent": pct,
-                "num_tasks": sum(t.alive for t in self.tasks.values()), "version": __version__,
+                "num_tasks": self.reg.count_alive(), "version": __version__,
                 "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
                 "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0}
 
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}
                 for n, e in sorted(self.job_table.items()) if e["error"]]
+
+
+def _job_logger(name: str, tid: int) -> Any:
+    """The structlog logger of a task, bound on first use (see TaskContext.log)."""
+    return structlog.get_logger("cosched.job").bind(task=name, id=tid)
 
 
 class _OwnCancelled(Exception):

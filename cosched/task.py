@@ -35,7 +35,7 @@ class TaskFailed(Exception):
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("name", "id", "log", "config", "state", "_spawner", "_threads", "_done",
+    __slots__ = ("name", "id", "_log", "config", "state", "_spawner", "_threads", "_done",
                  "_outcome")
 
     def __init__(self, name: str, id: int, log, config: dict, state: dict | None = None,
@@ -43,13 +43,21 @@ class TaskContext:
                  threads: trio.CapacityLimiter | None = None) -> None:
         self.name = name
         self.id = id
-        self.log = log
+        self._log = log   # a logger, or a function (name, id) -> logger called on first use
         self.config = config
         self.state = {} if state is None else state   # kept across restarts of this task
         self._spawner = spawner
         self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
-        self._done = trio.Event()   # set once the task has ended for good (no restart follows)
+        self._done: trio.Event | None = None  # made by join(); set once the task has ended
         self._outcome: tuple[str, Any] | None = None  # ("finished", value) | ("failed"/"killed", message)
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this task's name and id."""
+        log = self._log
+        if not hasattr(log, "info"):
+            log = self._log = log(self.name, self.id)
+        return log
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args, name: str | None = None) -> TaskContext:
         """Start ``fn(child_task, *args)`` as a new supervised task; returns the child's task object."""
@@ -61,7 +69,10 @@ class TaskContext:
 
     async def join(self) -> Any:
         """Wait until this task has ended; return its result, or raise TaskFailed."""
-        await self._done.wait()
+        if self._outcome is None:
+            if self._done is None:
+                self._done = trio.Event()
+            await self._done.wait()
         kind, value = self._outcome
         if kind == "finished":
             return value
@@ -121,7 +132,8 @@ class TaskContext:
 
     def _finish(self, kind: str, value: Any) -> None:
         self._outcome = (kind, value)
-        self._done.set()
+        if self._done is not None:
+            self._done.set()
 
     def __repr__(self) -> str:
         return f"<task {self.name} #{self.id}>"

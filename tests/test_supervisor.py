@@ -271,3 +271,50 @@ def test_daemon_signal_still_stops_the_daemon(daemon):
     d.wait_task("bad", lambda t: t["state"] == "failed", "failed")
     d.signal(signal.SIGINT)
     assert d.wait_exit() == 0, d.log_tail()
+
+
+MANY = """
+    import trio
+
+    async def child(task):
+        await trio.sleep(1000)
+
+    async def main(task):
+        for _ in range(task.config["n"]):
+            task.spawn(child)
+        await trio.sleep(1000)
+"""
+
+
+def test_a_long_status_arrives_whole_in_one_line_and_filters_use_indexes(daemon):
+    import json
+    import socket
+
+    n = 1200   # more than one chunk of the answer
+    d = daemon(jobs={"many": MANY, "bystander": SLEEPER},
+               config={**NO_RESTART, "job": {"many": {"config": {"n": n}}}})
+    s = d.wait_status(lambda s: len(s["tasks"]) == n + 2 and all(
+        t["state"] == "waiting" for t in s["tasks"]), "all waiting")
+    assert [t["id"] for t in s["tasks"]] == sorted(t["id"] for t in s["tasks"])
+    assert s["daemon"]["num_tasks"] == n + 2 and s["job_errors"] == []
+    with socket.socket(socket.AF_UNIX) as sock:   # a raw client: one response line
+        sock.settimeout(30)
+        sock.connect(str(d.socket))
+        sock.sendall(b'{"id": 7, "cmd": "status"}\n{"id": 8, "cmd": "ping"}\n')
+        data = b""
+        while data.count(b"\n") < 2:
+            chunk = sock.recv(1 << 20)
+            assert chunk, data[-200:]
+            data += chunk
+    first, second = data.split(b"\n")[:2]
+    answer = json.loads(first)
+    assert answer["id"] == 7 and answer["ok"] and len(answer["result"]["tasks"]) == n + 2
+    assert json.loads(second)["id"] == 8
+    waiting = d.ok("status", "--state", "waiting")["tasks"]
+    assert len(waiting) == n + 2
+    assert d.ok("status", "--state", "suspended")["tasks"] == []
+    assert len(d.ok("status", "--job", "many")["tasks"]) == n + 1
+    d.ok("kill", "bystander")
+    killed = d.ok("status", "--state", "killed")["tasks"]
+    assert [t["name"] for t in killed] == ["bystander"]
+    assert d.ok("status")["daemon"]["num_tasks"] == n + 1
