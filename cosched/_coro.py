@@ -941,6 +941,14 @@ def switches_of(trio_task) -> int:
     return m.switches if m is not None and m.task is trio_task else 0
 
 
+def release_chain() -> None:
+    """Forget the calling trio task's chain, as a task whose coroutines are all done
+    may: the chain refers to the task, the task's context to the chain, and that cycle
+    would otherwise wait for the cyclic garbage collector."""
+    _chain.set(None)
+    _handed_off.set(None)
+
+
 def stack_of(obj) -> list[tuple[str, int, str]]:
     """(file, line, function) of each frame an await chain is suspended in, outermost first.
 

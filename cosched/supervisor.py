@@ -34,6 +34,7 @@ guard (``cosched.guard``) times and interrupts their steps, and
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 import traceback
@@ -47,9 +48,10 @@ import structlog
 import trio
 
 from . import __version__, coro, reports
-from ._coro import last_transfer_to_main, switches_of
+from ._coro import last_transfer_to_main, release_chain, switches_of
 from .config import Config, JobPolicy
 from .events import Events
+from .gcpacer import GcPacer
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
 from .protocol import (BUSY, Chunked, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
@@ -83,6 +85,7 @@ class Supervisor:
         self.threads = trio.CapacityLimiter(config.worker_threads)
         self.log_sink = log_sink
         self.events = Events()
+        self.gc = GcPacer(self.reg.count_alive)
         self._child_policies: dict[str, JobPolicy] = {}   # cleared when the config changes
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
@@ -97,16 +100,20 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.rescan()
+                self.gc.freeze()   # the modules and jobs just loaded live as long as we do
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             trio.lowlevel.remove_instrument(self.guard)
             self.guard.close()
+            self.gc.close()
+            log.warning("supervisor stopped", gc=self.gc.report())
 
     async def stop(self, timeout: float) -> list[Task]:
         """Kill every task (cleanup runs) and wait for them, at most ``timeout`` seconds.
         Returns the tasks whose cleanup was abandoned."""
         self.guard.stopping(timeout)
+        self.gc.stopping = True
         alive = self.reg.alive()
         for t in alive:
             self._request_kill(t)
@@ -209,6 +216,7 @@ class Supervisor:
         t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawn,
                             threads=self.threads)
         self.reg.add(t)
+        self.gc.task_started()
         self.nursery.start_soon(self._supervise, t, name=name)
         return t
 
@@ -265,6 +273,7 @@ class Supervisor:
         t.busy += time.perf_counter() - t.step_began
         t.steps += 1
         t.switches = switches_of(t.trio_task)
+        release_chain()
         del self.reg.by_trio[t.trio_task]
         t.trio_task = t.root = None
         if t.abandoned:
@@ -284,6 +293,7 @@ class Supervisor:
         t.ctx._finish(t.state, t.result if t.state == "finished" else t.error)
         t.mark_done()
         self.reg.retire(t)
+        self.gc.task_ended()
         for child in list(t.children.values()):
             self._request_kill(child)
 
@@ -321,8 +331,9 @@ class Supervisor:
             try:
                 await self._drive(t)
             except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
-                if t.scope.cancel_called and _only_cancelled(exc):
-                    raise  # our kill: the scope takes it
+                if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
+                    _clear_frames(exc)   # its traceback's cycles would outlive the task
+                    raise  # a kill, or the daemon stopping: the cancelled scope takes it
                 self._contain(t, exc)
         if t.scope.cancelled_caught and t.state not in ("failed", "killed"):
             t.state = "killed"
@@ -517,7 +528,8 @@ class Supervisor:
                 "rss": mem, "cpu_time": round(cpu.user + cpu.system, 3), "cpu_percent": pct,
                 "num_tasks": self.reg.count_alive(), "version": __version__,
                 "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
-                "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0}
+                "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0,
+                "gc": self.gc.report()}
 
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}
@@ -551,15 +563,21 @@ def _only_cancelled(exc: BaseException) -> bool:
     return False
 
 
+def _clear_frames(exc: BaseException) -> None:
+    if exc.__traceback__ is not None:
+        traceback.clear_frames(exc.__traceback__)
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            _clear_frames(e)
+
+
 def _format_traceback(exc: BaseException) -> str:
     """The traceback as text, bounded; the frames are cleared so their locals are freed."""
     try:
         text = "".join(traceback.format_exception(exc))
     except BaseException:  # noqa: BLE001 - a hostile exception object
         text = f"{describe_exception(exc)}\n(traceback unavailable)\n"
-    tb = exc.__traceback__
-    if tb is not None:
-        traceback.clear_frames(tb)
+    _clear_frames(exc)
     if len(text) > MAX_TRACEBACK:
         text = text[: MAX_TRACEBACK // 2] + "\n[... traceback shortened ...]\n" + text[-MAX_TRACEBACK // 2:]
     return text

@@ -1,0 +1,82 @@
+"""Garbage-collector pacing: big task populations without long collector pauses.
+
+A parked task is a few dozen objects that the cyclic garbage collector tracks.
+A full collection visits every one of them, so with 100,000 tasks a single one
+stops the event loop for a second or more, and CPython starts one each time
+the long-lived population has grown by a quarter: during a burst of spawns,
+again and again.
+
+Design: every ``BURST`` task starts, the young generations are collected and
+``gc.freeze()`` moves everything alive into the permanent generation, which
+collections skip; so a full collection visits at most the objects of the last
+burst. Frozen objects stay refcounted: a task leaves no reference cycles when
+it ends (the supervisor breaks them), so an ended frozen task is freed at
+once. What freezing can keep is other cyclic garbage that was alive at a
+freeze (a job's own cyclic structure, dropped later); so once the population
+has turned over twice since the last freeze, ``gc.unfreeze()`` hands
+everything back to the collector, except while the daemon stops (a full
+collection then would only delay the exit).
+
+The collector's pauses are measured (``gc.callbacks``) and reported in
+``coschedctl status --json`` as ``daemon.gc``.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+__all__ = ["GcPacer", "BURST"]
+
+BURST = 5_000   # task starts after which the population is frozen
+
+
+class GcPacer:
+    def __init__(self, count_alive) -> None:
+        self.count_alive = count_alive
+        self.started = 0          # task starts since the last freeze
+        self.frozen_tasks = 0     # tasks alive when the population was last frozen
+        self.ended = 0            # tasks ended since then
+        self.stopping = False     # the daemon stops: keep everything frozen
+        self.collections = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]   # longest pause per generation, seconds
+        self.freezes = 0
+        self._began = 0.0
+        gc.callbacks.append(self._measure)
+
+    def close(self) -> None:
+        if self._measure in gc.callbacks:
+            gc.callbacks.remove(self._measure)
+
+    def task_started(self) -> None:
+        self.started += 1
+        if self.started >= BURST:
+            self.freeze()
+
+    def task_ended(self) -> None:
+        self.ended += 1
+        if self.frozen_tasks and self.ended >= 2 * self.frozen_tasks and not self.stopping:
+            gc.unfreeze()
+            self.frozen_tasks = self.ended = 0
+
+    def freeze(self) -> None:
+        self.started = 0
+        gc.collect(1)   # young garbage goes now, not into the permanent generation
+        gc.freeze()
+        self.freezes += 1
+        self.frozen_tasks, self.ended = self.count_alive(), 0
+
+    def report(self) -> dict:
+        return {"collections": list(self.collections),
+                "longest_pause": [round(x, 4) for x in self.longest],
+                "frozen": gc.get_freeze_count(), "freezes": self.freezes}
+
+    def _measure(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        gen = info.get("generation", 2)
+        pause = time.perf_counter() - self._began
+        self.collections[gen] += 1
+        if pause > self.longest[gen]:
+            self.longest[gen] = pause
