@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import grp
+import ipaddress
 import json
 import math
 import os
@@ -93,6 +94,25 @@ def _mode(v: str) -> int:
     if int(v, 8) & 0o007:
         raise ValueError(f'{_toml(v)} grants access to other users; its last digit must be 0')
     return int(v, 8)
+
+
+def _listen(v: str) -> tuple[str, int] | None:
+    """"HOST:PORT" (HOST an IP address, IPv6 in brackets) as (host, port); "" as None."""
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{_toml(v)}: write an IPv6 address in brackets, e.g. \"[::1]:9469\"")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{_toml(v)}: expected HOST:PORT with HOST an IP address, e.g. "
+                         '"127.0.0.1:9469"') from None
+    if not (sep and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"{_toml(v)}: the port must be a number from 0 to 65535") from None
+    return host, int(port)
 
 
 def _is_id(v: Any) -> bool:
@@ -181,6 +201,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "format": _choice("auto", '"console", "json" (one object per line), or "auto": console '
                           "on a tty, JSON otherwise.", "auto", "console", "json"),
         "level": _choice("info", "Lowest level logged.", "debug", "info", "warning", "error"),
+        "stream": _choice("stderr", 'Where log lines go: "stderr", or "stdout" (containers, '
+                          "whose engines collect a program's output).", "stderr", "stdout"),
     },
     "jobs": {
         "restart": _choice("on-failure", "When an ended task is started again: never, after it "
@@ -198,6 +220,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                "cosched.StepTimeout, which fails the task. Also bounds a job "
                                "file's top level. 0 disables the limit."),
     },
+}
+
+SCHEMA["metrics"] = {
+    "listen": Key("", 'Serve Prometheus metrics (GET /metrics) and health checks (GET /healthz, '
+                  'GET /livez) over HTTP at "HOST:PORT"; HOST is an IP address (IPv6 in '
+                  'brackets), port 0 picks a free port. "" serves none; coschedctl metrics '
+                  "works either way. Keep it on loopback unless the network is trusted: the "
+                  "metrics name every job and task.",
+                  '"" or "HOST:PORT", e.g. "127.0.0.1:9469"', lambda v: isinstance(v, str),
+                  _listen),
+    "max_task_series": _int(500, "Alive tasks that get series of their own (busy seconds, "
+                            "steps, switches, restarts), lowest ids first; per-job totals "
+                            "cover every task regardless. Bounds what a scrape costs "
+                            "Prometheus when there are many tasks.", 0, 1_000_000),
 }
 
 JOB_KEYS: dict[str, Key] = {  # what a [job.<name>] table may hold
@@ -246,6 +282,9 @@ class Config:
     job_defaults: JobPolicy
     jobs: Mapping[str, JobPolicy]  # merged policies of the jobs that have a [job.<name>] table
     warnings: tuple[str, ...] = ()  # for the daemon to log: old key names that were used
+    log_stream: str = "stderr"
+    metrics_listen: tuple[str, int] | None = None   # (IP address, port); None: no HTTP endpoint
+    metrics_max_task_series: int = 500
 
     def job_policy(self, name: str) -> JobPolicy:
         """job_defaults merged with [job.<name>]. config is copied per call so that a
@@ -359,7 +398,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
         step_warning=daemon["step_warning"], stop_timeout=daemon["stop_timeout"],
         worker_threads=daemon["worker_threads"],
         watchdog=daemon["watchdog"], strict_modes=daemon["strict_modes"],
-        job_defaults=job_defaults, jobs=jobs, warnings=_alias_warnings(data))
+        job_defaults=job_defaults, jobs=jobs, warnings=_alias_warnings(data),
+        log_stream=log["stream"], metrics_listen=v["metrics"]["listen"],
+        metrics_max_task_series=v["metrics"]["max_task_series"])
 
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:

@@ -517,7 +517,8 @@ def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nurse
 async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
                 access: Access | None = None, limits: Limits = Limits(),
                 task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
-                guard: Any = None) -> None:
+                guard: Any = None, connections: Callable[[Callable[[], int]], None] | None = None
+                ) -> None:
     """Serve the control protocol on a unix socket at ``path`` until cancelled.
 
     A stale socket file is replaced; a live one raises ``OSError`` ("another coschedd
@@ -527,6 +528,8 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
     ``task_status.started(path)`` is called once clients can connect. ``access``
     defaults to root and the daemon's own user only. With a step ``guard``, its
     watchdog takes connections while a step stalls the loop (``cosched.stalldesk``).
+    ``connections``, if given, is handed a function that tells how many connections
+    are open (for the metrics).
     """
     path = Path(path)
     access = Access() if access is None else access
@@ -536,6 +539,8 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
     listener = trio.socket.from_stdlib_socket(_bind(path, mode, access.socket_group()))
     st = os.lstat(path)
     server = _Server(backend, access, limits, max_line)
+    if connections is not None:
+        connections(lambda: server.active)
     try:
         with listener:
             log.info("control socket listening", path=str(path), mode=f"{mode:04o}",

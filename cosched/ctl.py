@@ -21,6 +21,10 @@ Commands:
   reload                  rescan the jobs folder
   jobs                    list the jobs and their state
   ping                    check that the daemon answers
+  metrics                 Prometheus metrics in the text format, e.g. for
+                          node_exporter's textfile collector (write, then rename):
+                          coschedctl metrics > DIR/cosched.prom.tmp &&
+                          mv DIR/cosched.prom.tmp DIR/cosched.prom
 
 TASK is a task id (a number) or a task name.
 
@@ -269,7 +273,8 @@ def render_status(result: dict) -> str:
         f"coschedd {_text(d.get('version'))}  pid {_text(d.get('pid'))}  "
         f"up {fmt_duration(d.get('uptime'))}  mem {fmt_bytes(d.get('rss'))}  cpu {cpu}  "
         f"tasks {_text(d.get('num_tasks'))}",
-        f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}",
+        f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}"
+        f"  switch path {_text(d.get('switch_path'))}",
         "",
         table(["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
               [[t.get("id"), t.get("name"), t.get("state"), t.get("waiting_on"),
@@ -355,6 +360,12 @@ def render_jobs(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_metrics(result: dict) -> str:
+    """The exposition as it came: it holds no control characters (cosched.metrics),
+    and escape_lines keeps it so should a daemon send any."""
+    return escape_lines(str(result.get("text", "")).rstrip("\n"))
+
+
 def render_ping(result: dict) -> str:
     return f"pong from coschedd pid {_text(result.get('pid'))}"
 
@@ -394,6 +405,7 @@ COMMANDS: tuple[Cmd, ...] = (
     Cmd("reload", (), lambda ns: {}, render_reload),
     Cmd("jobs", (), lambda ns: {}, render_jobs),
     Cmd("ping", (), lambda ns: {}, render_ping),
+    Cmd("metrics", (), lambda ns: {}, render_metrics),
 )
 _BY_NAME = {cmd.name: cmd for cmd in COMMANDS}
 

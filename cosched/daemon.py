@@ -11,7 +11,8 @@ systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and ping
 the watchdog from the event loop when WatchdogSec is set.
 
 Exit codes: 0 stopped (cleanly, or with abandoned cleanup, which is logged),
-1 failed while running, 2 bad configuration or arguments, or an unsafe config
+1 failed while running (or cannot listen on metrics.listen: the port is taken),
+2 bad configuration or arguments, or an unsafe config
 file or runtime folder (see cosched.strictmodes), 4 a task's step could not be
 interrupted (stuck in C code past step_limit plus a grace period): the daemon
 ended itself so that its service manager restarts it.
@@ -30,6 +31,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from . import httpserve
 from . import log as logsetup
 from .config import ConfigError, load_config
 from .control import Access, Limits, serve
@@ -70,7 +72,8 @@ def configure(args):
     return dataclasses.replace(config, **changes)
 
 
-async def run(config, notifier: Notifier, sink: LogSink | None = None) -> None:
+async def run(config, notifier: Notifier, sink: LogSink | None = None,
+              metrics_sock=None) -> None:
     """Signals and the control socket first, then the jobs: a job's first step may be
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config, log_sink=sink, on_stuck=lambda code: _exit_now(sink, code))
@@ -81,6 +84,8 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None) -> None:
             server, server_closed = trio.CancelScope(), trio.Event()
             await nursery.start(_serve, server, server_closed, config, sup)
             await nursery.start(sup.run)
+            if metrics_sock is not None:
+                await nursery.start(httpserve.serve, metrics_sock, sup)
             nursery.start_soon(watch_jobs, sup)
             nursery.start_soon(forks.reap)
             if config.watchdog:
@@ -108,7 +113,8 @@ async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Super
             await serve(config.socket, config.socket_mode, sup,
                         max_line=config.max_request_bytes, access=Access.from_config(config),
                         limits=Limits.from_config(config), task_status=task_status,
-                        guard=sup.guard)
+                        guard=sup.guard,
+                        connections=lambda count: setattr(sup.collector, "connections", count))
     finally:
         closed.set()
 
@@ -201,7 +207,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"coschedd: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    sink = LogSink(sys.stderr.fileno())
+    sink = LogSink((sys.stdout if config.log_stream == "stdout" else sys.stderr).fileno())
     logsetup.setup(config.log_format, config.log_level, sink)
     for warning in config.warnings:
         log.warning("configuration", note=warning)
@@ -217,9 +223,16 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"coschedd: cannot set up the runtime folder: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    metrics_sock = None
+    if config.metrics_listen is not None:
+        try:
+            metrics_sock = httpserve.bind(config.metrics_listen)
+        except httpserve.MetricsAddressError as e:
+            print(f"coschedd: {e.strerror}", file=sys.stderr)
+            return EXIT_FAILED
     notifier = Notifier()
     try:
-        trio.run(run, config, notifier, sink)
+        trio.run(run, config, notifier, sink, metrics_sock)
     except OSError as e:
         log.error("coschedd failed", error=str(e))
         return EXIT_FAILED

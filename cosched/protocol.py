@@ -54,6 +54,8 @@ Commands (``COMMANDS`` is the single table of them), with the access each needs:
     show    read     {task: str|int}             one task in detail (``config`` only
                                                  for peers with control access)
     jobs    read     {}                          list the jobs
+    metrics read     {}                          -> {"text": str, "content_type": str}:
+                                                 the Prometheus text exposition
     resume  control  {task: str|int, values: list = [], timeout: number = 30}
     kill    control  {task: str|int}
     start   control  {job: str, force: bool = false}
@@ -170,6 +172,8 @@ COMMANDS: dict[str, Command] = {
     "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values.",
                     READ, private=("config",)),
     "jobs": Command({}, "List the known jobs and their state.", READ),
+    "metrics": Command({}, "Prometheus metrics of the daemon, its jobs and tasks, as text.",
+                       READ),
     "resume": Command({
         "task": _TASK,
         "values": Arg((list,), default=[]),

@@ -51,6 +51,7 @@ from .config import Config
 from .events import Events
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
+from .metrics import CONTENT_TYPE, Collector, JobTotals, switch_path
 from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
                        ControlError)
 from .registry import Registry, Task
@@ -83,6 +84,8 @@ class Supervisor:
         self.events = Events()
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
+        self.totals = JobTotals()   # counters of the tasks that ended for good, per job
+        self.collector = Collector(self, config.metrics_max_task_series)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -269,6 +272,7 @@ class Supervisor:
         t.ctx._finish(t.state, t.result if t.state == "finished" else t.error)
         t.ended.set()
         t.signal_stop()
+        self.totals.add(t)
         self.reg.retire(t)
         for child in list(t.children.values()):
             self._request_kill(child)
@@ -484,6 +488,11 @@ class Supervisor:
                             [t.id for t in self.tasks.values() if t.job.name == name and t.alive])
             for name, e in sorted(self.job_table.items())]}
 
+    async def metrics(self) -> dict:
+        """The Prometheus text exposition (cosched.metrics), rendered in chunks."""
+        return {"text": await self.collector.render(trio.lowlevel.checkpoint),
+                "content_type": CONTENT_TYPE}
+
     # ---------------------------------------------------------------- reports
 
     def _daemon_info(self) -> dict:
@@ -496,7 +505,8 @@ class Supervisor:
                 "rss": mem, "cpu_time": round(cpu.user + cpu.system, 3), "cpu_percent": pct,
                 "num_tasks": sum(t.alive for t in self.tasks.values()), "version": __version__,
                 "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
-                "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0}
+                "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0,
+                "switch_path": switch_path()}
 
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}
