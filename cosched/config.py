@@ -175,7 +175,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     'an octal string like "0660"',
                     lambda v: isinstance(v, str) and bool(re.fullmatch(r"0?[0-7]{3}", v)), _mode),
         "read_users": _users("Users (names or uids) who may use the read commands: status, "
-                             "show (without the job's config table), jobs, ping."),
+                             "show (without the job's config table), jobs, ping, metrics."),
         "read_group": _group('Members of this group (name or gid) may use the read commands; '
                              '"": none. The socket and its folder get this group when it is '
                              "the only group configured."),
