@@ -170,8 +170,13 @@ async def _read_head(conn: trio.socket.SocketType) -> bytes | None | bool:
             if not data:
                 return None
             buf += data
-        return bytes(buf)
+        return bytes(buf) if _head_end(buf) <= MAX_HEAD else False
     return None
+
+
+def _head_end(buf: bytearray) -> int:
+    ends = [i for i in (buf.find(b"\r\n\r\n"), buf.find(b"\n\n")) if i >= 0]
+    return min(ends)
 
 
 def _response(status: int, body: str, ctype: str = "text/plain; charset=utf-8", *,
