@@ -41,7 +41,7 @@ from .terminal import escape
 __all__ = ["Collector", "JobTotals", "CONTENT_TYPE", "switch_path"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-CHUNK = 2000  # tasks rendered between two checkpoints of the event loop
+CHUNK = 500  # tasks rendered between two checkpoints of the event loop
 
 
 def switch_path() -> str:
