@@ -3,6 +3,10 @@
 usage: coschedd [--config PATH] [--jobs-dir DIR] [--socket PATH]
                 [--log-format auto|console|json] [--log-level LEVEL]
 
+Socket activation: started by systemd with a passed socket (coschedd.socket;
+LISTEN_FDS/LISTEN_PID, descriptor 3, see cosched.activation), the daemon serves
+that socket and leaves it in place when it exits.
+
 Signals: SIGTERM/SIGINT stop gracefully (every task is killed and its cleanup
 runs, within daemon.stop_timeout; cleanup still running then is abandoned and
 the daemon exits anyway, logging the tasks it abandoned); SIGHUP reloads the
@@ -31,7 +35,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from . import httpserve
+from . import activation, httpserve
 from . import log as logsetup
 from .config import ConfigError, load_config
 from .control import Access, Limits, serve
@@ -73,7 +77,7 @@ def configure(args):
 
 
 async def run(config, notifier: Notifier, sink: LogSink | None = None,
-              metrics_sock=None) -> None:
+              metrics_sock=None, control_sock=None) -> None:
     """Signals and the control socket first, then the jobs: a job's first step may be
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config, log_sink=sink, on_stuck=lambda code: _exit_now(sink, code))
@@ -82,7 +86,7 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None,
         sup.guard.wrap_daemon_signals(DAEMON_SIGNALS)
         async with trio.open_nursery() as nursery:
             server, server_closed = trio.CancelScope(), trio.Event()
-            await nursery.start(_serve, server, server_closed, config, sup)
+            await nursery.start(_serve, server, server_closed, config, sup, control_sock)
             await nursery.start(sup.run)
             if metrics_sock is not None:
                 await nursery.start(httpserve.serve, metrics_sock, sup)
@@ -106,15 +110,16 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None,
             nursery.cancel_scope.cancel()
 
 
-async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Supervisor, *,
-                 task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Supervisor,
+                 passed=None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     try:
         with scope:
             await serve(config.socket, config.socket_mode, sup,
                         max_line=config.max_request_bytes, access=Access.from_config(config),
                         limits=Limits.from_config(config), task_status=task_status,
                         guard=sup.guard,
-                        connections=lambda count: setattr(sup.collector, "connections", count))
+                        connections=lambda count: setattr(sup.collector, "connections", count),
+                        passed=passed)
     finally:
         closed.set()
 
@@ -195,6 +200,23 @@ def prepare_runtime(config) -> None:
         os.chmod(folder, mode | need)
 
 
+def _passed_socket(config):
+    """The control socket systemd passed (coschedd.socket), or None. One at another path
+    than control.socket is served all the same, with a warning: coschedctl looks for the
+    daemon at control.socket."""
+    passed = activation.control_socket()
+    if passed is None:
+        return None
+    sock, name = passed
+    path = activation.socket_path(sock)
+    if path != str(config.socket):
+        log.warning("the control socket passed by the service manager is not at "
+                    "control.socket; coschedctl finds the daemon by control.socket",
+                    passed=path or "(unnamed)", control_socket=str(config.socket))
+    log.info("using the control socket passed by the service manager", name=name, path=path)
+    return sock
+
+
 def _status_line(sup: Supervisor) -> str:
     alive = sum(t.alive for t in sup.tasks.values())
     return f"{alive} tasks, {len(sup.job_table)} jobs"
@@ -223,6 +245,11 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"coschedd: cannot set up the runtime folder: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        control_sock = _passed_socket(config)
+    except activation.ActivationError as e:
+        print(f"coschedd: socket activation: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     metrics_sock = None
     if config.metrics_listen is not None:
         try:
@@ -232,7 +259,7 @@ def main(argv=None) -> int:
             return EXIT_FAILED
     notifier = Notifier()
     try:
-        trio.run(run, config, notifier, sink, metrics_sock)
+        trio.run(run, config, notifier, sink, metrics_sock, control_sock)
     except OSError as e:
         log.error("coschedd failed", error=str(e))
         return EXIT_FAILED

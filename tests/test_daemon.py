@@ -146,9 +146,13 @@ class Daemon:
         environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         environ.update(env or {})
         self._log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([COSCHEDD, "--config", str(self.config_path)],
-                                     stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, env=environ, cwd=root)
+        self.proc = self._spawn(environ)
+
+    def _spawn(self, environ: dict) -> subprocess.Popen:
+        """Start the coschedd process (subclasses start it differently)."""
+        return subprocess.Popen([COSCHEDD, "--config", str(self.config_path)],
+                                stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                stderr=subprocess.STDOUT, env=environ, cwd=self.root)
 
     # ---- lifecycle
 
