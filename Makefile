@@ -11,11 +11,19 @@ $(BIN)/coschedd: pyproject.toml setup.py cosched/_speedups.c
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
+# coschedctl -H is tested against a real sshd (tests/test_remote.py); install
+# Debian's openssh-server if it is missing (those tests skip where this fails).
+SSHD := /usr/sbin/sshd
+$(SSHD):
+	-command -v apt-get >/dev/null && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  openssh-server >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }; }
+
 .PHONY: run test bench
 run: $(BIN)/coschedd
 	$(BIN)/coschedd --config config/coschedd.toml
 
-test: $(BIN)/coschedd
+test: $(BIN)/coschedd $(SSHD)
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/coschedd

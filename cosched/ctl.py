@@ -1,6 +1,6 @@
-"""usage: coschedctl [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARG...]
+"""usage: coschedctl [-H [USER@]HOST] [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARG...]
 
-Control a running coschedd through its unix socket.
+Control a running coschedd through its unix socket, on this host or over SSH.
 
 Commands:
   status [TASK] [--job JOB] [--state STATE]
@@ -32,6 +32,12 @@ Some commands need control access (resume, kill, start, reload), the others
 read access; the daemon's control.* config keys say who has which.
 
 Options (before or after the command):
+  -H, --host [USER@]HOST  run the command on HOST: ssh HOST coschedctl --json ...,
+                          like systemctl -H; the answer is printed here. ssh is
+                          $COSCHED_SSH (default "ssh"), never asks (BatchMode),
+                          and coschedctl must be on HOST's PATH (or set
+                          $COSCHED_REMOTE_COSCHEDCTL); --socket then names HOST's
+                          socket
   --socket PATH           the daemon's socket; default $COSCHED_SOCKET, else the
                           socket of the default configuration, else
                           $XDG_RUNTIME_DIR/cosched/coschedd.sock
@@ -44,7 +50,8 @@ Exit status:
   0  done
   1  the daemon refused the request; "coschedctl: CODE: MESSAGE" is printed
   2  usage error
-  3  the daemon cannot be reached
+  3  the daemon cannot be reached (with -H also: the host, by ssh, or
+     coschedctl on it)
 
 Text from the daemon (task and file names, values, errors) is printed with
 control characters escaped (\\n, \\x1b, ...) and bytes that are not UTF-8 as
@@ -419,10 +426,20 @@ class _PrintDoc(argparse.Action):
         parser.exit(EXIT_OK)
 
 
+def _host_arg(text: str) -> str:
+    from .remote import check_host
+    try:
+        return check_host(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The global options; on the subcommands (``suppress``) they override only when given."""
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
+    parser.add_argument("-H", "--host", metavar="[USER@]HOST", type=_host_arg,
+                        default=default(None))
     parser.add_argument("--socket", metavar="PATH", default=default(None))
     parser.add_argument("--json", action="store_true", default=default(False))
     parser.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
@@ -455,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character
         stream.reconfigure(errors="backslashreplace")  # gets \xNN, never an exception
     cmd = _BY_NAME[ns.command]
+    if ns.host is not None:
+        return _remote(ns, cmd, sys.argv[1:] if argv is None else argv)
     path = ns.socket or default_socket_path()
     try:
         result = call(path, cmd.name, cmd.build(ns), ns.timeout)
@@ -465,6 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as exc:
         print(f"coschedctl: {escape(exc.code)}: {escape(exc.message)}", file=sys.stderr)
         return EXIT_REFUSED
+    return _print_result(ns, cmd, result)
+
+
+def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
+    """The command on ns.host through ssh (cosched.remote); its result rendered here."""
+    from . import remote
+    try:
+        code, result, err = remote.run_remote(ns.host, remote.strip_host(argv), ns.timeout)
+    except remote.RemoteError as exc:
+        print(f"coschedctl: cannot reach {escape(ns.host)}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if err.strip():
+        print(escape_lines(err.rstrip("\n")), file=sys.stderr)
+    return code if code != EXIT_OK else _print_result(ns, cmd, result)
+
+
+def _print_result(ns: argparse.Namespace, cmd: Cmd, result: Any) -> int:
     try:
         print(json_text(result, sys.stdout.encoding) if ns.json else cmd.render(result))
     except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
