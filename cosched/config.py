@@ -1,6 +1,8 @@
 """coschedd configuration: the schema, the TOML loader and the typed result.
 
 SCHEMA is the one description of every key (default, doc, accepted values).
+Each key can also be set from the environment as COSCHED_<SECTION>_<KEY>
+(``cosched.envconfig``), which wins over the file.
 Validation, the defaults and the shipped config/coschedd.toml (rendered by
 `python -m cosched.config`) are all derived from it, so they cannot disagree.
 
@@ -32,6 +34,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from .envconfig import EnvError, overrides, variable
 from .strictmodes import Untrusted, read_trusted
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "coschedd.toml"
@@ -425,7 +428,25 @@ def load_config(path: str | os.PathLike | None = None,
         raise ConfigError(f"{path}: refusing the config file: {e}") from None
     except ValueError as e:  # TOMLDecodeError ends in "(at line L, column C)"; or bad UTF-8
         raise ConfigError(f"{path}: {e}") from None
-    return parse_config(data, path.parent, path=path, environ=environ)
+    data, notes = _with_environment(data, environ)
+    config = parse_config(data, path.parent, path=path, environ=environ)
+    return dataclasses.replace(config, warnings=config.warnings + notes) if notes else config
+
+
+def _with_environment(data: dict[str, Any], environ: Mapping[str, str]
+                      ) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The file's tables with COSCHED_<SECTION>_<KEY> variables laid over them
+    (cosched.envconfig); a bad value is an error that names the variable."""
+    try:
+        env, notes = overrides(SCHEMA, environ)
+    except EnvError as e:
+        raise ConfigError(str(e)) from None
+    for section, values in env.items():
+        for key, value in values.items():
+            _check(variable(section, key), SCHEMA[section][key], value)
+        if isinstance(data.get(section, {}), dict):
+            data = {**data, section: {**data.get(section, {}), **values}}
+    return data, tuple(notes)
 
 
 def _key_doc(key: Key) -> list[str]:
@@ -437,7 +458,10 @@ def default_toml() -> str:
     """The text of the shipped config/coschedd.toml: every key at its default, documented."""
     out = ["# coschedd configuration. Every key is optional; the values below are the defaults.",
            "# Generated from cosched.config.SCHEMA:",
-           "#   python -m cosched.config > config/coschedd.toml"]
+           "#   python -m cosched.config > config/coschedd.toml",
+           "# Each key can also be set in the environment as COSCHED_<SECTION>_<KEY>,",
+           "# e.g. COSCHED_LOG_FORMAT=json or COSCHED_METRICS_LISTEN=127.0.0.1:9469;",
+           "# a variable wins over this file."]
     for section, keys in SCHEMA.items():
         out += ["", f"[{section}]"]
         for k, key in keys.items():
