@@ -1,6 +1,8 @@
 # make run   - set up .venv and start coschedd on the example jobs (Ctrl-C stops it)
 # make test  - set up .venv and run the test suite
 # make bench - run the benchmarks (not part of the tests)
+# make man   - regenerate the man pages in man/ (a test checks they are current)
+# make completions - regenerate the bash and zsh completion scripts
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,7 +21,7 @@ $(SSHD):
 	  openssh-server >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }; }
 
-.PHONY: run test bench
+.PHONY: run test bench man completions
 run: $(BIN)/coschedd
 	$(BIN)/coschedd --config config/coschedd.toml
 
@@ -28,3 +30,6 @@ test: $(BIN)/coschedd $(SSHD)
 
 bench: $(BIN)/coschedd
 	$(BIN)/python tests/bench/bench_coro.py
+
+man: $(BIN)/coschedd
+	$(BIN)/python -m cosched.manpages man

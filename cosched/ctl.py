@@ -439,12 +439,19 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
     parser.add_argument("-H", "--host", metavar="[USER@]HOST", type=_host_arg,
-                        default=default(None))
-    parser.add_argument("--socket", metavar="PATH", default=default(None))
-    parser.add_argument("--json", action="store_true", default=default(False))
+                        default=default(None),
+                        help="run the command on HOST over ssh (ssh HOST coschedctl --json "
+                             "...), like systemctl -H; the answer is printed here")
+    parser.add_argument("--socket", metavar="PATH", default=default(None),
+                        help="the daemon's socket; default $COSCHED_SOCKET, else the socket "
+                             "of the default configuration")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the daemon's result as JSON")
     parser.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
-                        default=default(DEFAULT_TIMEOUT))
-    parser.add_argument("-h", "--help", action=_PrintDoc)
+                        default=default(DEFAULT_TIMEOUT),
+                        help=f"how long to wait to connect and for the answer (default "
+                             f"{DEFAULT_TIMEOUT:g}, at most {MAX_TIMEOUT:g})")
+    parser.add_argument("-h", "--help", action=_PrintDoc, help="show the help text")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,6 +57,10 @@ log = structlog.get_logger("cosched.daemon")
 
 
 def parse_args(argv):
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coschedd", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, help="configuration file (default: $COSCHED_CONFIG, "
                    "/etc/cosched/coschedd.toml, or the repository's config/coschedd.toml)")
@@ -64,7 +68,7 @@ def parse_args(argv):
     p.add_argument("--socket", type=Path, help="override control.socket")
     p.add_argument("--log-format", choices=["auto", "console", "json"], help="override log.format")
     p.add_argument("--log-level", choices=sorted(logsetup.LEVELS), help="override log.level")
-    return p.parse_args(argv)
+    return p
 
 
 def configure(args):
