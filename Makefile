@@ -33,3 +33,7 @@ bench: $(BIN)/coschedd
 
 man: $(BIN)/coschedd
 	$(BIN)/python -m cosched.manpages man
+
+completions: $(BIN)/coschedd
+	$(BIN)/register-python-argcomplete coschedctl > completions/coschedctl.bash
+	$(BIN)/register-python-argcomplete --shell zsh coschedctl > completions/_coschedctl

@@ -468,9 +468,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- main -------------------------------------------------------------------------
 
+# -- shell completion -------------------------------------------------------------
+
+def _complete_from(cmd: str, key: str) -> Callable[..., list[str]]:
+    """An argcomplete completer: the names (and ids) the daemon lists for ``cmd``."""
+    def complete(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+        if getattr(parsed_args, "host", None):
+            return []   # no ssh round trip on every tab
+        path = getattr(parsed_args, "socket", None) or default_socket_path()
+        try:
+            rows = call(path, cmd, {}, 2.0).get(key) or []
+        except (Unreachable, ControlError, AttributeError):
+            return []
+        words = [str(r.get("name")) for r in rows] + (
+            [str(r.get("id")) for r in rows] if key == "tasks" else [])
+        return [w for w in dict.fromkeys(words) if w.startswith(prefix)]
+    return complete
+
+
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request (the scripts in completions/ set
+    _ARGCOMPLETE) and exit. argcomplete is imported only then: a normal run pays
+    nothing for completion."""
+    import argcomplete
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in sub.choices.values():
+        for action in p._actions:
+            if action.dest == "task":
+                action.completer = _complete_from("status", "tasks")  # type: ignore[attr-defined]
+            elif action.dest == "job":
+                action.completer = _complete_from("jobs", "jobs")  # type: ignore[attr-defined]
+    argcomplete.autocomplete(parser, always_complete_options=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        _autocomplete(parser)
     try:
-        ns = build_parser().parse_args(argv)
+        ns = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if ns.command is None:
