@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import grp
-import ipaddress
 import json
 import math
 import os
@@ -108,6 +107,7 @@ def _listen(v: str) -> tuple[str, int] | None:
         host = host[1:-1]
     elif ":" in host:
         raise ValueError(f"{_toml(v)}: write an IPv6 address in brackets, e.g. \"[::1]:9469\"")
+    import ipaddress  # here: coschedctl reads this module for its socket and starts fast
     try:
         ipaddress.ip_address(host)
     except ValueError:

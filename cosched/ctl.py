@@ -69,7 +69,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from . import protocol
@@ -295,6 +294,7 @@ def render_status(result: dict) -> str:
 
 
 def _started_at(value: Any) -> str:
+    from datetime import datetime  # only show needs it: keep the start-up short
     try:
         return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):  # not a number, or out of range

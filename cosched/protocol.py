@@ -75,7 +75,6 @@ import copy
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 BAD_REQUEST = "bad-request"
@@ -187,8 +186,7 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):  # a NamedTuple, not a dataclass: coschedctl starts faster
     """A validated request: ``args`` has every argument of the command, defaults filled in."""
 
     id: int | str
@@ -196,8 +194,7 @@ class Request:
     args: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     """A successful response as read by a client."""
 
     id: int | str | None
