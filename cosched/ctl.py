@@ -262,7 +262,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     cells = [headers] + [[_text(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 def _job_errors(errors: list[dict]) -> list[str]:

@@ -55,7 +55,8 @@ def check_host(text: str) -> str:
 def strip_host(argv: Sequence[str]) -> list[str]:
     """The arguments without ``-H HOST``/``--host HOST`` (and their joined forms) and
     without ``--json``: what the remote coschedctl is given, before ``--json``."""
-    out, skip = [], False
+    out: list[str] = []
+    skip = False
     for i, arg in enumerate(argv):
         if skip:
             skip = False

@@ -52,8 +52,7 @@ from .events import Events
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
 from .metrics import CONTENT_TYPE, Collector, JobTotals, switch_path
-from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
-                       ControlError)
+from .protocol import BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED, ControlError
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
@@ -132,7 +131,7 @@ class Supervisor:
         for name in [n for n in self.job_table if n not in files]:
             self._remove_job(name)
             report["removed"].append(name)
-        for name, path in files.items():
+        for path in files.values():
             self.sync_file(path, report)
         return report
 

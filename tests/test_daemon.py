@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 from textwrap import dedent
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import psutil
 import pytest
