@@ -1,6 +1,8 @@
 # make run   - set up .venv and start coschedd on the example jobs (Ctrl-C stops it)
 # make test  - set up .venv and run the test suite
 # make bench - run the benchmarks (not part of the tests)
+# make man   - regenerate the man pages in man/ (a test checks they are current)
+# make completions - regenerate the bash and zsh completion scripts
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,12 +13,27 @@ $(BIN)/coschedd: pyproject.toml setup.py cosched/_speedups.c
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-.PHONY: run test bench
+# coschedctl -H is tested against a real sshd (tests/test_remote.py); install
+# Debian's openssh-server if it is missing (those tests skip where this fails).
+SSHD := /usr/sbin/sshd
+$(SSHD):
+	-command -v apt-get >/dev/null && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  openssh-server >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }; }
+
+.PHONY: run test bench man completions
 run: $(BIN)/coschedd
 	$(BIN)/coschedd --config config/coschedd.toml
 
-test: $(BIN)/coschedd
+test: $(BIN)/coschedd $(SSHD)
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/coschedd
 	$(BIN)/python tests/bench/bench_coro.py
+
+man: $(BIN)/coschedd
+	$(BIN)/python -m cosched.manpages man
+
+completions: $(BIN)/coschedd
+	$(BIN)/register-python-argcomplete coschedctl > completions/coschedctl.bash
+	$(BIN)/register-python-argcomplete --shell zsh coschedctl > completions/_coschedctl

@@ -1,6 +1,8 @@
 """coschedd configuration: the schema, the TOML loader and the typed result.
 
 SCHEMA is the one description of every key (default, doc, accepted values).
+Each key can also be set from the environment as COSCHED_<SECTION>_<KEY>
+(``cosched.envconfig``), which wins over the file.
 Validation, the defaults and the shipped config/coschedd.toml (rendered by
 `python -m cosched.config`) are all derived from it, so they cannot disagree.
 
@@ -31,6 +33,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from .envconfig import EnvError, overrides, variable
 from .strictmodes import Untrusted, read_trusted
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "coschedd.toml"
@@ -95,6 +98,26 @@ def _mode(v: str) -> int:
     return int(v, 8)
 
 
+def _listen(v: str) -> tuple[str, int] | None:
+    """"HOST:PORT" (HOST an IP address, IPv6 in brackets) as (host, port); "" as None."""
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{_toml(v)}: write an IPv6 address in brackets, e.g. \"[::1]:9469\"")
+    import ipaddress  # here: coschedctl reads this module for its socket and starts fast
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{_toml(v)}: expected HOST:PORT with HOST an IP address, e.g. "
+                         '"127.0.0.1:9469"') from None
+    if not (sep and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"{_toml(v)}: the port must be a number from 0 to 65535") from None
+    return host, int(port)
+
+
 def _is_id(v: Any) -> bool:
     return isinstance(v, str) and v != "" or _is_int(v) and v >= 0
 
@@ -155,7 +178,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     'an octal string like "0660"',
                     lambda v: isinstance(v, str) and bool(re.fullmatch(r"0?[0-7]{3}", v)), _mode),
         "read_users": _users("Users (names or uids) who may use the read commands: status, "
-                             "show (without the job's config table), jobs, ping."),
+                             "show (without the job's config table), jobs, ping, metrics."),
         "read_group": _group('Members of this group (name or gid) may use the read commands; '
                              '"": none. The socket and its folder get this group when it is '
                              "the only group configured."),
@@ -181,6 +204,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "format": _choice("auto", '"console", "json" (one object per line), or "auto": console '
                           "on a tty, JSON otherwise.", "auto", "console", "json"),
         "level": _choice("info", "Lowest level logged.", "debug", "info", "warning", "error"),
+        "stream": _choice("stderr", 'Where log lines go: "stderr", or "stdout" (containers, '
+                          "whose engines collect a program's output).", "stderr", "stdout"),
     },
     "jobs": {
         "restart": _choice("on-failure", "When an ended task is started again: never, after it "
@@ -198,6 +223,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                "cosched.StepTimeout, which fails the task. Also bounds a job "
                                "file's top level. 0 disables the limit."),
     },
+}
+
+SCHEMA["metrics"] = {
+    "listen": Key("", 'Serve Prometheus metrics (GET /metrics) and health checks (GET /healthz, '
+                  'GET /livez) over HTTP at "HOST:PORT"; HOST is an IP address (IPv6 in '
+                  'brackets), port 0 picks a free port. "" serves none; coschedctl metrics '
+                  "works either way. Keep it on loopback unless the network is trusted: the "
+                  "metrics name every job and task.",
+                  '"" or "HOST:PORT", e.g. "127.0.0.1:9469"', lambda v: isinstance(v, str),
+                  _listen),
+    "max_task_series": _int(500, "Alive tasks that get series of their own (busy seconds, "
+                            "steps, switches, restarts), lowest ids first; per-job totals "
+                            "cover every task regardless. Bounds what a scrape costs "
+                            "Prometheus when there are many tasks.", 0, 1_000_000),
 }
 
 JOB_KEYS: dict[str, Key] = {  # what a [job.<name>] table may hold
@@ -246,6 +285,9 @@ class Config:
     job_defaults: JobPolicy
     jobs: Mapping[str, JobPolicy]  # merged policies of the jobs that have a [job.<name>] table
     warnings: tuple[str, ...] = ()  # for the daemon to log: old key names that were used
+    log_stream: str = "stderr"
+    metrics_listen: tuple[str, int] | None = None   # (IP address, port); None: no HTTP endpoint
+    metrics_max_task_series: int = 500
 
     def job_policy(self, name: str) -> JobPolicy:
         """job_defaults merged with [job.<name>]. config is copied per call so that a
@@ -359,7 +401,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
         step_warning=daemon["step_warning"], stop_timeout=daemon["stop_timeout"],
         worker_threads=daemon["worker_threads"],
         watchdog=daemon["watchdog"], strict_modes=daemon["strict_modes"],
-        job_defaults=job_defaults, jobs=jobs, warnings=_alias_warnings(data))
+        job_defaults=job_defaults, jobs=jobs, warnings=_alias_warnings(data),
+        log_stream=log["stream"], metrics_listen=v["metrics"]["listen"],
+        metrics_max_task_series=v["metrics"]["max_task_series"])
 
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -384,7 +428,25 @@ def load_config(path: str | os.PathLike | None = None,
         raise ConfigError(f"{path}: refusing the config file: {e}") from None
     except ValueError as e:  # TOMLDecodeError ends in "(at line L, column C)"; or bad UTF-8
         raise ConfigError(f"{path}: {e}") from None
-    return parse_config(data, path.parent, path=path, environ=environ)
+    data, notes = _with_environment(data, environ)
+    config = parse_config(data, path.parent, path=path, environ=environ)
+    return dataclasses.replace(config, warnings=config.warnings + notes) if notes else config
+
+
+def _with_environment(data: dict[str, Any], environ: Mapping[str, str]
+                      ) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The file's tables with COSCHED_<SECTION>_<KEY> variables laid over them
+    (cosched.envconfig); a bad value is an error that names the variable."""
+    try:
+        env, notes = overrides(SCHEMA, environ)
+    except EnvError as e:
+        raise ConfigError(str(e)) from None
+    for section, values in env.items():
+        for key, value in values.items():
+            _check(variable(section, key), SCHEMA[section][key], value)
+        if isinstance(data.get(section, {}), dict):
+            data = {**data, section: {**data.get(section, {}), **values}}
+    return data, tuple(notes)
 
 
 def _key_doc(key: Key) -> list[str]:
@@ -396,7 +458,10 @@ def default_toml() -> str:
     """The text of the shipped config/coschedd.toml: every key at its default, documented."""
     out = ["# coschedd configuration. Every key is optional; the values below are the defaults.",
            "# Generated from cosched.config.SCHEMA:",
-           "#   python -m cosched.config > config/coschedd.toml"]
+           "#   python -m cosched.config > config/coschedd.toml",
+           "# Each key can also be set in the environment as COSCHED_<SECTION>_<KEY>,",
+           "# e.g. COSCHED_LOG_FORMAT=json or COSCHED_METRICS_LISTEN=127.0.0.1:9469;",
+           "# a variable wins over this file."]
     for section, keys in SCHEMA.items():
         out += ["", f"[{section}]"]
         for k, key in keys.items():

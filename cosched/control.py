@@ -528,7 +528,8 @@ def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nurse
 async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
                 access: Access | None = None, limits: Limits = Limits(),
                 task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
-                guard: Any = None) -> None:
+                guard: Any = None, connections: Callable[[Callable[[], int]], None] | None = None,
+                passed: stdsocket.socket | None = None) -> None:
     """Serve the control protocol on a unix socket at ``path`` until cancelled.
 
     A stale socket file is replaced; a live one raises ``OSError`` ("another coschedd
@@ -538,19 +539,32 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
     ``task_status.started(path)`` is called once clients can connect. ``access``
     defaults to root and the daemon's own user only. With a step ``guard``, its
     watchdog takes connections while a step stalls the loop (``cosched.stalldesk``).
+    ``connections``, if given, is handed a function that tells how many connections
+    are open (for the metrics). ``passed`` is a listening socket that the service
+    manager created (socket activation): it is served as it is, and its file is
+    never removed, so clients queue in it while the daemon restarts.
     """
     path = Path(path)
     access = Access() if access is None else access
     if access.world_connectable():
         mode |= 0o006
-    await _remove_stale(path)
-    listener = trio.socket.from_stdlib_socket(_bind(path, mode, access.socket_group()))
-    st = os.lstat(path)
+    if passed is None:
+        await _remove_stale(path)
+        listener = trio.socket.from_stdlib_socket(_bind(path, mode, access.socket_group()))
+        st = os.lstat(path)
+    else:  # systemd's (cosched.activation): its file, mode and group are the unit's
+        listener = trio.socket.from_stdlib_socket(passed)
+        st = None
     server = _Server(backend, access, limits, max_line)
+    if connections is not None:
+        connections(lambda: server.active)
     try:
         with listener:
-            log.info("control socket listening", path=str(path), mode=f"{mode:04o}",
-                     group=st.st_gid)
+            if st is not None:
+                log.info("control socket listening", path=str(path), mode=f"{mode:04o}",
+                         group=st.st_gid)
+            else:
+                log.info("control socket passed by the service manager", path=str(path))
             async with trio.open_nursery() as nursery:
                 if guard is not None:
                     guard.desk = _desk(server, listener, nursery, max_line)
@@ -560,5 +574,6 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
         if guard is not None and guard.desk is not None:
             guard.desk, desk = None, guard.desk
             desk.close()
-        _remove_if_ours(path, (st.st_dev, st.st_ino))
+        if st is not None:
+            _remove_if_ours(path, (st.st_dev, st.st_ino))
         log.info("control socket closed", path=str(path))

@@ -1,6 +1,6 @@
-"""usage: coschedctl [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARG...]
+"""usage: coschedctl [-H [USER@]HOST] [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARG...]
 
-Control a running coschedd through its unix socket.
+Control a running coschedd through its unix socket, on this host or over SSH.
 
 Commands:
   status [TASK] [--job JOB] [--state STATE]
@@ -21,6 +21,10 @@ Commands:
   reload                  rescan the jobs folder
   jobs                    list the jobs and their state
   ping                    check that the daemon answers
+  metrics                 Prometheus metrics in the text format, e.g. for
+                          node_exporter's textfile collector (write, then rename):
+                          coschedctl metrics > DIR/cosched.prom.tmp &&
+                          mv DIR/cosched.prom.tmp DIR/cosched.prom
 
 TASK is a task id (a number) or a task name.
 
@@ -28,6 +32,12 @@ Some commands need control access (resume, kill, start, reload), the others
 read access; the daemon's control.* config keys say who has which.
 
 Options (before or after the command):
+  -H, --host [USER@]HOST  run the command on HOST: ssh HOST coschedctl --json ...,
+                          like systemctl -H; the answer is printed here. ssh is
+                          $COSCHED_SSH (default "ssh"), never asks (BatchMode),
+                          and coschedctl must be on HOST's PATH (or set
+                          $COSCHED_REMOTE_COSCHEDCTL); --socket then names HOST's
+                          socket
   --socket PATH           the daemon's socket; default $COSCHED_SOCKET, else the
                           socket of the default configuration, else
                           $XDG_RUNTIME_DIR/cosched/coschedd.sock
@@ -40,7 +50,8 @@ Exit status:
   0  done
   1  the daemon refused the request; "coschedctl: CODE: MESSAGE" is printed
   2  usage error
-  3  the daemon cannot be reached
+  3  the daemon cannot be reached (with -H also: the host, by ssh, or
+     coschedctl on it)
 
 Text from the daemon (task and file names, values, errors) is printed with
 control characters escaped (\\n, \\x1b, ...) and bytes that are not UTF-8 as
@@ -58,7 +69,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from . import protocol
@@ -252,7 +262,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     cells = [headers] + [[_text(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 def _job_errors(errors: list[dict]) -> list[str]:
@@ -269,7 +279,8 @@ def render_status(result: dict) -> str:
         f"coschedd {_text(d.get('version'))}  pid {_text(d.get('pid'))}  "
         f"up {fmt_duration(d.get('uptime'))}  mem {fmt_bytes(d.get('rss'))}  cpu {cpu}  "
         f"tasks {_text(d.get('num_tasks'))}",
-        f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}",
+        f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}"
+        f"  switch path {_text(d.get('switch_path'))}",
         "",
         table(["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
               [[t.get("id"), t.get("name"), t.get("state"), t.get("waiting_on"),
@@ -283,6 +294,7 @@ def render_status(result: dict) -> str:
 
 
 def _started_at(value: Any) -> str:
+    from datetime import datetime  # only show needs it: keep the start-up short
     try:
         return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):  # not a number, or out of range
@@ -355,6 +367,12 @@ def render_jobs(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_metrics(result: dict) -> str:
+    """The exposition as it came: it holds no control characters (cosched.metrics),
+    and escape_lines keeps it so should a daemon send any."""
+    return escape_lines(str(result.get("text", "")).rstrip("\n"))
+
+
 def render_ping(result: dict) -> str:
     return f"pong from coschedd pid {_text(result.get('pid'))}"
 
@@ -394,6 +412,7 @@ COMMANDS: tuple[Cmd, ...] = (
     Cmd("reload", (), lambda ns: {}, render_reload),
     Cmd("jobs", (), lambda ns: {}, render_jobs),
     Cmd("ping", (), lambda ns: {}, render_ping),
+    Cmd("metrics", (), lambda ns: {}, render_metrics),
 )
 _BY_NAME = {cmd.name: cmd for cmd in COMMANDS}
 
@@ -407,15 +426,32 @@ class _PrintDoc(argparse.Action):
         parser.exit(EXIT_OK)
 
 
+def _host_arg(text: str) -> str:
+    from .remote import check_host
+    try:
+        return check_host(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The global options; on the subcommands (``suppress``) they override only when given."""
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
-    parser.add_argument("--socket", metavar="PATH", default=default(None))
-    parser.add_argument("--json", action="store_true", default=default(False))
+    parser.add_argument("-H", "--host", metavar="[USER@]HOST", type=_host_arg,
+                        default=default(None),
+                        help="run the command on HOST over ssh (ssh HOST coschedctl --json "
+                             "...), like systemctl -H; the answer is printed here")
+    parser.add_argument("--socket", metavar="PATH", default=default(None),
+                        help="the daemon's socket; default $COSCHED_SOCKET, else the socket "
+                             "of the default configuration")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the daemon's result as JSON")
     parser.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
-                        default=default(DEFAULT_TIMEOUT))
-    parser.add_argument("-h", "--help", action=_PrintDoc)
+                        default=default(DEFAULT_TIMEOUT),
+                        help=f"how long to wait to connect and for the answer (default "
+                             f"{DEFAULT_TIMEOUT:g}, at most {MAX_TIMEOUT:g})")
+    parser.add_argument("-h", "--help", action=_PrintDoc, help="show the help text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,9 +468,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- main -------------------------------------------------------------------------
 
+# -- shell completion -------------------------------------------------------------
+
+def _complete_from(cmd: str, key: str) -> Callable[..., list[str]]:
+    """An argcomplete completer: the names (and ids) the daemon lists for ``cmd``."""
+    def complete(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+        if getattr(parsed_args, "host", None):
+            return []   # no ssh round trip on every tab
+        path = getattr(parsed_args, "socket", None) or default_socket_path()
+        try:
+            rows = call(path, cmd, {}, 2.0).get(key) or []
+        except (Unreachable, ControlError, AttributeError):
+            return []
+        words = [str(r.get("name")) for r in rows] + (
+            [str(r.get("id")) for r in rows] if key == "tasks" else [])
+        return [w for w in dict.fromkeys(words) if w.startswith(prefix)]
+    return complete
+
+
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request (the scripts in completions/ set
+    _ARGCOMPLETE) and exit. argcomplete is imported only then: a normal run pays
+    nothing for completion."""
+    import argcomplete
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in sub.choices.values():
+        for action in p._actions:
+            if action.dest == "task":
+                action.completer = _complete_from("status", "tasks")  # type: ignore[attr-defined]
+            elif action.dest == "job":
+                action.completer = _complete_from("jobs", "jobs")  # type: ignore[attr-defined]
+    argcomplete.autocomplete(parser, always_complete_options=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        _autocomplete(parser)
     try:
-        ns = build_parser().parse_args(argv)
+        ns = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if ns.command is None:
@@ -443,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character
         stream.reconfigure(errors="backslashreplace")  # gets \xNN, never an exception
     cmd = _BY_NAME[ns.command]
+    if ns.host is not None:
+        return _remote(ns, cmd, sys.argv[1:] if argv is None else argv)
     path = ns.socket or default_socket_path()
     try:
         result = call(path, cmd.name, cmd.build(ns), ns.timeout)
@@ -453,6 +527,23 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as exc:
         print(f"coschedctl: {escape(exc.code)}: {escape(exc.message)}", file=sys.stderr)
         return EXIT_REFUSED
+    return _print_result(ns, cmd, result)
+
+
+def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
+    """The command on ns.host through ssh (cosched.remote); its result rendered here."""
+    from . import remote
+    try:
+        code, result, err = remote.run_remote(ns.host, remote.strip_host(argv), ns.timeout)
+    except remote.RemoteError as exc:
+        print(f"coschedctl: cannot reach {escape(ns.host)}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if err.strip():
+        print(escape_lines(err.rstrip("\n")), file=sys.stderr)
+    return code if code != EXIT_OK else _print_result(ns, cmd, result)
+
+
+def _print_result(ns: argparse.Namespace, cmd: Cmd, result: Any) -> int:
     try:
         print(json_text(result, sys.stdout.encoding) if ns.json else cmd.render(result))
     except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:

@@ -3,6 +3,10 @@
 usage: coschedd [--config PATH] [--jobs-dir DIR] [--socket PATH]
                 [--log-format auto|console|json] [--log-level LEVEL]
 
+Socket activation: started by systemd with a passed socket (coschedd.socket;
+LISTEN_FDS/LISTEN_PID, descriptor 3, see cosched.activation), the daemon serves
+that socket and leaves it in place when it exits.
+
 Signals: SIGTERM/SIGINT stop gracefully (every task is killed and its cleanup
 runs, within daemon.stop_timeout; cleanup still running then is abandoned and
 the daemon exits anyway, logging the tasks it abandoned); SIGHUP reloads the
@@ -11,7 +15,8 @@ systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and ping
 the watchdog from the event loop when WatchdogSec is set.
 
 Exit codes: 0 stopped (cleanly, or with abandoned cleanup, which is logged),
-1 failed while running, 2 bad configuration or arguments, or an unsafe config
+1 failed while running (or cannot listen on metrics.listen: the port is taken),
+2 bad configuration or arguments, or an unsafe config
 file or runtime folder (see cosched.strictmodes), 4 a task's step could not be
 interrupted (stuck in C code past step_limit plus a grace period): the daemon
 ended itself so that its service manager restarts it.
@@ -30,6 +35,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from . import activation, httpserve
 from . import log as logsetup
 from .config import ConfigError, load_config
 from .control import Access, Limits, serve
@@ -51,6 +57,10 @@ log = structlog.get_logger("cosched.daemon")
 
 
 def parse_args(argv):
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coschedd", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, help="configuration file (default: $COSCHED_CONFIG, "
                    "/etc/cosched/coschedd.toml, or the repository's config/coschedd.toml)")
@@ -58,7 +68,7 @@ def parse_args(argv):
     p.add_argument("--socket", type=Path, help="override control.socket")
     p.add_argument("--log-format", choices=["auto", "console", "json"], help="override log.format")
     p.add_argument("--log-level", choices=sorted(logsetup.LEVELS), help="override log.level")
-    return p.parse_args(argv)
+    return p
 
 
 def configure(args):
@@ -70,7 +80,8 @@ def configure(args):
     return dataclasses.replace(config, **changes)
 
 
-async def run(config, notifier: Notifier, sink: LogSink | None = None) -> None:
+async def run(config, notifier: Notifier, sink: LogSink | None = None,
+              metrics_sock=None, control_sock=None) -> None:
     """Signals and the control socket first, then the jobs: a job's first step may be
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config, log_sink=sink, on_stuck=lambda code: _exit_now(sink, code))
@@ -79,8 +90,10 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None) -> None:
         sup.guard.wrap_daemon_signals(DAEMON_SIGNALS)
         async with trio.open_nursery() as nursery:
             server, server_closed = trio.CancelScope(), trio.Event()
-            await nursery.start(_serve, server, server_closed, config, sup)
+            await nursery.start(_serve, server, server_closed, config, sup, control_sock)
             await nursery.start(sup.run)
+            if metrics_sock is not None:
+                await nursery.start(httpserve.serve, metrics_sock, sup)
             nursery.start_soon(watch_jobs, sup)
             nursery.start_soon(forks.reap)
             if config.watchdog:
@@ -101,14 +114,16 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Supervisor, *,
-                 task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Supervisor,
+                 passed=None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     try:
         with scope:
             await serve(config.socket, config.socket_mode, sup,
                         max_line=config.max_request_bytes, access=Access.from_config(config),
                         limits=Limits.from_config(config), task_status=task_status,
-                        guard=sup.guard)
+                        guard=sup.guard,
+                        connections=lambda count: setattr(sup.collector, "connections", count),
+                        passed=passed)
     finally:
         closed.set()
 
@@ -189,6 +204,23 @@ def prepare_runtime(config) -> None:
         os.chmod(folder, mode | need)
 
 
+def _passed_socket(config):
+    """The control socket systemd passed (coschedd.socket), or None. One at another path
+    than control.socket is served all the same, with a warning: coschedctl looks for the
+    daemon at control.socket."""
+    passed = activation.control_socket()
+    if passed is None:
+        return None
+    sock, name = passed
+    path = activation.socket_path(sock)
+    if path != str(config.socket):
+        log.warning("the control socket passed by the service manager is not at "
+                    "control.socket; coschedctl finds the daemon by control.socket",
+                    passed=path or "(unnamed)", control_socket=str(config.socket))
+    log.info("using the control socket passed by the service manager", name=name, path=path)
+    return sock
+
+
 def _status_line(sup: Supervisor) -> str:
     alive = sum(t.alive for t in sup.tasks.values())
     return f"{alive} tasks, {len(sup.job_table)} jobs"
@@ -201,7 +233,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"coschedd: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    sink = LogSink(sys.stderr.fileno())
+    sink = LogSink((sys.stdout if config.log_stream == "stdout" else sys.stderr).fileno())
     logsetup.setup(config.log_format, config.log_level, sink)
     for warning in config.warnings:
         log.warning("configuration", note=warning)
@@ -217,9 +249,21 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"coschedd: cannot set up the runtime folder: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        control_sock = _passed_socket(config)
+    except activation.ActivationError as e:
+        print(f"coschedd: socket activation: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    metrics_sock = None
+    if config.metrics_listen is not None:
+        try:
+            metrics_sock = httpserve.bind(config.metrics_listen)
+        except httpserve.MetricsAddressError as e:
+            print(f"coschedd: {e.strerror}", file=sys.stderr)
+            return EXIT_FAILED
     notifier = Notifier()
     try:
-        trio.run(run, config, notifier, sink)
+        trio.run(run, config, notifier, sink, metrics_sock, control_sock)
     except OSError as e:
         log.error("coschedd failed", error=str(e))
         return EXIT_FAILED

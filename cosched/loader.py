@@ -18,10 +18,11 @@ import importlib.util
 import inspect
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 

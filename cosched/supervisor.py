@@ -54,8 +54,8 @@ from .events import Events
 from .gcpacer import GcPacer
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import (BUSY, Chunked, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
-                       ControlError)
+from .metrics import CONTENT_TYPE, Collector, JobTotals, switch_path
+from .protocol import BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED, Chunked, ControlError
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
@@ -89,6 +89,8 @@ class Supervisor:
         self._child_policies: dict[str, JobPolicy] = {}   # cleared when the config changes
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
+        self.totals = JobTotals()   # counters of the tasks that ended for good, per job
+        self.collector = Collector(self, config.metrics_max_task_series)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -139,7 +141,7 @@ class Supervisor:
         for name in [n for n in self.job_table if n not in files]:
             self._remove_job(name)
             report["removed"].append(name)
-        for name, path in files.items():
+        for path in files.values():
             self.sync_file(path, report)
         return report
 
@@ -292,6 +294,7 @@ class Supervisor:
         t.yielded = None
         t.ctx._finish(t.state, t.result if t.state == "finished" else t.error)
         t.mark_done()
+        self.totals.add(t)
         self.reg.retire(t)
         self.gc.task_ended()
         for child in list(t.children.values()):
@@ -516,6 +519,11 @@ class Supervisor:
                             [t.id for t in self.reg.of_job(name).values() if t.alive])
             for name, e in sorted(self.job_table.items())]}
 
+    async def metrics(self) -> dict:
+        """The Prometheus text exposition (cosched.metrics), rendered in chunks."""
+        return {"text": await self.collector.render(trio.lowlevel.checkpoint),
+                "content_type": CONTENT_TYPE}
+
     # ---------------------------------------------------------------- reports
 
     def _daemon_info(self) -> dict:
@@ -529,7 +537,7 @@ class Supervisor:
                 "num_tasks": self.reg.count_alive(), "version": __version__,
                 "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
                 "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0,
-                "gc": self.gc.report()}
+                "gc": self.gc.report(), "switch_path": switch_path()}
 
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}

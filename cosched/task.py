@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import cloudpickle
 import psutil
@@ -38,7 +40,14 @@ class TaskContext:
     __slots__ = ("name", "id", "_log", "config", "state", "_spawner", "_threads", "_done",
                  "_outcome")
 
-    def __init__(self, name: str, id: int, log, config: dict, state: dict | None = None,
+    name: str                 # the task's name, unique among alive tasks
+    id: int                   # the task's id, unique for the daemon's lifetime
+    config: dict[str, Any]    # the [job.<name>] config table (a fresh copy per start of a
+                              # top-level task; spawned children share their parent's)
+    state: dict[str, Any]     # kept across restarts of this task
+
+    def __init__(self, name: str, id: int, log: Any, config: dict[str, Any],
+                 state: dict[str, Any] | None = None,
                  spawner: Callable[..., TaskContext] | None = None,
                  threads: trio.CapacityLimiter | None = None) -> None:
         self.name = name
@@ -59,7 +68,8 @@ class TaskContext:
             log = self._log = log(self.name, self.id)
         return log
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args, name: str | None = None) -> TaskContext:
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any,
+              name: str | None = None) -> TaskContext:
         """Start ``fn(child_task, *args)`` as a new supervised task; returns the child's task object."""
         if self._spawner is None:
             raise RuntimeError("spawn is only available to tasks run by coschedd")
@@ -73,12 +83,14 @@ class TaskContext:
             if self._done is None:
                 self._done = trio.Event()
             await self._done.wait()
+        assert self._outcome is not None   # set by _finish before the event
         kind, value = self._outcome
         if kind == "finished":
             return value
         raise TaskFailed(f"task {self.name} (#{self.id}) {kind}: {value}")
 
-    async def run_process(self, command, *, grace: float = 5.0, **options):
+    async def run_process(self, command: str | Sequence[str], *, grace: float = 5.0,
+                          **options: Any) -> subprocess.CompletedProcess[bytes]:
         """``trio.run_process(command, **options)``, ending the whole process tree on cancel.
 
         If the call is cancelled (the task is killed, the daemon stops), the process
@@ -188,6 +200,6 @@ async def _wait_exit(p: psutil.Process, grace: float) -> None:
 
 def _running(p: psutil.Process) -> bool:
     try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False

@@ -26,9 +26,9 @@ import errno
 import os
 import stat
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 import trio
 

@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 from textwrap import dedent
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -146,9 +147,13 @@ class Daemon:
         environ = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         environ.update(env or {})
         self._log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([COSCHEDD, "--config", str(self.config_path)],
-                                     stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, env=environ, cwd=root)
+        self.proc = self._spawn(environ)
+
+    def _spawn(self, environ: dict) -> subprocess.Popen:
+        """Start the coschedd process (subclasses start it differently)."""
+        return subprocess.Popen([COSCHEDD, "--config", str(self.config_path)],
+                                stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                stderr=subprocess.STDOUT, env=environ, cwd=self.root)
 
     # ---- lifecycle
 
