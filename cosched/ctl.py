@@ -554,14 +554,18 @@ def _print_result(ns: argparse.Namespace, cmd: Cmd, result: Any) -> int:
 
 
 def json_text(result: Any, encoding: str | None) -> str:
-    """The result as indented JSON: exact, and safe on a terminal (see cosched.terminal);
-    all ASCII when the output's encoding cannot carry the text otherwise."""
-    text = escape_json(json.dumps(result, indent=2, ensure_ascii=False))
+    """The result as compact JSON (the C encoder: fast for a million rows): exact, and
+    safe on a terminal (see cosched.terminal); all ASCII when the output's encoding
+    cannot carry the text otherwise."""
+    text = escape_json(json.dumps(result, separators=_COMPACT, ensure_ascii=False))
     try:
         text.encode(encoding or "utf-8")
     except (UnicodeEncodeError, LookupError):
-        return json.dumps(result, indent=2)  # ensure_ascii: \uNNNN escapes only
+        return json.dumps(result, separators=_COMPACT)  # ensure_ascii: \uNNNN escapes only
     return text
+
+
+_COMPACT = (",", ":")
 
 
 if __name__ == "__main__":

@@ -433,7 +433,7 @@ class Chunked:
         cut = opening.rindex(b"[]")   # `key: []` is the last member of the result
         yield opening[:cut + 1]
         for i in range(0, len(self.items), self.size):
-            part = encode([self.render(x) for x in self.items[i:i + self.size]])
+            part = encode(self.render(self.items[i:i + self.size]))
             yield (b"," if i else b"") + part[1:-2]   # without the brackets and the newline
         closing = encode(self.tail)[1:-2]
         yield b"]" + (b"," + closing if closing else b"") + b"}}\n"

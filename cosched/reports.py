@@ -65,17 +65,28 @@ def waiting_on(t: Task) -> str | None:
     return cached[1]
 
 
-def info(t: Task) -> dict:
-    state = t.shown_state()
+def info(t: Task, now: float | None = None) -> dict:
+    """One task's row. ``now`` (time.monotonic()) may be given once for many rows."""
+    state = t._state
+    trio_task = t.trio_task
+    if state == "running" and trio_task is not None and trio_task._next_send_fn is None:
+        state = "waiting"   # running, but blocked in the event loop (see Task.shown_state)
     return {
         "id": t.id, "name": t.name, "job": t.job.name, "state": state,
         "waiting_on": waiting_on(t) if state == "waiting" else None,
         "busy": round(t.busy, 6), "steps": t.steps,
-        "switches": switches_of(t.trio_task) if t.trio_task is not None else t.switches,
-        "age": round(time.monotonic() - t.born, 3), "restarts": t.restarts,
+        "switches": switches_of(trio_task) if trio_task is not None else t.switches,
+        "age": round((time.monotonic() if now is None else now) - t.born, 3),
+        "restarts": t.restarts,
         "yielded": list(t.yielded) if t.yielded is not None else None,
         "error": t.error,
     }
+
+
+def rows(tasks: list[Task]) -> list[dict]:
+    """info() of many tasks, at one moment."""
+    now = time.monotonic()
+    return [info(t, now) for t in tasks]
 
 
 def show(t: Task) -> dict:

@@ -109,7 +109,11 @@ class Supervisor:
             trio.lowlevel.remove_instrument(self.guard)
             self.guard.close()
             self.gc.close()
-            log.warning("supervisor stopped", gc=self.gc.report())
+            figures = self.gc.report()
+            long_pause = max(figures["longest_pause"]) > 0.1
+            (log.warning if long_pause else log.info)(
+                "supervisor stopped" + ("; the collector paused the loop for long" if long_pause
+                                        else ""), gc=figures)
 
     async def stop(self, timeout: float) -> list[Task]:
         """Kill every task (cleanup runs) and wait for them, at most ``timeout`` seconds.
@@ -454,8 +458,8 @@ class Supervisor:
         head = {"daemon": self._daemon_info()}
         tail = {"job_errors": self._job_errors()}
         if len(tasks) <= STATUS_CHUNK:
-            return {**head, "tasks": [reports.info(t) for t in tasks], **tail}
-        return Chunked(head, "tasks", tasks, reports.info, tail, STATUS_CHUNK)
+            return {**head, "tasks": reports.rows(tasks), **tail}
+        return Chunked(head, "tasks", tasks, reports.rows, tail, STATUS_CHUNK)
 
     def show(self, task: str | int) -> dict:
         return reports.show(self.find(task))
