@@ -45,17 +45,20 @@ import psutil
 import structlog
 import trio
 
-from . import __version__, coro, reports
+from . import __version__, coro, hooks, reconfig, reports, tasklog, tasktree, whereis
+from . import log as logsetup
 from ._coro import last_transfer_to_main, switches_of
-from .config import Config
+from .config import Config, ConfigError
+from .eventfeed import EventLog
 from .events import Events
 from .guard import StepGuard, StepTimeout, TaskInterrupted
-from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
+from .loader import Job, JobLoadError, job_files, load_job, set_strict_modes, signature
+from .protocol import (BUSY, CONFIG_ERROR, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
                        ControlError)
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
+from .tasklog import TaskLogs
 
 __all__ = ["Supervisor", "Task"]
 
@@ -81,6 +84,13 @@ class Supervisor:
         self.threads = trio.CapacityLimiter(config.worker_threads)
         self.log_sink = log_sink
         self.events = Events()
+        self.overrides: dict[str, Any] = {}  # the command line's config overrides; a reload keeps them
+        self.task_logs = TaskLogs(config.task_lines, lambda tid: self.reg.tasks.get(tid))
+        self.event_log = EventLog(self.events, config.events_kept)
+        self._parked: dict[int, tuple[Any, bool]] = {}  # id -> (coroutine a resume continues,
+        #                                                 transferred?), while suspended
+        self._restarting: dict[int, Any] = {}  # id -> policy of the next life, once asked
+        self._gave_up: set[str] = set()  # jobs whose last top-level task hit its start limit
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
 
@@ -90,6 +100,9 @@ class Supervisor:
         """Load the jobs folder, start what autostarts, and supervise until cancelled."""
         trio.lowlevel.add_instrument(self.guard)
         self.guard.start()
+        self.task_logs.start()
+        logsetup.set_capture(self.task_logs.capture)
+        restore_output = tasklog.install(self.task_logs)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -97,6 +110,9 @@ class Supervisor:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            restore_output()
+            logsetup.set_capture(None)
+            self.event_log.close()
             trio.lowlevel.remove_instrument(self.guard)
             self.guard.close()
 
@@ -190,19 +206,25 @@ class Supervisor:
         del self.job_table[name]
         log.info("job removed", job=name)
         self.events.job("job-removed", name)
+        self.task_logs.job_removed(name)
 
     # ---------------------------------------------------------------- tasks
 
     def start_task(self, job: Job, fn=None, args: tuple = (), parent: Task | None = None,
-                   name: str | None = None) -> Task:
+                   name: str | None = None, *, state: dict | None = None,
+                   trigger: dict | None = None) -> Task:
+        """A new task of ``job`` (``state``: its task.state; ``trigger``: its task.trigger)."""
         policy = self.config.job_policy(job.name)
         if parent is not None:
             policy = dataclasses.replace(policy, restart="no")
+        else:
+            self._gave_up.discard(job.name)
         tid = self.reg.new_id()
         name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
         t = Task(tid, name, job, policy, fn or job.main, args, parent)
         t.ctx = TaskContext(name, tid, structlog.get_logger("cosched.job").bind(task=name, id=tid),
-                            policy.config, spawner=self._spawn, threads=self.threads)
+                            policy.config, state, spawner=self._spawn, threads=self.threads,
+                            trigger=trigger)
         self.reg.add(t)
         self.nursery.start_soon(self._supervise, t, name=f"cosched task {name}")
         return t
@@ -218,10 +240,13 @@ class Supervisor:
         t.trio_task = trio.lowlevel.current_task()
         self.reg.by_trio[t.trio_task] = t
         self.guard.enter(t)  # this first step began before the guard knew the task
+        tasklog.enter(t)     # what this trio task (and those it starts) prints is t's
         try:
             while True:
                 t.starts.append(time.monotonic())
                 await self._run_once(t)
+                if self._restart_now(t):
+                    continue
                 delay = self._restart_delay(t)
                 if t.abandoned:
                     break
@@ -233,6 +258,8 @@ class Supervisor:
                 self.events.task("restarting", t, delay=delay)
                 with trio.CancelScope() as t.scope:
                     await trio.sleep(delay)
+                if self._restart_now(t):
+                    continue
                 if t.kill_requested or t.scope.cancelled_caught:
                     t.state = "killed"
                     self._life_ended(t)
@@ -244,6 +271,24 @@ class Supervisor:
             self._life_ended(t)
         finally:
             self._finished(t)
+
+    def _restart_now(self, t: Task) -> bool:
+        """A restart was asked for (``restart``, or a reload that changed its job's
+        config): this life is over, its children go with it, the next begins at once."""
+        if t.id not in self._restarting or t.abandoned:
+            return False
+        policy = self._restarting.pop(t.id)
+        if t.state != "restarting":  # in its restart delay, its last life was announced
+            self._life_ended(t)
+        for child in list(t.children.values()):
+            self._request_kill(child)
+        t.kill_requested = False
+        t.restarts += 1
+        if policy is not None:
+            t.policy, t.ctx.config = policy, policy.config
+        log.info("restarting task on request", task=t.name, id=t.id)
+        self.events.task("restarting", t, delay=0, requested=True)
+        return True
 
     def _finished(self, t: Task) -> None:
         # This last step ends after the task is unregistered: account for it here.
@@ -270,8 +315,11 @@ class Supervisor:
         t.ended.set()
         t.signal_stop()
         self.reg.retire(t)
+        self._restarting.pop(t.id, None)
         for child in list(t.children.values()):
             self._request_kill(child)
+        self.task_logs.ended(t)
+        hooks.on_failure(self, t)
 
     def _abandon(self, t: Task, timeout: float) -> None:
         """Cleanup overran: t ends in the registry now; its trio task ends when it can."""
@@ -293,6 +341,8 @@ class Supervisor:
             limit = f"start limit hit ({p.start_limit_burst} starts in {p.start_limit_interval:g}s)"
             t.error = limit if t.error is None else f"{t.error}; {limit}"
             log.error("task hit its start limit; not restarting", task=t.name, id=t.id)
+            if t.parent is None:
+                self._gave_up.add(t.job.name)
             return None
         doublings = min(t.restarts, MAX_BACKOFF_DOUBLINGS)  # 2 ** 1024 overflows a float
         return min(p.restart_delay * 2.0 ** doublings, p.restart_delay_max)
@@ -334,7 +384,11 @@ class Supervisor:
             if target is None:
                 self._ended(t, (False, coro.CoroutineError("no suspended coroutine to continue")))
                 return
-            values = await self._park(t, got[1:])
+            self._parked[t.id] = (target, transfer)
+            try:
+                values = await self._park(t, got[1:])
+            finally:
+                del self._parked[t.id]
             if values is None:  # killed while suspended: run its cleanup
                 await self._close(t, target)
                 return
@@ -423,7 +477,12 @@ class Supervisor:
         return {"daemon": self._daemon_info(), "tasks": infos, "job_errors": self._job_errors()}
 
     def show(self, task: str | int) -> dict:
-        return reports.show(self.find(task))
+        t = self.find(task)
+        out = reports.show(t)
+        parked, transferred = self._parked.get(t.id, (None, False))
+        out.update(whereis.locate(t, parked, transferred) or {})
+        out["trigger"] = t.ctx.trigger if t.ctx is not None else None
+        return out
 
     async def resume(self, task: str | int, values: list, timeout: float) -> dict:
         t = self.find(task)
@@ -441,10 +500,11 @@ class Supervisor:
 
     async def kill(self, task: str | int) -> dict:
         t = self.find(task)
-        if t.state == "killed" and t.kill_requested:
-            return {"task": reports.info(t)}   # killed already (also: by the stall desk)
+        if t.state == "killed" and t.kill_requested:  # killed already (also: by the stall desk)
+            return {"task": reports.info(t), "already": True}
         if not t.alive:
-            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) is not alive: it {_ended_how(t)}")
+            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) has already ended: it "
+                                          f"{_ended_how(t)}")
         self._request_kill(t)
         with trio.move_on_after(self.config.stop_timeout):
             await t.ended.wait()
@@ -468,21 +528,163 @@ class Supervisor:
                                              "[job] table); start it with --force to run it "
                                              "anyway")
         t = self.start_task(entry["job"])
-        await trio.lowlevel.checkpoint()  # let it take its first step before we report it
+        await _first_step_done()
         return {"task": reports.info(t)}
 
     async def reload(self) -> dict:
+        """Re-read the config file (see cosched.reconfig) and rescan the jobs folder."""
         self._require_running()
-        report = self.rescan()
-        report["errors"] = self._job_errors()
-        self.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"])
-        return report
+        try:
+            return await self.reload_all()
+        except ConfigError as e:
+            raise ControlError(CONFIG_ERROR, f"{e}; the configuration in force is unchanged") \
+                from None
 
     def jobs(self) -> dict:
-        return {"jobs": [
-            reports.job_row(name, e, self.config.job_policy(name),
-                            [t.id for t in self.tasks.values() if t.job.name == name and t.alive])
-            for name, e in sorted(self.job_table.items())]}
+        rows = [reports.job_row(name, e, self.config.job_policy(name),
+                                [t.id for t in self.tasks.values()
+                                 if t.job.name == name and t.alive])
+                for name, e in sorted(self.job_table.items())]
+        for row in rows:
+            if row["name"] in self._gave_up and row["state"] != "error":
+                row["state"] = "failed (start limit)"
+        return {"jobs": rows}
+
+    # ---------------------------------------------------------------- operator's surface
+    # logs, events, tree, restart and the config reload; the work is done in
+    # cosched.tasklog, eventfeed, whereis, reconfig and hooks.
+
+    def _job_or_task(self, ref: str | int) -> tuple[str | None, Task | None]:
+        """A job's name wins over a task's name (a job's first task has its name);
+        a task is an id, or a name that is no job's."""
+        if isinstance(ref, str) and ref in self.job_table:
+            return ref, None
+        return None, self.find(ref)
+
+    def logs(self, task: str | int, lines: int = 10, follow: bool = False) -> Any:
+        job, t = self._job_or_task(task)
+        tids = self.task_logs.job_tasks(job) if job is not None else [t.id]
+        backlog = self.task_logs.records(tids, lines)
+        if not follow:
+            return {"records": backlog}
+        stream = self.task_logs.follow(tid=None if t is None else t.id, job=job,
+                                       backlog=backlog, queue=self.config.follow_queue)
+        if t is not None and not t.alive:  # nothing more will come
+            stream.feed.close({"ended": t.state, "error": t.error})
+        return stream
+
+    def event_history(self, lines: int = 10, follow: bool = False,
+                      job: str | None = None) -> Any:
+        if not follow:
+            return {"events": self.event_log.recent(lines, job)}
+        return self.event_log.follow(lines, job, self.config.follow_queue)
+
+    def tree(self, task: str | int | None = None, job: str | None = None) -> dict:
+        if job is not None and job not in self.job_table:
+            raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
+        top = self.find(task) if task is not None else None
+        return {"tasks": tasktree.tree(list(self.tasks.values()), top, job)}
+
+    async def restart(self, task: str | int) -> dict:
+        """Kill (cleanup runs) and start again, keeping task.state: in place for an alive
+        task; as a new task for an ended top-level one; for a job, each of its alive
+        top-level tasks, or a new one if none is alive."""
+        self._require_running()
+        job, t = self._job_or_task(task)
+        if t is not None and t.alive:
+            alive = [t]
+        elif t is not None:
+            return {"tasks": [reports.info(self._start_again(t))], "started": True}
+        else:
+            alive = self.reg.roots_of(job)
+            if not alive:
+                return {**await self.start(job), "started": True}
+        await self._restart_alive({t.id: None for t in alive})
+        return {"tasks": [reports.info(t) for t in alive], "started": False}
+
+    def _start_again(self, t: Task) -> Task:
+        if t.parent is not None:
+            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) has ended and was spawned "
+                                          f"by task {t.parent.name} (#{t.parent.id}); restart "
+                                          "that one")
+        entry = self.job_table.get(t.job.name)
+        if entry is None or entry["job"] is None:
+            raise ControlError(NO_SUCH_JOB, f"job {t.job.name!r} of task {t.name} is not loaded")
+        return self.start_task(entry["job"], state=t.ctx.state if t.ctx else None)
+
+    async def _restart_alive(self, policies: dict[int, Any]) -> None:
+        """Restart these alive tasks in place (id -> the policy of their next life, None:
+        unchanged); wait until each began its next life or ended, within stop_timeout."""
+        began = {tid: trio.Event() for tid in policies}
+
+        def heard(event: dict) -> None:
+            if event.get("event") == "started" and event.get("id") in began:
+                began[event["id"]].set()
+        unsubscribe = self.events.subscribe(heard)
+        try:
+            tasks = [self.tasks[tid] for tid in policies]
+            for t in tasks:
+                self._restarting[t.id] = policies[t.id]
+                self._request_kill(t)
+            with trio.move_on_after(self.config.stop_timeout):
+                for t in tasks:
+                    await _either(began[t.id], t.ended)
+        finally:
+            unsubscribe()
+        for t in tasks:
+            if not began[t.id].is_set() and not t.ended.is_set():
+                self._abandon(t, self.config.stop_timeout)
+                self._start_again(t)
+
+    async def reload_all(self) -> dict:
+        """Re-read the config file, put it in force, rescan the jobs folder; the report.
+        Raises ConfigError (nothing changes) when the file is bad."""
+        report: dict[str, Any] = {"config": None}
+        old = self.config
+        if old.path is not None:
+            new = await trio.to_thread.run_sync(reconfig.read, old.path, self.overrides)
+            plan = reconfig.plan(old, new)
+            self._put_in_force(plan.config)
+            report["config"] = {"path": str(old.path), "changed": plan.changed,
+                                "needs_restart": plan.needs_restart}
+        report.update(self.rescan())
+        report["errors"] = self._job_errors()
+        report.update(self._apply_job_changes(old, set(report["loaded"])))
+        log.info("reloaded", **report)
+        self.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"],
+                        restarted=report["restarted"])
+        return report
+
+    def _put_in_force(self, config: Config) -> None:
+        old, self.config = self.config, config
+        if (old.log_format, old.log_level) != (config.log_format, config.log_level):
+            logsetup.reconfigure(config.log_format, config.log_level)
+        self.guard.step_warning = config.step_warning
+        self.threads.total_tokens = config.worker_threads
+        set_strict_modes(config.strict_modes)
+        self.task_logs.resize(config.task_lines)
+        self.event_log.resize(config.events_kept)
+
+    def _apply_job_changes(self, old: Config, reloaded: set[str]) -> dict:
+        """Restart, stop or start the jobs whose policy changed (not those the rescan
+        has just reloaded: their tasks restarted with the new policy already)."""
+        names = [n for n, e in self.job_table.items() if e["job"] is not None and n not in reloaded]
+        running = {n: bool(self.reg.roots_of(n)) for n in names}
+        changes = reconfig.job_changes(old, self.config, names, running)
+        out: dict[str, list[str]] = {"restarted": [], "stopped": [], "started": []}
+        policies = {}
+        for name, what in sorted(changes.items()):
+            out[{"restart": "restarted", "stop": "stopped", "start": "started"}[what]].append(name)
+            for t in self.reg.roots_of(name):
+                if what == "restart":
+                    policies[t.id] = self.config.job_policy(name)
+                else:
+                    self._request_kill(t)
+            if what == "start":
+                self.start_task(self.job_table[name]["job"])
+        if policies:
+            self.nursery.start_soon(self._restart_alive, policies)
+        return out
 
     # ---------------------------------------------------------------- reports
 
@@ -501,6 +703,24 @@ class Supervisor:
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}
                 for n, e in sorted(self.job_table.items()) if e["error"]]
+
+
+async def _first_step_done() -> None:
+    """Return once a task started just before has taken its first step: it runs in
+    the scheduler's next batch, and so does our first checkpoint, in either order;
+    our second checkpoint comes in the batch after."""
+    await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint()
+
+
+async def _either(a: trio.Event, b: trio.Event) -> None:
+    """Until one of the two events is set."""
+    async with trio.open_nursery() as nursery:
+        for event in (a, b):
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(wait)
 
 
 class _OwnCancelled(Exception):
