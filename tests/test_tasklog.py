@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from cosched.feeds import Feed
 from cosched.tasklog import MAX_TEXT, OutputProxy, TaskLogs, enter
 from test_daemon import COSCHEDCTL, WAIT, daemon  # noqa: F401
 
