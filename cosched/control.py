@@ -45,6 +45,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -505,7 +506,7 @@ class _Server:
         items = stream.__aiter__()
         peer: dict[str, Any] = {"closed": False, "spoke": False, "waiting": None}
         try:
-            async with trio.open_nursery() as nursery:
+            async with _unwrapped_errors(), trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_peer, reader, peer)
                 while not peer["spoke"]:
                     with trio.CancelScope() as peer["waiting"]:
@@ -529,7 +530,10 @@ class _Server:
     @staticmethod
     async def _watch_peer(reader: LineReader, peer: dict[str, Any]) -> None:
         """Until the peer sends something (its next request, kept for later) or closes."""
-        peer["closed"] = not await reader.fill()
+        try:
+            peer["closed"] = not await reader.fill()
+        except OSError:  # reset by the peer: gone all the same
+            peer["closed"] = True
         peer["spoke"] = True
         if peer["waiting"] is not None:
             peer["waiting"].cancel()
@@ -579,6 +583,22 @@ class _Streaming:
 
     request_id: int | str
     stream: Any
+
+
+@asynccontextmanager
+async def _unwrapped_errors():
+    """A connection error inside a nursery arrives wrapped in an exception group: let it
+    out as itself, so that the connection ends like any dropped peer."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        match, _ = group.split((OSError, EOFError))
+        if match is None:
+            raise
+        first = match
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def _is_stream(result: Any) -> bool:

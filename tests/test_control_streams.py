@@ -5,6 +5,7 @@ by the test."""
 import json
 
 import trio
+from structlog.testing import capture_logs
 
 from cosched import protocol
 from cosched.control import Limits
@@ -98,7 +99,9 @@ def test_a_follower_that_closes_is_forgotten(tmp_path):
         sock.close()
         await backend.forgotten.wait()
 
-    run_server(tmp_path, body, backend)
+    with capture_logs() as logs:
+        run_server(tmp_path, body, backend)
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
 
 
 def test_a_follower_that_stops_reading_is_dropped_and_its_queue_stays_bounded(tmp_path):
@@ -122,8 +125,11 @@ def test_a_follower_that_stops_reading_is_dropped_and_its_queue_stays_bounded(tm
             # the daemon hung up: what is left to read ends in EOF, not in more lines
             assert b"\n" in await recv_until(sock, lambda b: False)
 
-    run_server(tmp_path, body, backend, limits=Limits(send_timeout=0.5))
+    with capture_logs() as logs:
+        run_server(tmp_path, body, backend, limits=Limits(send_timeout=0.5))
     assert 0 < most_queued <= limit + 1  # +1: the "dropped" marker
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    assert [e for e in logs if e["event"] == "control peer dropped"]
 
 
 def test_dropped_items_are_announced_where_they_were_missed():
