@@ -7,7 +7,9 @@ import trio
 
 from cosched.eventfeed import MAX_ITEMS, EventLog
 from cosched.events import Events
-from test_daemon import SLEEPER, daemon  # noqa: F401
+import pytest
+
+from test_daemon import BASE_CONFIG, SLEEPER, Daemon
 from test_tasklog import followers  # noqa: F401
 
 
@@ -77,20 +79,29 @@ def test_a_follower_of_one_job_hears_only_that_job():
     assert trio.run(main) == (["b"], {"ended": "coschedd is stopping"})
 
 
-def test_events_follow_sees_a_kill(daemon, followers):
-    d = daemon(jobs={"sleeper": SLEEPER})
-    task = d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    jobs = {"sleeper": SLEEPER, "victim": SLEEPER, "quick": "async def main(task):\n    return 7\n"}
+    daemon = Daemon(tmp_path_factory.mktemp("events"), BASE_CONFIG, jobs, None)
+    try:
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_events_follow_sees_a_kill(d, followers):
+    task = d.wait_task("victim", lambda t: t["state"] == "waiting", "waiting")
     follow = followers(d.socket, "events", "-f", "-n", "1")
     # the newest past event comes first, taken together with the subscription: once
     # it is printed, every later event reaches this follower
     follow.wait_for(lambda line: True, "the newest past event")
-    d.ok("kill", "sleeper")
-    line = follow.wait_for(lambda line: " killed sleeper[" in line, "the kill")
-    assert f"sleeper[{task['id']}] job sleeper killed" in line
+    d.ok("kill", "victim")
+    line = follow.wait_for(lambda line: " killed victim[" in line, "the kill")
+    assert f"victim[{task['id']}] job victim killed" in line
 
 
-def test_events_history_in_json_and_by_job(daemon):
-    d = daemon(jobs={"sleeper": SLEEPER, "quick": "async def main(task):\n    return 7\n"})
+def test_events_history_in_json_and_by_job(d):
     d.wait_task("quick", lambda t: t["state"] == "finished", "finished")
     d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
     events = d.ok("events", "-n", "50")["events"]

@@ -5,12 +5,13 @@ user met (each test names the one it pins down)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-from test_daemon import (COSCHEDCTL, COSCHEDD, CTL_TIMEOUT, SLEEPER, daemon,  # noqa: F401
-                         write_job)
+import pytest
+
+from test_daemon import (BASE_CONFIG, COSCHEDCTL, COSCHEDD, CTL_TIMEOUT, SLEEPER, Daemon,
+                         daemon, merged, write_job)  # noqa: F401
 from test_watch import configmap
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,39 +40,61 @@ SPAWNER = """
 """
 
 
+QUICK = "async def main(task):\n    return 1\n"
+
+# Most tests share one daemon (starting one per test is what costs): each has its own jobs.
+SHARED_JOBS = {"restarted": ASKER, "idle_asker": ASKER, "spawner": SPAWNER, "resumed": ASKER,
+               "sleeper": SLEEPER, "quick": QUICK, "victim": SLEEPER, "start_asker": ASKER,
+               "start_sleeper": SLEEPER,
+               "pipeline": (REPO / "jobs" / "pipeline.py").read_text()}
+SHARED_CONFIG = {"log": {"level": "info"},
+                 "job": {name: {"autostart": False}
+                         for name in ("idle_asker", "start_asker", "start_sleeper")}}
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    shared = Daemon(tmp_path_factory.mktemp("operator"), merged(BASE_CONFIG, SHARED_CONFIG),
+                    SHARED_JOBS, None)
+    try:
+        shared.wait_ready()
+        yield shared
+    finally:
+        shared.stop()
+
+
 # -- restart and tree -----------------------------------------------------------------
 
-def test_restart_runs_cleanup_and_starts_the_same_task_again_with_its_state(daemon):
-    d = daemon(jobs={"asker": ASKER})
-    first = d.wait_task("asker", lambda t: t["yielded"] == ["name?", 1], "first life")
-    result = d.ok("restart", "asker")
+def test_restart_runs_cleanup_and_starts_the_same_task_again_with_its_state(d):
+    first = d.wait_task("restarted", lambda t: t["yielded"] == ["name?", 1], "first life")
+    result = d.ok("restart", "restarted")
     assert result["started"] is False
     assert [(t["id"], t["state"], t["restarts"]) for t in result["tasks"]] == \
         [(first["id"], "suspended", 1)]
     assert d.ok("show", first["id"])["yielded"] == ["name?", 2]  # task.state survived
-    d.ok("resume", "asker")
-    d.wait_task("asker", lambda t: t["state"] == "finished", "finished")
+    d.ok("resume", "restarted")
+    d.wait_task("restarted", lambda t: t["state"] == "finished", "finished")
     again = d.ok("restart", str(first["id"]))  # an ended task: a new one, same state
     assert again["started"] is True
     new = again["tasks"][0]
-    assert new["id"] != first["id"] and new["name"] == "asker"
+    assert new["id"] != first["id"] and new["name"] == "restarted"
     assert d.ok("show", new["id"])["yielded"] == ["name?", 3]
-    rc, out, _ = d.ctl("restart", "asker", json_output=False)
-    assert rc == 0 and out.strip() == f"restarted task {new['id']} (asker, job asker): suspended"
+    rc, out, _ = d.ctl("restart", "restarted", json_output=False)
+    assert rc == 0 and \
+        out.strip() == f"restarted task {new['id']} (restarted, job restarted): suspended"
 
 
-def test_restart_of_a_job_with_nothing_running_starts_it(daemon):
-    d = daemon(jobs={"asker": ASKER}, config={"job": {"asker": {"autostart": False}}})
-    assert d.status()["tasks"] == []
-    started = d.ok("restart", "asker")
+def test_restart_of_a_job_with_nothing_running_starts_it(d):
+    assert d.ok("status", "--job", "idle_asker")["tasks"] == []
+    started = d.ok("restart", "idle_asker")
     assert started["started"] is True and started["task"]["state"] == "suspended"
     rc, _, err = d.ctl("restart", "nosuch", json_output=False)
     assert rc == 1 and "no-such-task" in err
 
 
-def test_tree_nests_children_under_their_parents(daemon):
-    d = daemon(jobs={"spawner": SPAWNER, "sleeper": SLEEPER})
-    d.wait_status(lambda s: sum(t["state"] == "waiting" for t in s["tasks"]) == 6, "6 waiting")
+def test_tree_nests_children_under_their_parents(d):
+    d.wait_status(lambda s: sum(t["state"] == "waiting" for t in s["tasks"]
+                                if t["job"] == "spawner") == 5, "5 waiting")
     rows = d.ok("tree", "--job", "spawner")["tasks"]
     # which grandchild is named first depends on the scheduler: compare without the suffix
     assert [(r["name"].split(".")[0], r["depth"]) for r in rows] == [
@@ -88,7 +111,7 @@ def test_tree_nests_children_under_their_parents(daemon):
     assert lines[spawner + 1].startswith("|-- ") and lines[spawner + 2].startswith("|   `-- ")
     assert lines[spawner + 3].startswith("`-- ") and lines[spawner + 4].startswith("    `-- ")
     sub = d.ok("tree", str(rows[1]["id"]))["tasks"]
-    assert [r["name"] for r in sub] == ["first", "grandchild"]
+    assert [r["name"].split(".")[0] for r in sub] == ["first", "grandchild"]
 
 
 # -- versions and --json errors -----------------------------------------------------------
@@ -102,8 +125,7 @@ def test_both_programs_print_their_version():
         assert done.stdout.strip() == f"{Path(program).name} {cosched.__version__}"
 
 
-def test_json_errors_are_json_on_stdout_with_the_usual_exit_codes(daemon, tmp_path):
-    d = daemon(jobs={"sleeper": SLEEPER})
+def test_json_errors_are_json_on_stdout_with_the_usual_exit_codes(d, tmp_path):
     cases = [(["show", "nosuch"], 1, "no-such-task"), (["resume"], 2, "usage"),
              (["kill", "1", "--timeout", "nope"], 2, "usage")]
     for args, code, error in cases:
@@ -126,56 +148,49 @@ def _ctl_json(socket, args):
 
 # -- the frictions of first use -----------------------------------------------------------
 
-def test_resume_prints_a_finished_result_as_show_does(daemon):
-    d = daemon(jobs={"asker": ASKER})
-    d.wait_task("asker", lambda t: t["state"] == "suspended", "asking")
-    rc, out, _ = d.ctl("resume", "asker", "x", json_output=False)
+def test_resume_prints_a_finished_result_as_show_does(d):
+    d.wait_task("resumed", lambda t: t["state"] == "suspended", "asking")
+    rc, out, _ = d.ctl("resume", "resumed", "x", json_output=False)
     assert rc == 0 and out.strip() == 'finished: ["Alice", "Bob Smith"]'
-    rc, out, _ = d.ctl("show", "asker", json_output=False)
+    rc, out, _ = d.ctl("show", "resumed", json_output=False)
     assert 'result: ["Alice", "Bob Smith"]' in out.splitlines()
 
 
-def test_resume_without_values_is_valid_usage(daemon):
-    d = daemon(jobs={"asker": ASKER})
-    d.wait_task("asker", lambda t: t["state"] == "suspended", "asking")
+def test_resume_without_values_is_valid_usage(d):
     rc, _, err = d.ctl("resume", json_output=False)
     assert rc == 2 and "required: TASK" in err and "VALUE" not in err.splitlines()[-1]
-    assert d.ok("resume", "asker")["outcome"] == "finished"
+    started = d.ok("start", "start_asker")["task"]
+    assert d.ok("resume", str(started["id"]))["outcome"] == "finished"
 
 
-def test_status_header_counts_alive_and_listed_tasks_and_an_empty_filter_says_so(daemon):
-    d = daemon(jobs={"sleeper": SLEEPER, "quick": "async def main(task):\n    return 1\n"})
+def test_status_header_counts_alive_and_listed_tasks_and_an_empty_filter_says_so(d):
     d.wait_task("quick", lambda t: t["state"] == "finished", "finished")
     d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
-    rc, out, _ = d.ctl("status", json_output=False)
-    assert "tasks 1 alive, 2 listed" in out.splitlines()[0]
-    rc, out, _ = d.ctl("status", "--state", "failed", json_output=False)
+    rc, out, _ = d.ctl("status", "--job", "quick", json_output=False)
+    alive = d.status()["daemon"]["num_tasks"]
+    assert f"tasks {alive} alive, 1 listed" in out.splitlines()[0]
+    rc, out, _ = d.ctl("status", "--job", "sleeper", "--state", "failed", json_output=False)
     assert rc == 0 and out.splitlines()[-1] == "no tasks to list"
 
 
-def test_kill_of_an_ended_task_says_how_it_ended(daemon):
-    d = daemon(jobs={"sleeper": SLEEPER, "quick": "async def main(task):\n    return 1\n"})
+def test_kill_of_an_ended_task_says_how_it_ended(d):
     d.wait_task("quick", lambda t: t["state"] == "finished", "finished")
     rc, _, err = d.ctl("kill", "quick", json_output=False)
     assert rc == 1 and err.strip().endswith("has already ended: it finished"), err
-    d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
-    rc, out, _ = d.ctl("kill", "sleeper", json_output=False)
+    d.wait_task("victim", lambda t: t["state"] == "waiting", "waiting")
+    rc, out, _ = d.ctl("kill", "victim", json_output=False)
     assert rc == 0 and out.startswith("killed task")
-    rc, out, _ = d.ctl("kill", "sleeper", json_output=False)  # killing twice is no error
-    assert rc == 0 and out.strip().endswith("(sleeper, job sleeper) was already killed"), out
+    rc, out, _ = d.ctl("kill", "victim", json_output=False)  # killing twice is no error
+    assert rc == 0 and out.strip().endswith("(victim, job victim) was already killed"), out
 
 
-def test_start_reports_the_state_after_the_first_step(daemon):
-    d = daemon(jobs={"asker": ASKER, "sleeper": SLEEPER},
-               config={"jobs": {"autostart": False}})
+def test_start_reports_the_state_after_the_first_step(d):
     for _ in range(5):  # the scheduler's order varies from run to run: the answer must not
-        assert d.ok("start", "asker")["task"]["state"] == "suspended"
-        assert d.ok("start", "sleeper")["task"]["state"] == "waiting"
+        assert d.ok("start", "start_asker")["task"]["state"] == "suspended"
+        assert d.ok("start", "start_sleeper")["task"]["state"] == "waiting"
 
 
-def test_pipeline_keeps_the_daemon_log_quiet_at_info(daemon):
-    d = daemon(config={"log": {"level": "info"}})
-    shutil.copy(REPO / "jobs" / "pipeline.py", d.jobs_dir / "pipeline.py")
+def test_pipeline_keeps_the_daemon_log_quiet_at_info(d):
     d.wait_task("pipeline", lambda t: t["state"] == "finished", "finished")
     records = d.log_records()
     assert [r["event"] for r in records if r.get("task") == "pipeline"].count("line") == 0

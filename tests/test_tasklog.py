@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from cosched.tasklog import MAX_TEXT, OutputProxy, TaskLogs, enter
-from test_daemon import COSCHEDCTL, WAIT, daemon  # noqa: F401
+from test_daemon import BASE_CONFIG, COSCHEDCTL, WAIT, Daemon
 
 
 def fake_task(tid, name="t", job="j", state="running"):
@@ -245,9 +245,23 @@ TALKER = """
 """
 
 
+QUICK = "async def main(task):\n    print('hi')\n    return 1\n"
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    """One daemon for the end-to-end tests below; each test has its own jobs."""
+    jobs = {"talker": TALKER, "talker_json": TALKER, "gather": TALKER, "quick": QUICK}
+    daemon = Daemon(tmp_path_factory.mktemp("tasklog"), BASE_CONFIG, jobs, None)
+    try:
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
 def test_logs_follow_gets_what_the_job_prints_after_it_started_and_ends_with_the_task(
-        daemon, followers):
-    d = daemon(jobs={"talker": TALKER})
+        d, followers):
     task = d.wait_task("talker", lambda t: t["state"] == "suspended", "suspended")
     follow = followers(d.socket, "logs", "-f", task["id"])
     follow.wait_for(lambda line: line.endswith("talker[%d] stdout: before the follow"
@@ -266,12 +280,11 @@ def test_logs_follow_gets_what_the_job_prints_after_it_started_and_ends_with_the
     assert "loaded-marker: top level of the job file" in d.log_text()
 
 
-def test_logs_of_a_job_gathers_its_tasks_and_json_gives_records(daemon):
-    d = daemon(jobs={"talker": TALKER})
-    first = d.wait_task("talker", lambda t: t["state"] == "suspended", "suspended")
-    second = d.ok("start", "talker")["task"]
-    d.wait_status(lambda s: sum(t["state"] == "suspended" for t in s["tasks"]) == 2, "two asking")
-    records = d.ok("logs", "talker", "-n", "50")["records"]
+def test_logs_of_a_job_gathers_its_tasks_and_json_gives_records(d):
+    first = d.wait_task("gather", lambda t: t["state"] == "suspended", "suspended")
+    second = d.ok("start", "gather")["task"]
+    assert second["state"] == "suspended"
+    records = d.ok("logs", "gather", "-n", "50")["records"]
     printed = [(r["id"], r["message"]) for r in records if r["source"] == "stdout"]
     assert (first["id"], "before the follow") in printed
     assert (second["id"], "before the follow") in printed
@@ -279,11 +292,10 @@ def test_logs_of_a_job_gathers_its_tasks_and_json_gives_records(daemon):
     assert times == sorted(times)
     only = d.ok("logs", str(second["id"]), "-n", "50")["records"]
     assert {r["id"] for r in only} == {second["id"]}
-    assert len(d.ok("logs", "talker", "-n", "1")["records"]) == 1
+    assert len(d.ok("logs", "gather", "-n", "1")["records"]) == 1
 
 
-def test_logs_of_a_missing_task_is_refused_and_of_an_ended_one_ends_at_once(daemon):
-    d = daemon(jobs={"quick": "async def main(task):\n    print('hi')\n    return 1\n"})
+def test_logs_of_a_missing_task_is_refused_and_of_an_ended_one_ends_at_once(d):
     task = d.wait_task("quick", lambda t: t["state"] == "finished", "finished")
     rc, out, err = d.ctl("logs", "nosuch", json_output=False)
     assert rc == 1 and "no-such-task" in err
@@ -293,11 +305,11 @@ def test_logs_of_a_missing_task_is_refused_and_of_an_ended_one_ends_at_once(daem
     assert any(line.endswith("stdout: hi") for line in out.splitlines())
 
 
-def test_logs_follow_in_json_is_one_object_per_line(daemon, followers):
-    d = daemon(jobs={"talker": TALKER})
-    task = d.wait_task("talker", lambda t: t["state"] == "suspended", "suspended")
-    follow = followers(d.socket, "--json", "logs", "-f", "-n", "0", task["id"])
-    d.ok("resume", "talker")
+def test_logs_follow_in_json_is_one_object_per_line(d, followers):
+    task = d.wait_task("talker_json", lambda t: t["state"] == "suspended", "suspended")
+    follow = followers(d.socket, "--json", "logs", "-f", "-n", "1", task["id"])
+    follow.wait_for(lambda line: True, "the newest past record: the follow is in place")
+    d.ok("resume", "talker_json")
     follow.wait_for(lambda line: '"ended"' in line, "the final line")
     assert follow.wait_exit() == 0
     objects = [json.loads(line) for line in follow.lines]

@@ -3,10 +3,11 @@ a real coschedd names the job's file and line, and the job's own stack."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from test_daemon import daemon  # noqa: F401
+import pytest
+
+from test_daemon import BASE_CONFIG, Daemon
 
 REPO_JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
@@ -34,13 +35,25 @@ NESTED_WAIT = """
 """
 
 
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    jobs = {"ask": (REPO_JOBS / "ask.py").read_text(),
+            "pingpong": (REPO_JOBS / "pingpong.py").read_text(),
+            "hop": TRANSFERRER, "nested": NESTED_WAIT}
+    daemon = Daemon(tmp_path_factory.mktemp("whereis"), BASE_CONFIG, jobs, None)
+    try:
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
 def line_of(path: Path, text: str) -> int:
     return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
-def test_show_of_a_task_that_yielded_names_the_job_line(daemon):
-    d = daemon()
-    path = Path(shutil.copy(REPO_JOBS / "ask.py", d.jobs_dir / "ask.py"))
+def test_show_of_a_task_that_yielded_names_the_job_line(d):
+    path = d.jobs_dir / "ask.py"
     d.wait_task("ask", lambda t: t["state"] == "suspended", "asking")
     shown = d.ok("show", "ask")
     line = line_of(path, 'await coro.yield_("What is your name?")')
@@ -52,8 +65,7 @@ def test_show_of_a_task_that_yielded_names_the_job_line(daemon):
     assert "_sync.py" not in out and "trio" not in out.split("stack:")[1]
 
 
-def test_show_of_a_task_that_transferred_to_main_names_the_coroutine_line(daemon):
-    d = daemon(jobs={"hop": TRANSFERRER})
+def test_show_of_a_task_that_transferred_to_main_names_the_coroutine_line(d):
     d.wait_task("hop", lambda t: t["state"] == "suspended", "suspended")
     shown = d.ok("show", "hop")
     path = d.jobs_dir / "hop.py"
@@ -63,16 +75,14 @@ def test_show_of_a_task_that_transferred_to_main_names_the_coroutine_line(daemon
     assert shown["waiting_on"] == f"coschedctl resume (transferred to main at hop.py:{line})"
 
 
-def test_show_of_a_pingpong_rally_points_at_its_last_yield(daemon):
-    d = daemon()
-    path = Path(shutil.copy(REPO_JOBS / "pingpong.py", d.jobs_dir / "pingpong.py"))
+def test_show_of_a_pingpong_rally_points_at_its_last_yield(d):
+    path = d.jobs_dir / "pingpong.py"
     d.wait_task("pingpong", lambda t: t["state"] == "suspended", "suspended")
     shown = d.ok("show", "pingpong")
     assert shown["at"]["line"] == line_of(path, "await coro.yield_(count)")
 
 
-def test_show_of_a_waiting_task_gives_the_job_stack_down_to_its_await(daemon):
-    d = daemon(jobs={"nested": NESTED_WAIT})
+def test_show_of_a_waiting_task_gives_the_job_stack_down_to_its_await(d):
     d.wait_task("nested", lambda t: t["state"] == "waiting", "waiting")
     shown = d.ok("show", "nested")
     path = d.jobs_dir / "nested.py"
