@@ -17,9 +17,13 @@ the config in force, field by field:
 
 Jobs: ``job_changes`` tells, per loaded job, what its tasks need when its merged
 policy (``[jobs]`` defaults plus its ``[job.X]`` table) changed: a restart (the
-new ``task.config`` and policy apply to the new life), a stop (it became
-``enabled = false``) or a start (it became enabled, or autostarting, and nothing
-of it runs). Jobs whose policy did not change are not touched.
+new ``task.config`` and policy apply to the new life, see ``cosched.restarts``),
+a stop (it became ``enabled = false``) or a start (it became enabled, or
+autostarting, and nothing of it runs). Jobs whose policy did not change are not
+touched. ``reload`` does it all for the supervisor, in this order: read and
+check the file (off the event loop), put it in force, rescan the jobs folder
+(files loaded now start under the new policies), then restart, stop or start
+the other jobs whose policy changed.
 """
 
 from __future__ import annotations
@@ -28,9 +32,17 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from .config import Config, load_config
+import structlog
+import trio
 
-__all__ = ["RESTART_ONLY", "LIVE", "Plan", "read", "plan", "job_changes"]
+from . import log as logsetup
+from . import restarts
+from .config import Config, load_config
+from .loader import set_strict_modes
+
+__all__ = ["RESTART_ONLY", "LIVE", "Plan", "read", "plan", "job_changes", "reload"]
+
+log = structlog.get_logger("cosched.reconfig")
 
 # Config field -> the key in the file. A change of these is reported, not applied.
 RESTART_ONLY = {
@@ -96,3 +108,56 @@ def job_changes(old: Config, new: Config, jobs: Iterable[str],
             out[name] = "start"
     return out
 
+
+
+async def reload(sup: Any) -> dict:
+    """Reload the supervisor's config file and jobs folder; the report. Raises
+    ConfigError (and changes nothing) when the file is bad."""
+    report: dict[str, Any] = {"config": None}
+    old = sup.config
+    if old.path is not None:
+        new = await trio.to_thread.run_sync(read, old.path, sup.overrides)
+        p = plan(old, new)
+        put_in_force(sup, p.config)
+        report["config"] = {"path": str(old.path), "changed": p.changed,
+                            "needs_restart": p.needs_restart}
+    report.update(sup.rescan())
+    report["errors"] = sup._job_errors()
+    report.update(apply_job_changes(sup, old, set(report["loaded"])))
+    log.info("reloaded", **report)
+    sup.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"],
+                   restarted=report["restarted"])
+    return report
+
+
+def put_in_force(sup: Any, config: Config) -> None:
+    """The new config, and its live settings where they are held."""
+    old, sup.config = sup.config, config
+    if (old.log_format, old.log_level) != (config.log_format, config.log_level):
+        logsetup.reconfigure(config.log_format, config.log_level)
+    sup.guard.step_warning = config.step_warning
+    sup.threads.total_tokens = config.worker_threads
+    set_strict_modes(config.strict_modes)
+    sup.task_logs.resize(config.task_lines)
+    sup.event_log.resize(config.events_kept)
+
+
+def apply_job_changes(sup: Any, old: Config, reloaded: set[str]) -> dict:
+    """Restart, stop or start the jobs whose policy changed (not those the rescan has
+    just reloaded: their tasks started under the new policy already)."""
+    names = [n for n, e in sup.job_table.items() if e["job"] is not None and n not in reloaded]
+    running = {n: bool(sup.reg.roots_of(n)) for n in names}
+    out: dict[str, list[str]] = {"restarted": [], "stopped": [], "started": []}
+    policies = {}
+    for name, what in sorted(job_changes(old, sup.config, names, running).items()):
+        out[{"restart": "restarted", "stop": "stopped", "start": "started"}[what]].append(name)
+        for t in sup.reg.roots_of(name):
+            if what == "restart":
+                policies[t.id] = sup.config.job_policy(name)
+            else:
+                sup._request_kill(t)
+        if what == "start":
+            sup.start_task(sup.job_table[name]["job"])
+    if policies:
+        sup.nursery.start_soon(restarts.restart_in_place, sup, policies)
+    return out

@@ -45,14 +45,14 @@ import psutil
 import structlog
 import trio
 
-from . import __version__, coro, hooks, reconfig, reports, tasklog, tasktree, whereis
+from . import __version__, coro, hooks, reconfig, reports, restarts, tasklog, tasktree, whereis
 from . import log as logsetup
 from ._coro import last_transfer_to_main, switches_of
 from .config import Config, ConfigError
 from .eventfeed import EventLog
 from .events import Events
 from .guard import StepGuard, StepTimeout, TaskInterrupted
-from .loader import Job, JobLoadError, job_files, load_job, set_strict_modes, signature
+from .loader import Job, JobLoadError, job_files, load_job, signature
 from .protocol import (BUSY, CONFIG_ERROR, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
                        ControlError)
 from .registry import Registry, Task
@@ -586,105 +586,13 @@ class Supervisor:
         return {"tasks": tasktree.tree(list(self.tasks.values()), top, job)}
 
     async def restart(self, task: str | int) -> dict:
-        """Kill (cleanup runs) and start again, keeping task.state: in place for an alive
-        task; as a new task for an ended top-level one; for a job, each of its alive
-        top-level tasks, or a new one if none is alive."""
         self._require_running()
-        job, t = self._job_or_task(task)
-        if t is not None and t.alive:
-            alive = [t]
-        elif t is not None:
-            return {"tasks": [reports.info(self._start_again(t))], "started": True}
-        else:
-            alive = self.reg.roots_of(job)
-            if not alive:
-                return {**await self.start(job), "started": True}
-        await self._restart_alive({t.id: None for t in alive})
-        return {"tasks": [reports.info(t) for t in alive], "started": False}
-
-    def _start_again(self, t: Task) -> Task:
-        if t.parent is not None:
-            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) has ended and was spawned "
-                                          f"by task {t.parent.name} (#{t.parent.id}); restart "
-                                          "that one")
-        entry = self.job_table.get(t.job.name)
-        if entry is None or entry["job"] is None:
-            raise ControlError(NO_SUCH_JOB, f"job {t.job.name!r} of task {t.name} is not loaded")
-        return self.start_task(entry["job"], state=t.ctx.state if t.ctx else None)
-
-    async def _restart_alive(self, policies: dict[int, Any]) -> None:
-        """Restart these alive tasks in place (id -> the policy of their next life, None:
-        unchanged); wait until each began its next life or ended, within stop_timeout."""
-        began = {tid: trio.Event() for tid in policies}
-
-        def heard(event: dict) -> None:
-            if event.get("event") == "started" and event.get("id") in began:
-                began[event["id"]].set()
-        unsubscribe = self.events.subscribe(heard)
-        try:
-            tasks = [self.tasks[tid] for tid in policies]
-            for t in tasks:
-                self._restarting[t.id] = policies[t.id]
-                self._request_kill(t)
-            with trio.move_on_after(self.config.stop_timeout):
-                for t in tasks:
-                    await _either(began[t.id], t.ended)
-        finally:
-            unsubscribe()
-        for t in tasks:
-            if not began[t.id].is_set() and not t.ended.is_set():
-                self._abandon(t, self.config.stop_timeout)
-                self._start_again(t)
+        return await restarts.restart(self, *self._job_or_task(task))
 
     async def reload_all(self) -> dict:
         """Re-read the config file, put it in force, rescan the jobs folder; the report.
-        Raises ConfigError (nothing changes) when the file is bad."""
-        report: dict[str, Any] = {"config": None}
-        old = self.config
-        if old.path is not None:
-            new = await trio.to_thread.run_sync(reconfig.read, old.path, self.overrides)
-            plan = reconfig.plan(old, new)
-            self._put_in_force(plan.config)
-            report["config"] = {"path": str(old.path), "changed": plan.changed,
-                                "needs_restart": plan.needs_restart}
-        report.update(self.rescan())
-        report["errors"] = self._job_errors()
-        report.update(self._apply_job_changes(old, set(report["loaded"])))
-        log.info("reloaded", **report)
-        self.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"],
-                        restarted=report["restarted"])
-        return report
-
-    def _put_in_force(self, config: Config) -> None:
-        old, self.config = self.config, config
-        if (old.log_format, old.log_level) != (config.log_format, config.log_level):
-            logsetup.reconfigure(config.log_format, config.log_level)
-        self.guard.step_warning = config.step_warning
-        self.threads.total_tokens = config.worker_threads
-        set_strict_modes(config.strict_modes)
-        self.task_logs.resize(config.task_lines)
-        self.event_log.resize(config.events_kept)
-
-    def _apply_job_changes(self, old: Config, reloaded: set[str]) -> dict:
-        """Restart, stop or start the jobs whose policy changed (not those the rescan
-        has just reloaded: their tasks restarted with the new policy already)."""
-        names = [n for n, e in self.job_table.items() if e["job"] is not None and n not in reloaded]
-        running = {n: bool(self.reg.roots_of(n)) for n in names}
-        changes = reconfig.job_changes(old, self.config, names, running)
-        out: dict[str, list[str]] = {"restarted": [], "stopped": [], "started": []}
-        policies = {}
-        for name, what in sorted(changes.items()):
-            out[{"restart": "restarted", "stop": "stopped", "start": "started"}[what]].append(name)
-            for t in self.reg.roots_of(name):
-                if what == "restart":
-                    policies[t.id] = self.config.job_policy(name)
-                else:
-                    self._request_kill(t)
-            if what == "start":
-                self.start_task(self.job_table[name]["job"])
-        if policies:
-            self.nursery.start_soon(self._restart_alive, policies)
-        return out
+        Raises ConfigError (nothing changes) when the file is bad. Also SIGHUP's."""
+        return await reconfig.reload(self)
 
     # ---------------------------------------------------------------- reports
 
@@ -711,16 +619,6 @@ async def _first_step_done() -> None:
     our second checkpoint comes in the batch after."""
     await trio.lowlevel.checkpoint()
     await trio.lowlevel.checkpoint()
-
-
-async def _either(a: trio.Event, b: trio.Event) -> None:
-    """Until one of the two events is set."""
-    async with trio.open_nursery() as nursery:
-        for event in (a, b):
-            async def wait(event: trio.Event = event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(wait)
 
 
 class _OwnCancelled(Exception):
