@@ -46,7 +46,8 @@ QUICK = "async def main(task):\n    return 1\n"
 SHARED_JOBS = {"restarted": ASKER, "idle_asker": ASKER, "spawner": SPAWNER, "resumed": ASKER,
                "sleeper": SLEEPER, "quick": QUICK, "victim": SLEEPER, "start_asker": ASKER,
                "start_sleeper": SLEEPER,
-               "pipeline": (REPO / "jobs" / "pipeline.py").read_text()}
+               "pipeline": (REPO / "jobs" / "pipeline.py").read_text(),
+               "echo": (REPO / "jobs" / "echo.py").read_text()}
 SHARED_CONFIG = {"log": {"level": "info"},
                  "job": {name: {"autostart": False}
                          for name in ("idle_asker", "start_asker", "start_sleeper")}}
@@ -188,6 +189,15 @@ def test_start_reports_the_state_after_the_first_step(d):
     for _ in range(5):  # the scheduler's order varies from run to run: the answer must not
         assert d.ok("start", "start_asker")["task"]["state"] == "suspended"
         assert d.ok("start", "start_sleeper")["task"]["state"] == "waiting"
+
+
+def test_the_echo_jobs_port_is_in_its_logs(d):
+    echo = d.wait_task("echo", lambda t: t["state"] == "waiting", "listening")
+    port = d.ok("show", echo["id"])["task_state"]["port"]
+    rc, out, _ = d.ctl("logs", "echo", json_output=False)
+    assert rc == 0 and any(line.endswith(f"echo[{echo['id']}] info: listening "
+                                         f"host=127.0.0.1 port={port}")
+                           for line in out.splitlines()), out
 
 
 def test_pipeline_keeps_the_daemon_log_quiet_at_info(d):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 import trio
 
 from cosched.tasklog import MAX_TEXT, OutputProxy, TaskLogs, enter
-from test_daemon import BASE_CONFIG, COSCHEDCTL, WAIT, Daemon
+from test_daemon import BASE_CONFIG, COSCHEDCTL, WAIT, Daemon, daemon, raw_request  # noqa: F401
 
 
 def fake_task(tid, name="t", job="j", state="running"):
@@ -315,3 +316,35 @@ def test_logs_follow_in_json_is_one_object_per_line(d, followers):
     objects = [json.loads(line) for line in follow.lines]
     assert objects[-1] == {"ended": "finished", "error": None}
     assert "printed after the follow started" in [o.get("message") for o in objects[:-1]]
+
+
+CHATTY = """
+    import trio
+
+    async def main(task):
+        while True:
+            print("x" * 4000)
+            await trio.sleep(0.005)
+"""
+
+
+def test_a_follower_that_stops_reading_is_dropped_and_the_daemon_goes_on(daemon):
+    d = daemon(jobs={"chatty": CHATTY},
+               config={"control": {"send_timeout": 1, "follow_queue": 10}})
+    task = d.wait_task("chatty", lambda t: t["steps"] > 10, "printing")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(str(d.socket))
+        stalled.sendall(json.dumps({"id": 1, "cmd": "logs", "args": {
+            "task": task["id"], "follow": True}}).encode() + b"\n")
+        # never reads: the kernel's buffers fill, then the daemon's send times out
+        d.wait_status(lambda s: any(r.get("event") == "control peer dropped"
+                                    and "TimeoutError" in r.get("error", "")
+                                    for r in d.log_records()), "the follower dropped")
+        assert raw_request(d.socket, {"id": 2, "cmd": "ping"})["result"]["pong"] is True
+        stalled.settimeout(WAIT)
+        received = b""
+        while chunk := stalled.recv(1 << 20):  # what was sent, then the end
+            received += chunk
+    lines = received.split(b"\n")
+    assert all(json.loads(line)["id"] == 1 for line in lines[:-1])
+    assert d.proc.poll() is None
