@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 import trio
+import trio.testing
 
 from . import __version__
 from . import log as logsetup
@@ -49,6 +50,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG", "EXIT_STUCK"]
 DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOG_DRAIN = 5.0   # seconds the last log lines get to reach stderr at exit
+STREAM_DRAIN = 0.5  # seconds followers' last lines get to be written at exit
 
 log = structlog.get_logger("cosched.daemon")
 
@@ -98,6 +100,7 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None,
             log.info("coschedd ready", socket=str(config.socket), jobs_dir=str(config.jobs_dir),
                      tasks=len(sup.tasks))
             abandoned = await handle_signals(signals, sup, notifier, config)
+            await _end_streams(sup)
             server.cancel()
             if abandoned:  # their trio tasks would hold the nursery open for ever
                 with trio.move_on_after(2):
@@ -120,6 +123,15 @@ async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Super
                         guard=sup.guard)
     finally:
         closed.set()
+
+
+async def _end_streams(sup: Supervisor) -> None:
+    """Followers get their streams' last lines before the server goes: the tasks' ended
+    with them, the event stream is ended now; the server writes them once its tasks run."""
+    sup.event_log.close()
+    sup.task_logs.close()
+    with trio.move_on_after(STREAM_DRAIN):
+        await trio.testing.wait_all_tasks_blocked()
 
 
 def _exit_now(sink: LogSink | None, code: int) -> None:

@@ -196,6 +196,13 @@ class TaskLogs:
             while len(self._ended) > ENDED_KEPT:
                 self._buffers.pop(self._ended.popleft(), None)
 
+    def close(self) -> None:
+        """The daemon stops: end every follower's stream."""
+        for table in (self._by_task, self._by_job):
+            for feeds in list(table.values()):
+                for feed in feeds:
+                    feed.close({"ended": "coschedd is stopping"})
+
     def job_removed(self, job: str) -> None:
         for feed in self._by_job.pop(job, ()):
             feed.close({"ended": "job removed", "job": job})

@@ -3,13 +3,15 @@ and end to end with `coschedctl events [-f]` against a real coschedd."""
 
 from __future__ import annotations
 
+import signal
+
+import pytest
 import trio
 
 from cosched.eventfeed import MAX_ITEMS, EventLog
 from cosched.events import Events
-import pytest
 
-from test_daemon import BASE_CONFIG, SLEEPER, Daemon
+from test_daemon import BASE_CONFIG, SLEEPER, Daemon, daemon  # noqa: F401
 from test_tasklog import followers  # noqa: F401
 
 
@@ -115,3 +117,19 @@ def test_events_history_in_json_and_by_job(d):
     assert rc == 0 and any(" finished quick[" in line and "result=7" in line
                            for line in out.splitlines()), out
     assert d.ok("events", "-n", "0") == {"events": []}
+
+
+def test_followers_get_a_clean_end_when_the_daemon_stops(daemon, followers):  # noqa: F811
+    printer = "import trio\n\nasync def main(task):\n    print('hello')\n    await trio.sleep(1000)\n"
+    d = daemon(jobs={"sleeper": printer})
+    d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
+    events = followers(d.socket, "events", "-f", "-n", "1")
+    logs = followers(d.socket, "logs", "-f", "-n", "1", "sleeper")  # the job: no end of its own
+    for f in (events, logs):
+        f.wait_for(lambda line: True, "the newest past line: the follow is in place")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    for f in (events, logs):
+        assert f.wait_exit() == 0
+        assert f.lines[-1] == "-- ended: coschedd is stopping --"
+    assert any(" killed sleeper[" in line for line in events.lines)
