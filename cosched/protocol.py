@@ -25,8 +25,10 @@ item as it happens, then one final line that ends the stream::
 A client tells them apart by the key: ``stream`` lines never carry ``result``.
 An error detected before the stream starts (an unknown task) is the usual single
 error line. The stream ends when what is followed ends (the task ended: the
-result says how); the client ends it early by closing the connection or by
-sending its next request, which is answered after the final line. Items the
+result says how, e.g. ``{"ended": "finished", "error": null}``), or when the
+daemon stops (``{"ended": "coschedd is stopping"}``); the client ends it early by
+closing the connection or by sending its next request, which is answered after
+the final line (whose result is then null). Items the
 client was too slow to take are dropped, not queued without bound: the stream
 then carries ``{"dropped": N}`` where they were missed. A client that takes no
 line within the daemon's ``control.send_timeout`` is disconnected. Every other
@@ -49,7 +51,9 @@ Error codes (stable; clients may branch on them):
 ``not-suspended``
     ``resume`` of a task that is not suspended.
 ``not-alive``
-    ``kill`` of a task that has already finished.
+    ``kill`` of a task that has already ended (finished or failed; killing a
+    killed task again is no error), or ``restart`` of an ended task that was
+    spawned by another (restart that one).
 ``forbidden``
     The peer's credentials are not allowed: on connecting (no access at all; the
     connection is closed), or for one command that needs control access when the
