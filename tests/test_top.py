@@ -89,25 +89,42 @@ def test_top_through_a_pipe_prints_one_table_and_exits(d):
     assert ["sleeper", "waiting"] in [line.split()[1:3] for line in lines[3:]]
 
 
-def test_top_on_a_terminal_shows_the_tasks_and_quits_on_q(d):
-    d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
+def on_a_terminal(d, keys: bytes) -> tuple[str, int]:
+    """Run `coschedctl top` on a new pseudo-terminal (its controlling terminal, so that
+    Ctrl-C works as on a real one) until it shows both tasks, type ``keys``; what it
+    showed and its exit code."""
     main, child = os.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 140, 0, 0))
-    env = dict(os.environ, TERM="xterm")
+
+    def take_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
     proc = subprocess.Popen([COSCHEDCTL, "--socket", str(d.socket), "top"], stdin=child,
-                            stdout=child, stderr=child, env=env, start_new_session=True)
+                            stdout=child, stderr=child, env=dict(os.environ, TERM="xterm"),
+                            preexec_fn=take_terminal)
     os.close(child)
     try:
         seen = read_until(main, lambda text: "busybody" in text and "sleeper" in text
                           and "%BUSY" in text)
-        assert "coschedd 0.1.0" in seen
-        os.write(main, b"q")
-        assert proc.wait(WAIT) == 0
+        os.write(main, keys)
+        return seen, proc.wait(WAIT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(WAIT)
         os.close(main)
+
+
+def test_top_on_a_terminal_shows_the_tasks_and_quits_on_q(d):
+    d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
+    seen, code = on_a_terminal(d, b"q")
+    assert "coschedd 0.1.0" in seen and code == 0
+
+
+def test_top_quits_on_ctrl_c(d):
+    seen, code = on_a_terminal(d, b"\x03")
+    assert "busybody" in seen and code == 0
 
 
 def read_until(fd: int, done, timeout: float = WAIT) -> str:
