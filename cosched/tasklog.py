@@ -293,7 +293,11 @@ _inside = threading.local()  # .write: a proxy is filing a task's text on this t
 
 def _from_logger() -> bool:
     """Whether the text comes from structlog's own output (print or write, two frames up)."""
-    return sys._getframe(2).f_globals.get("__name__", "").startswith("structlog")
+    try:
+        caller = sys._getframe(2)
+    except ValueError:  # called from the bottom of a stack: not by a logger
+        return False
+    return caller.f_globals.get("__name__", "").startswith("structlog")
 
 
 def install(logs: TaskLogs) -> Callable[[], None]:
