@@ -28,7 +28,12 @@ Job code only ever runs in the task's own trio task (and, while a file loads, in
 the loader under the step guard); the control server only calls the backend
 methods below; the registry (``cosched.registry``) holds the tasks, the step
 guard (``cosched.guard``) times and interrupts their steps, and
-``cosched.reports`` renders them.
+``cosched.reports`` renders them. The operator's surface lives beside it:
+``cosched.tasklog`` (per-task log buffers, the stdout proxy) and
+``cosched.eventfeed`` (event history) serve ``logs`` and ``events``;
+``cosched.restarts`` and ``cosched.reconfig`` restart tasks on request and
+reload the config; ``cosched.hooks`` runs ``on_failure``; ``cosched.whereis``
+and ``cosched.tasktree`` answer ``show`` and ``tree``.
 """
 
 from __future__ import annotations
