@@ -199,6 +199,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                          f"{RESERVED_CONNECTIONS}.", 1, 65536),
         "idle_timeout": _seconds(60.0, "Seconds; a connection that sends no complete request "
                                  "for this long is closed.", positive=True),
+        "send_timeout": _seconds(30.0, "Seconds; a client that does not take a response line "
+                                 "(or, following logs or events, the next line) within this "
+                                 "is disconnected.", positive=True),
+        "follow_queue": _int(1000, "Lines a follower of logs or events (coschedctl logs -f, "
+                             "events -f) may fall behind; past this, new lines are dropped "
+                             "for it and it is told how many.", 10, 1_000_000),
     },
     "log": {
         "format": _choice("auto", '"console", "json" (one object per line), or "auto": console '
@@ -206,6 +212,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "level": _choice("info", "Lowest level logged.", "debug", "info", "warning", "error"),
         "stream": _choice("stderr", 'Where log lines go: "stderr", or "stdout" (containers, '
                           "whose engines collect a program's output).", "stderr", "stdout"),
+        "task_lines": _int(200, "Records kept in memory per task for coschedctl logs: its log "
+                           "lines at or above the level, and the lines its job prints (those "
+                           "always). The oldest go first. 0 keeps none.", 0, 100_000),
+        "events_kept": _int(1000, "State changes of tasks and jobs kept in memory for "
+                            "coschedctl events (the newest; 0 keeps none).", 0, 1_000_000),
     },
     "jobs": {
         "restart": _choice("on-failure", "When an ended task is started again: never, after it "
@@ -213,8 +224,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "restart_delay": _seconds(1.0, "Seconds before the first restart; doubles with each "
                                   "further one."),
         "restart_delay_max": _seconds(30.0, "Seconds; cap of the doubling restart delay."),
-        "start_limit_burst": _int(5, "More starts than this within start_limit_interval: give up, "
-                                  'job state "failed (start limit)".', 1, 1_000_000),
+        "start_limit_burst": _int(5, "More starts than this within start_limit_interval: give up "
+                                  '(coschedctl jobs then says "failed (start limit)" until the '
+                                  "job is started again).", 1, 1_000_000),
         "start_limit_interval": _seconds(60.0, "Seconds; the window of start_limit_burst.",
                                          positive=True),
         "autostart": _bool(True, "Start a task for the job when it is loaded."),
@@ -222,6 +234,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                "awaits) may run before the daemon interrupts it with "
                                "cosched.StepTimeout, which fails the task. Also bounds a job "
                                "file's top level. 0 disables the limit."),
+        "on_failure": _str("", "Name of a job to start when a task of this job fails for good "
+                           "(no restart follows: restart policy, or start limit), like "
+                           "systemd's OnFailure=. The started task finds the failed one in "
+                           "task.trigger. The handler job is started even with autostart or "
+                           "enabled = false; a task started so never triggers a hook itself. "
+                           '"": none.'),
     },
 }
 
@@ -258,6 +276,7 @@ class JobPolicy:
     step_limit: float
     enabled: bool
     config: dict
+    on_failure: str = ""  # a job to start when a top-level task fails for good (cosched.hooks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +307,12 @@ class Config:
     log_stream: str = "stderr"
     metrics_listen: tuple[str, int] | None = None   # (IP address, port); None: no HTTP endpoint
     metrics_max_task_series: int = 500
+    # The operator's surface (defaults as in SCHEMA): followers' send timeout and queue,
+    # per-task log buffer size, event history size.
+    send_timeout: float = 30.0
+    follow_queue: int = 1000
+    task_lines: int = 200
+    events_kept: int = 1000
 
     def job_policy(self, name: str) -> JobPolicy:
         """job_defaults merged with [job.<name>]. config is copied per call so that a
@@ -397,7 +422,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
         control_group=control["control_group"], max_request_bytes=control["max_request_bytes"],
         max_connections=control["max_connections"],
         max_connections_per_user=control["max_connections_per_user"],
-        idle_timeout=control["idle_timeout"], log_format=log["format"], log_level=log["level"],
+        idle_timeout=control["idle_timeout"], send_timeout=control["send_timeout"],
+        follow_queue=control["follow_queue"], log_format=log["format"], log_level=log["level"],
+        task_lines=log["task_lines"], events_kept=log["events_kept"],
         step_warning=daemon["step_warning"], stop_timeout=daemon["stop_timeout"],
         worker_threads=daemon["worker_threads"],
         watchdog=daemon["watchdog"], strict_modes=daemon["strict_modes"],

@@ -8,6 +8,15 @@ schemas and the level each needs come from ``cosched.protocol.COMMANDS``) and wr
 one response line per request. The wire format and the error codes are documented
 in ``cosched.protocol``.
 
+Streams (``logs -f``, ``events -f``): a backend method may answer with an async
+iterator instead of a value (``cosched.feeds.Stream``). The server then writes
+one line per item, each within ``Limits.send_timeout`` (a follower that stops
+reading is dropped; the producer's bounded feed keeps the daemon's memory
+bounded meanwhile), then a last line with the stream's ``result``. While the
+stream runs the server watches the connection: the peer closing it, or sending
+its next request, ends the stream (the request is answered after the last line).
+Every other request keeps its one response line.
+
 Who reaches the socket (``Access``): root and the daemon's own user always, with
 control access. A group (read_group or control_group, when only one is configured)
 becomes the socket's group at bind, and the socket is ``mode`` (0660); the kernel
@@ -36,6 +45,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,11 +159,12 @@ class Limits:
     per_user: int = 8
     idle_timeout: float = 60.0
     reserved: int = RESERVED_CONNECTIONS  # of max_connections, for root and own uid only
+    send_timeout: float = SEND_TIMEOUT   # a peer not taking a line within this is dropped
 
     @classmethod
     def from_config(cls, config: Any) -> Limits:
         return cls(config.max_connections, config.max_connections_per_user,
-                   config.idle_timeout)
+                   config.idle_timeout, send_timeout=config.send_timeout)
 
 
 # -- line reading -----------------------------------------------------------------
@@ -190,6 +201,12 @@ class LineReader:
                     raise EOFError("connection closed in the middle of a line")
                 return None
             self._buf += data
+
+    async def fill(self) -> bool:
+        """Read one chunk into the buffer (for ``readline`` later); False at end of stream."""
+        data = await self._sock.recv(RECV_CHUNK)
+        self._buf += data
+        return bool(data)
 
     def _take(self, end: int) -> bytes:
         if end > self._max_line:
@@ -313,15 +330,20 @@ class _Throttled:
 class _Server:
     """State shared by the accept loop and the connection handlers."""
 
-    def __init__(self, backend: Any, access: Access, limits: Limits, max_line: int):
+    def __init__(self, backend: Any, access: Access, limits: Limits | Callable[[], Limits],
+                 max_line: int):
         self.backend = backend
         self.access = access
-        self.limits = limits
+        self._limits = limits  # or a function giving the current ones (they change on reload)
         self.max_line = max_line
         self.active = 0                      # connections being served
         self.per_uid: Counter[int] = Counter()  # of them, by peer uid; no zero entries
         self.refusals = _Throttled()
         self.local: dict[str, Callable[..., Any]] = {"ping": self.ping}
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits if isinstance(self._limits, Limits) else self._limits()
 
     def ping(self) -> dict:
         return {"pong": True, "pid": os.getpid()}
@@ -433,10 +455,15 @@ class _Server:
             if line is None:
                 return
             response = await self._answer(line, pid=pid, uid=uid, level=level)
+            if isinstance(response, _Streaming):
+                if not await self._stream(conn, reader, response):
+                    return
+                continue
             if isinstance(response.get("result"), protocol.Chunked):
-                await _send_pieces(conn, response["result"].pieces(response["id"]))
+                await _send_pieces(conn, response["result"].pieces(response["id"]),
+                                   self.limits.send_timeout)
             else:
-                await send_all(conn, protocol.encode(response))
+                await send_all(conn, protocol.encode(response), self.limits.send_timeout)
             if not response["ok"] and response["error"]["code"] == protocol.BAD_REQUEST:
                 return
 
@@ -474,7 +501,49 @@ class _Server:
             lambda: {g for g in wanted if user_in_group(uid, g)})
         return peer_level(uid, member | {gid}, self.access)
 
-    async def _answer(self, line: bytes, *, pid: int, uid: int, level: str) -> dict:
+    async def _stream(self, conn: trio.socket.SocketType, reader: LineReader,
+                      streaming: _Streaming) -> bool:
+        """Write a stream's items, then its result (see the module docstring). False when
+        the peer closed the connection meanwhile. Only the wait for the next item is
+        interrupted by the peer; a line being written is always written whole."""
+        stream, rid = streaming.stream, streaming.request_id
+        items = stream.__aiter__()
+        peer: dict[str, Any] = {"closed": False, "spoke": False, "waiting": None}
+        try:
+            async with _unwrapped_errors(), trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_peer, reader, peer)
+                while not peer["spoke"]:
+                    with trio.CancelScope() as peer["waiting"]:
+                        try:
+                            item = await items.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    if peer["waiting"].cancelled_caught:
+                        break
+                    await send_all(conn, protocol.encode(protocol.stream_item(rid, item)),
+                                   self.limits.send_timeout)
+                nursery.cancel_scope.cancel()
+        finally:
+            await _close_stream(stream)
+        if peer["closed"]:
+            return False
+        await send_all(conn, protocol.encode(protocol.ok(rid, getattr(stream, "result", None))),
+                       self.limits.send_timeout)
+        return True
+
+    @staticmethod
+    async def _watch_peer(reader: LineReader, peer: dict[str, Any]) -> None:
+        """Until the peer sends something (its next request, kept for later) or closes."""
+        try:
+            peer["closed"] = not await reader.fill()
+        except OSError:  # reset by the peer: gone all the same
+            peer["closed"] = True
+        peer["spoke"] = True
+        if peer["waiting"] is not None:
+            peer["waiting"].cancel()
+
+    async def _answer(self, line: bytes, *, pid: int, uid: int,
+                      level: str) -> dict | _Streaming:
         try:
             request = protocol.decode_request(line)
         except ControlError as exc:
@@ -494,26 +563,68 @@ class _Server:
         except Exception as exc:
             log.exception("control command failed", cmd=request.cmd, args=request.args)
             return protocol.err(request.id, protocol.INTERNAL, f"{type(exc).__name__}: {exc}")
+        if _is_stream(result):
+            return _Streaming(request.id, result)
         if level != CONTROL and spec.private and isinstance(result, dict):
             result = {k: v for k, v in result.items() if k not in spec.private}
         return protocol.ok(request.id, result)
 
     async def _dispatch(self, request: protocol.Request) -> Any:
         """Call the handler named by the command: the server's own, else the backend's
-        method of the same name with the validated arguments as keywords."""
-        handler = self.local.get(request.cmd) or getattr(self.backend, request.cmd)
+        method of the same name (or the one its entry names) with the validated
+        arguments as keywords."""
+        method = protocol.COMMANDS[request.cmd].method or request.cmd
+        handler = self.local.get(request.cmd) or getattr(self.backend, method)
         result = handler(**request.args)
         if inspect.isawaitable(result):
             result = await result
         return result
 
 
-async def _send_pieces(conn: trio.socket.SocketType, pieces) -> None:
+async def _send_pieces(conn: trio.socket.SocketType, pieces, timeout: float) -> None:
     """Send a long answer piece by piece, the event loop running between pieces: each is
     rendered only when the previous one was taken, so a slow reader holds one piece."""
     for piece in pieces:
-        await send_all(conn, piece)
+        await send_all(conn, piece, timeout)
         await trio.sleep(0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Streaming:
+    """A request answered with a stream (an async iterator from the backend)."""
+
+    request_id: int | str
+    stream: Any
+
+
+@asynccontextmanager
+async def _unwrapped_errors():
+    """A connection error inside a nursery arrives wrapped in an exception group: let it
+    out as itself, so that the connection ends like any dropped peer."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        match, _ = group.split((OSError, EOFError))
+        if match is None:
+            raise
+        first = match
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def _is_stream(result: Any) -> bool:
+    return hasattr(result, "__aiter__") and not isinstance(result, (str, bytes, dict, list))
+
+
+async def _close_stream(stream: Any) -> None:
+    """Let the producer forget the follower, however the stream ended."""
+    close = getattr(stream, "close", None)
+    if callable(close):
+        close()
+    elif callable(aclose := getattr(stream, "aclose", None)):
+        with trio.CancelScope(shield=True):
+            await aclose()
 
 
 def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nursery,
@@ -526,7 +637,7 @@ def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nurse
 
 
 async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
-                access: Access | None = None, limits: Limits = Limits(),
+                access: Access | None = None, limits: Limits | Callable[[], Limits] = Limits(),
                 task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
                 guard: Any = None, connections: Callable[[Callable[[], int]], None] | None = None,
                 passed: stdsocket.socket | None = None) -> None:
@@ -537,7 +648,8 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
     permissions ``mode`` (plus connect access for others when ``access`` needs it,
     see the module docstring) and ``access``'s group, and is removed on exit.
     ``task_status.started(path)`` is called once clients can connect. ``access``
-    defaults to root and the daemon's own user only. With a step ``guard``, its
+    defaults to root and the daemon's own user only. ``limits`` may be a function
+    returning the current limits (a reload changes them). With a step ``guard``, its
     watchdog takes connections while a step stalls the loop (``cosched.stalldesk``).
     ``connections``, if given, is handed a function that tells how many connections
     are open (for the metrics). ``passed`` is a listening socket that the service

@@ -16,20 +16,38 @@ Commands:
                           is parsed as JSON, else taken as a string:
                           resume t 1 '"x"' abc '{"a":1}' sends [1, "x", "abc", {"a": 1}]
   kill TASK               cancel a task
-  start [--force] JOB     start a new task for a job; --force starts even a job
-                          whose config says enabled = false
-  reload                  rescan the jobs folder
+  start [--force] JOB     start a new task for a job and show it after its first
+                          step; --force starts even a job whose config says
+                          enabled = false
+  restart TASK|JOB        kill a task (its cleanup runs) and start it again with
+                          the same task.state; a job: each of its tasks, or a
+                          new one if none runs
+  reload                  re-read the config file and rescan the jobs folder;
+                          jobs whose config changed are restarted, a broken
+                          config file is refused and the old one stays
   jobs                    list the jobs and their state
+  logs TASK|JOB [-n N] [-f]
+                          the last N (default 10) log records and printed lines
+                          of a task, or of every task of a job; -f: then new
+                          ones as they come, until the task ends (or Ctrl-C)
+  events [-n N] [-f] [--job JOB]
+                          the last N (default 10) state changes of tasks and
+                          jobs; -f: then new ones as they happen, until Ctrl-C
+  tree [TASK] [--job JOB] the tasks under the tasks that spawned them
+  top                     a live view of the tasks, busiest first, and the
+                          daemon's CPU, memory and uptime; q or Ctrl-C quits.
+                          Not on a terminal: one table, then exit
   ping                    check that the daemon answers
   metrics                 Prometheus metrics in the text format, e.g. for
                           node_exporter's textfile collector (write, then rename):
                           coschedctl metrics > DIR/cosched.prom.tmp &&
                           mv DIR/cosched.prom.tmp DIR/cosched.prom
 
-TASK is a task id (a number) or a task name.
+TASK is a task id (a number) or a task name. Where TASK|JOB is taken, a job's
+name means the job (its first task has the same name: use its id for it alone).
 
-Some commands need control access (resume, kill, start, reload), the others
-read access; the daemon's control.* config keys say who has which.
+Some commands need control access (resume, kill, start, restart, reload), the
+others read access; the daemon's control.* config keys say who has which.
 
 Options (before or after the command):
   -H, --host [USER@]HOST  run the command on HOST: ssh HOST coschedctl --json ...,
@@ -41,17 +59,21 @@ Options (before or after the command):
   --socket PATH           the daemon's socket; default $COSCHED_SOCKET, else the
                           socket of the default configuration, else
                           $XDG_RUNTIME_DIR/cosched/coschedd.sock
-  --json                  print the daemon's raw result as JSON
+  --json                  print the daemon's raw result as JSON (a followed
+                          stream: one JSON object per line); an error also as
+                          {"ok": false, "error": {"code": ..., "message": ...}}
+                          on stdout
   --timeout SECONDS       how long to wait to connect and for the answer (default 35,
-                          at most 86400)
+                          at most 86400); a followed stream then runs until it ends
+  --version               print coschedctl's version
   -h, --help              show this text
 
 Exit status:
-  0  done
+  0  done (also: a followed stream ended, or Ctrl-C)
   1  the daemon refused the request; "coschedctl: CODE: MESSAGE" is printed
-  2  usage error
-  3  the daemon cannot be reached (with -H also: the host, by ssh, or
-     coschedctl on it)
+  2  usage error (--json: code "usage")
+  3  the daemon cannot be reached (--json: code "unreachable"; with -H also:
+     the host, by ssh, or coschedctl on it)
 
 Text from the daemon (task and file names, values, errors) is printed with
 control characters escaped (\\n, \\x1b, ...) and bytes that are not UTF-8 as
@@ -71,7 +93,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import protocol
+from . import __version__, protocol
 from .protocol import ControlError
 from .terminal import escape, escape_json, escape_lines
 
@@ -126,6 +148,61 @@ def call(path: str, cmd: str, args: dict[str, Any], timeout: float) -> Any:
         return protocol.decode_response(line).result
     except ValueError as exc:
         raise Unreachable(f"unreadable answer: {exc}") from None
+
+
+def follow(path: str, cmd: str, args: dict[str, Any], timeout: float,
+           on_item: Callable[[Any], None]) -> Any:
+    """Send a request answered by a stream; call ``on_item`` with each item as it comes
+    and return the final result. ``timeout`` bounds the connection and the first line;
+    then lines may be as far apart as the followed thing is quiet. Raises like ``call``."""
+    deadline = time.monotonic() + timeout
+    reader = None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            _connect(sock, path, timeout)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
+            reader = _Lines(sock)
+            while True:
+                line = reader.next(deadline)
+                deadline = None  # the first line came: from now on, wait as long as it takes
+                try:
+                    response = protocol.decode_response(line)
+                except ValueError as exc:
+                    raise Unreachable(f"unreadable answer: {exc}") from None
+                if not response.item:
+                    return response.result
+                on_item(response.result)
+    except TimeoutError:
+        raise Unreachable(f"no answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise Unreachable(exc.strerror or str(exc)) from None
+
+
+class _Lines:
+    """Response lines from a socket, one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def next(self, deadline: float | None) -> bytes:
+        while b"\n" not in self.buf:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(remaining)
+            else:
+                self.sock.settimeout(None)
+            data = self.sock.recv(65536)
+            if not data:
+                raise Unreachable("the daemon closed the connection")
+            self.buf += data
+        end = self.buf.index(b"\n")
+        line = bytes(self.buf[:end])
+        del self.buf[:end + 1]
+        return line
 
 
 def _connect(sock: socket.socket, path: str, timeout: float) -> None:
@@ -275,17 +352,18 @@ def render_status(result: dict) -> str:
     cpu = fmt_duration(d.get("cpu_time"))
     if _is_number(d.get("cpu_percent")):
         cpu += f" ({d['cpu_percent']:.1f}%)"
+    tasks = result.get("tasks") or []
     lines = [
         f"coschedd {_text(d.get('version'))}  pid {_text(d.get('pid'))}  "
         f"up {fmt_duration(d.get('uptime'))}  mem {fmt_bytes(d.get('rss'))}  cpu {cpu}  "
-        f"tasks {_text(d.get('num_tasks'))}",
+        f"tasks {_text(d.get('num_tasks'))} alive, {len(tasks)} listed",
         f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}"
         f"  switch path {_text(d.get('switch_path'))}",
         "",
         table(["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
               [[t.get("id"), t.get("name"), t.get("state"), t.get("waiting_on"),
                 fmt_duration(t.get("busy")), t.get("steps"), fmt_duration(t.get("age"))]
-               for t in result.get("tasks") or []]),
+               for t in tasks]) if tasks else "no tasks to list",
     ]
     errors = result.get("job_errors") or []
     if errors:
@@ -301,9 +379,16 @@ def _started_at(value: Any) -> str:
         return _text(value)
 
 
+def _frame_text(frame: Any) -> str:
+    if not isinstance(frame, dict):
+        return _text(frame)
+    return f"{_text(frame.get('file'))}:{_text(frame.get('line'))} in {_text(frame.get('function'))}"
+
+
 _SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("id", "id", _text), ("name", "name", _text), ("job", "job", _text),
-    ("state", "state", _text), ("waiting on", "waiting_on", _text), ("error", "error", _text),
+    ("state", "state", _text), ("waiting on", "waiting_on", _text),
+    ("at", "at", _frame_text), ("error", "error", _text),
     ("busy", "busy", fmt_duration), ("longest step", "longest_step", fmt_duration),
     ("steps", "steps", _text), ("switches", "switches", _text), ("age", "age", fmt_duration),
     ("started at", "started_at", _started_at), ("restarts", "restarts", _text),
@@ -330,8 +415,11 @@ def render_show(result: dict) -> str:
 
 def render_resume(result: dict) -> str:
     outcome = result.get("outcome")
-    if outcome in ("yielded", "finished"):
-        return f"{outcome}: {fmt_json(result.get('values') or [])}"
+    if outcome == "yielded":
+        return f"yielded: {fmt_json(result.get('values') or [])}"
+    if outcome == "finished":  # its result, as show prints it: one value as itself
+        values = result.get("values") or []
+        return f"finished: {fmt_json(values[0] if len(values) == 1 else values or None)}"
     if outcome == "failed":
         return f"failed: {_text(result.get('error'))}"
     if outcome == "running":
@@ -345,9 +433,32 @@ def _task_line(verb: str, result: dict) -> str:
             f"job {_text(task.get('job'))}): {_text(task.get('state'))}")
 
 
+def render_kill(result: dict) -> str:
+    if result.get("already"):
+        task = result.get("task") or {}
+        return (f"task {_text(task.get('id'))} ({_text(task.get('name'))}, job "
+                f"{_text(task.get('job'))}) was already killed")
+    return _task_line("killed", result)
+
+
+def render_restart(result: dict) -> str:
+    verb = "started" if result.get("started") else "restarted"
+    tasks = result.get("tasks") or ([result["task"]] if result.get("task") else [])
+    return "\n".join(_task_line(verb, {"task": t}) for t in tasks) or "nothing to restart"
+
+
 def render_reload(result: dict) -> str:
-    lines = [f"{key}: {', '.join(map(_text, result.get(key) or [])) or '-'}"
-             for key in ("loaded", "removed")]
+    lines = []
+    config = result.get("config")
+    if isinstance(config, dict):
+        lines += [f"config: {_text(config.get('path'))}",
+                  f"config changed: {', '.join(map(_text, config.get('changed') or [])) or '-'}"]
+        if config.get("needs_restart"):
+            lines.append("config needing a restart of coschedd (old value in force): "
+                         + ", ".join(map(_text, config["needs_restart"])))
+    lines += [f"{key}: {', '.join(map(_text, result.get(key) or [])) or '-'}"
+              for key in ("loaded", "removed", "restarted", "stopped", "started")
+              if key in ("loaded", "removed") or result.get(key)]
     errors = result.get("errors") or []
     if errors:
         lines += ["errors:", *_job_errors(errors)]
@@ -377,23 +488,125 @@ def render_ping(result: dict) -> str:
     return f"pong from coschedd pid {_text(result.get('pid'))}"
 
 
+def _clock(value: Any) -> str:
+    from datetime import datetime  # only a few commands need it: keep the start-up short
+    try:
+        return datetime.fromtimestamp(value).isoformat(sep=" ", timespec="milliseconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return _text(value)
+
+
+def _pairs(fields: Any) -> str:
+    if not isinstance(fields, dict) or not fields:
+        return ""
+    return "".join(f" {_text(k)}={_plain(v)}" for k, v in fields.items() if v is not None)
+
+
+def render_record(r: dict) -> str:
+    """One log record or printed line: time, task[id], level or stream, message, fields."""
+    if "dropped" in r and len(r) == 1:
+        return f"-- {_text(r['dropped'])} lines dropped: coschedctl fell behind --"
+    kind = r.get("level") or r.get("source")
+    return (f"{_clock(r.get('time'))} {_text(r.get('task'))}[{_text(r.get('id'))}] "
+            f"{_text(kind)}: {_text(r.get('message'))}{_pairs(r.get('fields'))}")
+
+
+_EVENT_KEYS = ("time", "event", "task", "id", "job", "state")
+
+
+def render_event(e: dict) -> str:
+    """One state change: time, event, task[id] (or the job), state, other fields."""
+    if "dropped" in e and len(e) == 1:
+        return f"-- {_text(e['dropped'])} events dropped: coschedctl fell behind --"
+    who = (f"{_text(e.get('task'))}[{_text(e.get('id'))}] job {_text(e.get('job'))}"
+           if "task" in e else f"job {_text(e.get('job'))}")
+    state = f" {_text(e['state'])}" if e.get("state") else ""
+    rest = {k: v for k, v in e.items() if k not in _EVENT_KEYS}
+    return f"{_clock(e.get('time'))} {_text(e.get('event'))} {who}{state}{_pairs(rest)}"
+
+
+def render_logs(result: dict) -> str:
+    records = result.get("records") or []
+    return "\n".join(map(render_record, records)) if records else "no log records"
+
+
+def render_events(result: dict) -> str:
+    events = result.get("events") or []
+    return "\n".join(map(render_event, events)) if events else "no events"
+
+
+def render_ended(result: Any) -> str | None:
+    """The last line of a followed stream: why it ended (None: the client ended it)."""
+    if not isinstance(result, dict) or "ended" not in result:
+        return None
+    error = f": {_text(result['error'])}" if result.get("error") else ""
+    return f"-- ended: {_text(result['ended'])}{error} --"
+
+
+def render_tree(result: dict) -> str:
+    """Each task under its parent, ASCII branches: |-- for a child, `-- for the last one."""
+    rows = result.get("tasks") or []
+    if not rows:
+        return "no tasks"
+    depths = [r.get("depth") if isinstance(r.get("depth"), int) else 0 for r in rows]
+    last, later = [False] * len(rows), set()  # later: depths that have a later sibling
+    for i in reversed(range(len(rows))):
+        last[i] = depths[i] not in later
+        later = {d for d in later if d < depths[i]} | {depths[i]}
+    lines, more = [], []  # more[k]: a sibling follows at depth k + 1 (draw "|")
+    for r, depth, is_last in zip(rows, depths, last, strict=True):
+        del more[max(depth - 1, 0):]
+        prefix = "".join("|   " if m else "    " for m in more)
+        if depth:
+            prefix += "`-- " if is_last else "|-- "
+            more.append(not is_last)
+        lines.append(f"{prefix}{_text(r.get('id'))} {_text(r.get('name'))} "
+                     f"(job {_text(r.get('job'))}) {_text(r.get('state'))}")
+    return "\n".join(lines)
+
+
 # -- the command table ------------------------------------------------------------
 
 class Cmd(NamedTuple):
-    """One coschedctl command: its positional arguments (argparse keywords), how to
-    turn the parsed arguments into the request's args, and how to print the result."""
+    """One coschedctl command: its arguments (argparse keywords), how to turn the parsed
+    arguments into the request's args, how to print the result; ``stream``: how to
+    print each item when the request follows (``follows`` tells from the arguments);
+    ``run``: a command that does its own talking (top); ``local_help`` for commands
+    the protocol does not have."""
 
     name: str
     args: tuple[tuple[str, dict], ...]
     build: Callable[[argparse.Namespace], dict]
     render: Callable[[Any], str]
+    stream: Callable[[Any], str] | None = None
+    run: Callable[[argparse.Namespace, str], int] | None = None
+    local_help: str = ""
+    method: str | None = None  # the protocol command, when not ``name``
 
     @property
     def help(self) -> str:
-        return protocol.COMMANDS[self.name].help
+        spec = protocol.COMMANDS.get(self.method or self.name)
+        return spec.help if spec is not None else self.local_help
+
+    def follows(self, ns: argparse.Namespace) -> bool:
+        return self.stream is not None and bool(getattr(ns, "follow", False))
+
+
+def _count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,7}", text) or int(text) > protocol.MAX_LINES:
+        raise argparse.ArgumentTypeError(f"not a number from 0 to {protocol.MAX_LINES}: {text!r}")
+    return int(text)
+
+
+def _run_top(ns: argparse.Namespace, path: str) -> int:
+    from . import top  # the screen library is loaded only for this command
+    return top.main(path, ns.timeout, as_json=ns.json)
 
 
 _TASK = ("task", {"type": task_arg, "metavar": "TASK"})
+_TASK_OR_JOB = ("task", {"type": task_arg, "metavar": "TASK|JOB"})
+_LINES = ("-n", {"dest": "lines", "type": _count, "default": 10, "metavar": "N"})
+_FOLLOW = ("-f", {"dest": "follow", "action": "store_true"})
 
 COMMANDS: tuple[Cmd, ...] = (
     Cmd("status", (("task", {"type": task_arg, "metavar": "TASK", "nargs": "?"}),
@@ -402,15 +615,30 @@ COMMANDS: tuple[Cmd, ...] = (
         lambda ns: {k: v for k in ("task", "job", "state") if (v := getattr(ns, k)) is not None},
         render_status),
     Cmd("show", (_TASK,), lambda ns: {"task": ns.task}, render_show),
-    Cmd("resume", (_TASK, ("values", {"type": value_arg, "metavar": "VALUE", "nargs": "*"})),
+    Cmd("resume", (_TASK, ("values", {"type": value_arg, "metavar": "VALUE", "nargs": "*",
+                                      "default": []})),
         lambda ns: {"task": ns.task, "values": ns.values, "timeout": resume_wait(ns.timeout)},
         render_resume),
-    Cmd("kill", (_TASK,), lambda ns: {"task": ns.task}, lambda r: _task_line("killed", r)),
+    Cmd("kill", (_TASK,), lambda ns: {"task": ns.task}, render_kill),
     Cmd("start", (("--force", {"action": "store_true"}), ("job", {"metavar": "JOB"})),
         lambda ns: {"job": ns.job, **({"force": True} if ns.force else {})},
         lambda r: _task_line("started", r)),
+    Cmd("restart", (_TASK_OR_JOB,), lambda ns: {"task": ns.task}, render_restart),
     Cmd("reload", (), lambda ns: {}, render_reload),
     Cmd("jobs", (), lambda ns: {}, render_jobs),
+    Cmd("logs", (_TASK_OR_JOB, _LINES, _FOLLOW),
+        lambda ns: {"task": ns.task, "lines": ns.lines, "follow": ns.follow},
+        render_logs, stream=render_record),
+    Cmd("events", (_LINES, _FOLLOW, ("--job", {"metavar": "JOB"})),
+        lambda ns: {"lines": ns.lines, "follow": ns.follow,
+                    **({"job": ns.job} if ns.job is not None else {})},
+        render_events, stream=render_event),
+    Cmd("tree", (("task", {"type": task_arg, "metavar": "TASK", "nargs": "?"}),
+                 ("--job", {"metavar": "JOB"})),
+        lambda ns: {k: v for k in ("task", "job") if (v := getattr(ns, k)) is not None},
+        render_tree),
+    Cmd("top", (), lambda ns: {}, str, run=_run_top,
+        local_help="A live view of the tasks, busiest first; q quits."),
     Cmd("ping", (), lambda ns: {}, render_ping),
     Cmd("metrics", (), lambda ns: {}, render_metrics),
 )
@@ -434,6 +662,16 @@ def _host_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Remembers its last usage error, for --json."""
+
+    last_error: str | None = None
+
+    def error(self, message: str) -> None:
+        _Parser.last_error = message
+        super().error(message)
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The global options; on the subcommands (``suppress``) they override only when given."""
     def default(value: Any) -> Any:
@@ -452,10 +690,12 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
                         help=f"how long to wait to connect and for the answer (default "
                              f"{DEFAULT_TIMEOUT:g}, at most {MAX_TIMEOUT:g})")
     parser.add_argument("-h", "--help", action=_PrintDoc, help="show the help text")
+    if not suppress:
+        parser.add_argument("--version", action="version", version=f"coschedctl {__version__}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coschedctl", usage=USAGE, add_help=False)
+    parser = _Parser(prog="coschedctl", usage=USAGE, add_help=False)
     _add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="coschedctl")
     for cmd in COMMANDS:
@@ -502,15 +742,23 @@ def _autocomplete(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv
+    _Parser.last_error = None
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:
         _autocomplete(parser)
     try:
         ns = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except SystemExit as exc:  # argparse: --help or --version (0), or a usage error (2)
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if code == EXIT_USAGE and as_json:
+            print_json_error("usage", _Parser.last_error or "usage error")
+        return code
     if ns.command is None:
         print(f"usage: {USAGE}\ncoschedctl: no command given (see --help)", file=sys.stderr)
+        if ns.json:
+            print_json_error("usage", "no command given")
         return EXIT_USAGE
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character
         stream.reconfigure(errors="backslashreplace")  # gets \xNN, never an exception
@@ -519,15 +767,22 @@ def main(argv: list[str] | None = None) -> int:
         return _remote(ns, cmd, sys.argv[1:] if argv is None else argv)
     path = ns.socket or default_socket_path()
     try:
-        result = call(path, cmd.name, cmd.build(ns), ns.timeout)
+        if cmd.run is not None:
+            return cmd.run(ns, path)
+        if cmd.follows(ns):
+            return _follow(cmd, ns, path)
+        return _once(cmd, ns, path)
+    except KeyboardInterrupt:  # Ctrl-C ends a follow, or top
+        return EXIT_OK
+    except BrokenPipeError:  # | head: the reader has all it wanted
+        sys.stderr = None  # no "Exception ignored" noise at exit
+        return EXIT_OK
     except Unreachable as exc:
-        print(f"coschedctl: cannot reach coschedd at {escape(path)}: {escape(str(exc))}",
-              file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return fail(ns.json, "unreachable", f"cannot reach coschedd at {path}: {exc}",
+                    EXIT_UNREACHABLE, plain=f"cannot reach coschedd at {escape(path)}: "
+                                            f"{escape(str(exc))}")
     except ControlError as exc:
-        print(f"coschedctl: {escape(exc.code)}: {escape(exc.message)}", file=sys.stderr)
-        return EXIT_REFUSED
-    return _print_result(ns, cmd, result)
+        return fail(ns.json, exc.code, exc.message, EXIT_REFUSED)
 
 
 def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
@@ -536,11 +791,15 @@ def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
     try:
         code, result, err = remote.run_remote(ns.host, remote.strip_host(argv), ns.timeout)
     except remote.RemoteError as exc:
-        print(f"coschedctl: cannot reach {escape(ns.host)}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return fail(ns.json, "unreachable", f"cannot reach {ns.host}: {exc}", EXIT_UNREACHABLE,
+                    plain=f"cannot reach {escape(ns.host)}: {escape(str(exc))}")
     if err.strip():
         print(escape_lines(err.rstrip("\n")), file=sys.stderr)
     return code if code != EXIT_OK else _print_result(ns, cmd, result)
+
+
+def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
+    return _print_result(ns, cmd, call(path, cmd.method or cmd.name, cmd.build(ns), ns.timeout))
 
 
 def _print_result(ns: argparse.Namespace, cmd: Cmd, result: Any) -> int:
@@ -551,6 +810,41 @@ def _print_result(ns: argparse.Namespace, cmd: Cmd, result: Any) -> int:
               "--json prints it as it came", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def _follow(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
+    """Print each item of a stream as it comes (--json: one JSON object per line)."""
+    def show(item: Any) -> None:
+        text = json_line(item, sys.stdout.encoding) if ns.json else _shape_safe(cmd.stream, item)
+        print(text, flush=True)
+
+    result = follow(path, cmd.method or cmd.name, cmd.build(ns), ns.timeout, show)
+    end = json_line(result, sys.stdout.encoding) if ns.json else render_ended(result)
+    if end is not None:
+        print(end, flush=True)
+    return EXIT_OK
+
+
+def _shape_safe(render: Callable[[Any], str], item: Any) -> str:
+    try:
+        return render(item)
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError):
+        return f"(unexpected item) {fmt_json(item)}"
+
+
+def fail(as_json: bool, code: str, message: str, exit_code: int, plain: str | None = None) -> int:
+    """Report an error as text on stderr, and with --json also as JSON on stdout (where
+    a script reads the answer; stderr stays as it is without --json)."""
+    if as_json:
+        print_json_error(code, message)
+    text = plain if plain is not None else f"{escape(code)}: {escape(message)}"
+    print(f"coschedctl: {text}", file=sys.stderr)
+    return exit_code
+
+
+def print_json_error(code: str, message: str) -> None:
+    print(json_text({"ok": False, "error": {"code": code, "message": message}},
+                    sys.stdout.encoding))
 
 
 def json_text(result: Any, encoding: str | None) -> str:
@@ -566,6 +860,16 @@ def json_text(result: Any, encoding: str | None) -> str:
 
 
 _COMPACT = (",", ":")
+
+
+def json_line(result: Any, encoding: str | None) -> str:
+    """Like json_text, on one line (a streamed item)."""
+    text = escape_json(json.dumps(result, separators=_COMPACT, ensure_ascii=False))
+    try:
+        text.encode(encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(result, separators=_COMPACT)
+    return text
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """coschedd: run the jobs folder as supervised coroutines, with a control socket.
 
 usage: coschedd [--config PATH] [--jobs-dir DIR] [--socket PATH]
-                [--log-format auto|console|json] [--log-level LEVEL]
+                [--log-format auto|console|json] [--log-level LEVEL] [--version]
 
 Socket activation: started by systemd with a passed socket (coschedd.socket;
 LISTEN_FDS/LISTEN_PID, descriptor 3, see cosched.activation), the daemon serves
@@ -9,10 +9,13 @@ that socket and leaves it in place when it exits.
 
 Signals: SIGTERM/SIGINT stop gracefully (every task is killed and its cleanup
 runs, within daemon.stop_timeout; cleanup still running then is abandoned and
-the daemon exits anyway, logging the tasks it abandoned); SIGHUP reloads the
-jobs folder. A step that runs away when a signal arrives is interrupted. Under
-systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and pings
-the watchdog from the event loop when WatchdogSec is set.
+the daemon exits anyway, logging the tasks it abandoned); SIGHUP reloads: it
+re-reads the config file (a bad one is refused, logged, and the one in force
+stays; see cosched.reconfig) and rescans the jobs folder, like coschedctl reload.
+The jobs folder is watched with inotify, also when it does not exist yet. A step
+that runs away when a signal arrives is interrupted. Under systemd (Type=notify)
+it reports READY, RELOADING, STOPPING and STATUS, and pings the watchdog from
+the event loop when WatchdogSec is set.
 
 Exit codes: 0 stopped (cleanly, or with abandoned cleanup, which is logged),
 1 failed while running (or cannot listen on metrics.listen: the port is taken),
@@ -34,8 +37,9 @@ from pathlib import Path
 
 import structlog
 import trio
+import trio.testing
 
-from . import activation, httpserve
+from . import __version__, activation, httpserve
 from . import log as logsetup
 from .config import ConfigError, load_config
 from .control import Access, Limits, serve
@@ -46,12 +50,13 @@ from .logsink import LogSink
 from .strictmodes import Untrusted, check_folder
 from .supervisor import Supervisor
 from .systemd import Notifier
-from .watch import DirWatcher, WatchError
+from .watch import DirWatcher, WatchError, wait_for_folder
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG", "EXIT_STUCK"]
 DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOG_DRAIN = 5.0   # seconds the last log lines get to reach stderr at exit
+STREAM_DRAIN = 0.5  # seconds followers' last lines get to be written at exit
 
 log = structlog.get_logger("cosched.daemon")
 
@@ -68,23 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", type=Path, help="override control.socket")
     p.add_argument("--log-format", choices=["auto", "console", "json"], help="override log.format")
     p.add_argument("--log-level", choices=sorted(logsetup.LEVELS), help="override log.level")
+    p.add_argument("--version", action="version", version=f"coschedd {__version__}")
     return p
 
 
-def configure(args):
-    config = load_config(args.config)
-    changes = {k: v for k, v in {
+def overrides(args) -> dict:
+    """The config fields the command line sets (they win over the file, also on reload)."""
+    return {k: v for k, v in {
         "jobs_dir": args.jobs_dir and args.jobs_dir.resolve(),
         "socket": args.socket and args.socket.resolve(),
         "log_format": args.log_format, "log_level": args.log_level}.items() if v}
-    return dataclasses.replace(config, **changes)
+
+
+def configure(args):
+    return dataclasses.replace(load_config(args.config), **overrides(args))
 
 
 async def run(config, notifier: Notifier, sink: LogSink | None = None,
-              metrics_sock=None, control_sock=None) -> None:
+              metrics_sock=None, control_sock=None, cli_overrides: dict | None = None) -> None:
     """Signals and the control socket first, then the jobs: a job's first step may be
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config, log_sink=sink, on_stuck=lambda code: _exit_now(sink, code))
+    sup.overrides = cli_overrides or {}
     forks = ForkWatch(sup.guard)
     with trio.open_signal_receiver(*DAEMON_SIGNALS) as signals:
         sup.guard.wrap_daemon_signals(DAEMON_SIGNALS)
@@ -102,6 +112,7 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None,
             log.info("coschedd ready", socket=str(config.socket), jobs_dir=str(config.jobs_dir),
                      tasks=len(sup.tasks))
             abandoned = await handle_signals(signals, sup, notifier, config)
+            await _end_streams(sup)
             server.cancel()
             if abandoned:  # their trio tasks would hold the nursery open for ever
                 with trio.move_on_after(2):
@@ -120,12 +131,21 @@ async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Super
         with scope:
             await serve(config.socket, config.socket_mode, sup,
                         max_line=config.max_request_bytes, access=Access.from_config(config),
-                        limits=Limits.from_config(config), task_status=task_status,
+                        limits=lambda: Limits.from_config(sup.config), task_status=task_status,
                         guard=sup.guard,
                         connections=lambda count: setattr(sup.collector, "connections", count),
                         passed=passed)
     finally:
         closed.set()
+
+
+async def _end_streams(sup: Supervisor) -> None:
+    """Followers get their streams' last lines before the server goes: the tasks' ended
+    with them, the event stream is ended now; the server writes them once its tasks run."""
+    sup.event_log.close()
+    sup.task_logs.close()
+    with trio.move_on_after(STREAM_DRAIN):
+        await trio.testing.wait_all_tasks_blocked()
 
 
 def _exit_now(sink: LogSink | None, code: int) -> None:
@@ -141,9 +161,11 @@ async def handle_signals(signals, sup: Supervisor, notifier: Notifier, config) -
     async for signum in signals:
         if signum == signal.SIGHUP:
             notifier.reloading()
-            report = sup.rescan()
-            log.info("reloaded", **report)
-            sup.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"])
+            try:
+                await sup.reload_all()
+            except ConfigError as e:
+                log.error("reload refused: the configuration in force is unchanged",
+                          error=str(e))
             notifier.ready(status=_status_line(sup))
             continue
         notifier.stopping()
@@ -153,14 +175,19 @@ async def handle_signals(signals, sup: Supervisor, notifier: Notifier, config) -
 
 
 async def watch_jobs(sup: Supervisor) -> None:
-    """Follow the jobs folder with inotify; re-watch it if it is replaced."""
+    """Follow the jobs folder with inotify; wait for it while it is missing (at start,
+    or removed later), and rescan once it is (back) there."""
     folder = sup.config.jobs_dir
     while True:
         try:
             watcher = DirWatcher(folder)
         except WatchError as e:
-            log.error("cannot watch the jobs folder; use SIGHUP or coschedctl reload", error=str(e))
-            return
+            if folder.is_dir() or not await _wait_for_jobs_folder(folder, str(e)):
+                log.error("cannot watch the jobs folder; use SIGHUP or coschedctl reload",
+                          error=str(e))
+                return
+            sup.rescan()
+            continue
         with watcher:
             async for batch in watcher.changes():
                 for change in batch:
@@ -168,10 +195,22 @@ async def watch_jobs(sup: Supervisor) -> None:
                         sup.rescan()
                     else:
                         sup.sync_file(change.path)
-        if not folder.is_dir():
-            log.error("jobs folder is gone; use coschedctl reload once it is back", folder=str(folder))
+        if not folder.is_dir() and not await _wait_for_jobs_folder(folder, "it is gone"):
             return
         sup.rescan()
+
+
+async def _wait_for_jobs_folder(folder: Path, why: str) -> bool:
+    """Until the jobs folder exists; False if it cannot be waited for (no inotify)."""
+    log.warning("no jobs folder; it will be loaded as soon as it appears", folder=str(folder),
+                reason=why)
+    try:
+        await wait_for_folder(folder)
+    except WatchError as e:
+        log.error("cannot wait for the jobs folder", folder=str(folder), error=str(e))
+        return False
+    log.info("jobs folder appeared", folder=str(folder))
+    return True
 
 
 def prepare_runtime(config) -> None:
@@ -263,7 +302,7 @@ def main(argv=None) -> int:
             return EXIT_FAILED
     notifier = Notifier()
     try:
-        trio.run(run, config, notifier, sink, metrics_sock, control_sock)
+        trio.run(run, config, notifier, sink, metrics_sock, control_sock, overrides(args))
     except OSError as e:
         log.error("coschedd failed", error=str(e))
         return EXIT_FAILED

@@ -61,21 +61,21 @@ def _option(action: argparse.Action) -> list[str]:
 # -- coschedctl(1) -----------------------------------------------------------------
 
 def coschedctl() -> str:
-    from . import ctl, protocol
+    from . import ctl
     parser = ctl.build_parser()
     doc = ctl.__doc__ or ""
     lines = _header("coschedctl", 1, "User Commands")
     lines += [".SH SYNOPSIS", f"\\fBcoschedctl\\fR {esc(ctl.USAGE.removeprefix('coschedctl '))}",
               ".SH DESCRIPTION", *_paragraphs(doc.split("\n\n")[1]),
               *_paragraphs("TASK is a task id (a number) or a task name. status, show, jobs, "
-                           "ping and metrics need read access to the daemon's socket; "
-                           "resume, kill, start and reload need control access (see "
-                           "coschedd.toml(5), [control])."),
+                           "logs, events, tree, top, ping and metrics need read access to "
+                           "the daemon's socket; resume, kill, start, restart and reload "
+                           "need control access (see coschedd.toml(5), [control])."),
               ".SH COMMANDS"]
     for cmd in ctl.COMMANDS:
         usage = " ".join(_arg_usage(name, kwargs) for name, kwargs in cmd.args)
         lines += [".TP", f"\\fB{cmd.name}\\fR {esc(usage)}".rstrip(),
-                  esc(protocol.COMMANDS[cmd.name].help)]
+                  esc(cmd.help)]
     lines += [".SH OPTIONS", *_paragraphs("Options may come before or after the command.")]
     for action in parser._actions:
         if action.option_strings:

@@ -15,6 +15,25 @@ Responses::
 
 A request without a usable id is answered with ``"id": null``.
 
+Streams. A request that follows something (``logs`` and ``events`` with
+``"follow": true``) is answered by several lines with the request's id: one per
+item as it happens, then one final line that ends the stream::
+
+    {"id": ..., "ok": true, "stream": <item>}     # zero or more
+    {"id": ..., "ok": true, "result": <why it ended>}
+
+A client tells them apart by the key: ``stream`` lines never carry ``result``.
+An error detected before the stream starts (an unknown task) is the usual single
+error line. The stream ends when what is followed ends (the task ended: the
+result says how, e.g. ``{"ended": "finished", "error": null}``), or when the
+daemon stops (``{"ended": "coschedd is stopping"}``); the client ends it early by
+closing the connection or by sending its next request, which is answered after
+the final line (whose result is then null). Items the
+client was too slow to take are dropped, not queued without bound: the stream
+then carries ``{"dropped": N}`` where they were missed. A client that takes no
+line within the daemon's ``control.send_timeout`` is disconnected. Every other
+request is answered by exactly one line.
+
 Error codes (stable; clients may branch on them):
 
 ``bad-request``
@@ -32,7 +51,9 @@ Error codes (stable; clients may branch on them):
 ``not-suspended``
     ``resume`` of a task that is not suspended.
 ``not-alive``
-    ``kill`` of a task that has already finished.
+    ``kill`` of a task that has already ended (finished or failed; killing a
+    killed task again is no error), or ``restart`` of an ended task that was
+    spawned by another (restart that one).
 ``forbidden``
     The peer's credentials are not allowed: on connecting (no access at all; the
     connection is closed), or for one command that needs control access when the
@@ -44,6 +65,9 @@ Error codes (stable; clients may branch on them):
     Too many connections at once; the connection is closed.
 ``timeout``
     The daemon gave up waiting on something.
+``config-error``
+    ``reload`` found the config file invalid or unreadable; the message is the
+    error, and the configuration in force is unchanged.
 ``internal``
     A bug in the daemon; the message carries the exception's type and text.
 
@@ -59,7 +83,16 @@ Commands (``COMMANDS`` is the single table of them), with the access each needs:
     resume  control  {task: str|int, values: list = [], timeout: number = 30}
     kill    control  {task: str|int}
     start   control  {job: str, force: bool = false}
-    reload  control  {}                          rescan the jobs folder
+    reload  control  {}                          re-read the config file, rescan the
+                                                 jobs folder
+    logs    read     {task: str|int, lines: int = 10, follow: bool = false}
+                                                 a task's (or a job's) log records and
+                                                 output; a stream with follow
+    events  read     {lines: int = 10, follow: bool = false, job?: str}
+                                                 recent state changes; a stream with follow
+    tree    read     {task?: str|int, job?: str}  tasks nested under their parents
+    restart control  {task: str|int}             a task, or every task of a job, killed
+                                                 (cleanup runs) and started again
 
 A task is an id (an integer from 0 to 2**63 - 1) or a name; a name made of ASCII
 digits is taken as an id. ``timeout`` is a number of seconds from 0 to 86400.
@@ -88,11 +121,12 @@ FORBIDDEN = "forbidden"
 JOB_DISABLED = "job-disabled"
 BUSY = "busy"
 TIMEOUT = "timeout"
+CONFIG_ERROR = "config-error"
 INTERNAL = "internal"
 
 ERROR_CODES = frozenset({
     BAD_REQUEST, TOO_LARGE, UNKNOWN_COMMAND, NO_SUCH_TASK, NO_SUCH_JOB, NOT_SUSPENDED,
-    NOT_ALIVE, FORBIDDEN, JOB_DISABLED, BUSY, TIMEOUT, INTERNAL,
+    NOT_ALIVE, FORBIDDEN, JOB_DISABLED, BUSY, TIMEOUT, CONFIG_ERROR, INTERNAL,
 })
 
 # Access levels, lowest first. Root and the daemon's own user always have CONTROL.
@@ -102,6 +136,7 @@ LEVELS = (READ, CONTROL)
 
 MAX_TASK_ID = 2**63 - 1  # ids are counters; a bigger number names no task
 MAX_WAIT = 86400.0       # longest resume timeout, in seconds
+MAX_LINES = 100_000      # most records or events one logs/events request may ask for
 
 _MAX_DEPTH = 100  # nesting kept by the fallback encoder; deeper parts become repr strings
 
@@ -135,13 +170,15 @@ class Arg(NamedTuple):
 class Command(NamedTuple):
     """One entry of ``COMMANDS``: the argument schema, a one-line help, the access
     level it needs (CONTROL unless said otherwise: a new command is mutating until
-    someone decides it is not), and the result fields withheld from peers below
-    CONTROL (they may hold secrets, like a job's config table)."""
+    someone decides it is not), the result fields withheld from peers below
+    CONTROL (they may hold secrets, like a job's config table), and the name of the
+    backend method that serves it when that is not the command's name."""
 
     args: dict[str, Arg]
     help: str
     level: str = CONTROL
     private: tuple[str, ...] = ()
+    method: str | None = None
 
 
 def _seconds_in_range(value: int | float) -> bool:
@@ -155,6 +192,9 @@ def _task_ref(value: str | int) -> bool:
 
 _TASK_EXPECTED = f"a string or an integer (a task name, or an id from 0 to {MAX_TASK_ID})"
 _TASK = Arg((str, int), required=True, valid=_task_ref, expected=_TASK_EXPECTED)
+
+_LINES = Arg((int,), default=10, valid=lambda n: 0 <= n <= MAX_LINES,
+             expected=f"an integer from 0 to {MAX_LINES}")
 
 # A task's state as reports show it ("waiting": running, but blocked in the event loop).
 TASK_STATES = ("starting", "running", "waiting", "suspended", "restarting",
@@ -182,7 +222,29 @@ COMMANDS: dict[str, Command] = {
     "kill": Command({"task": _TASK}, "Cancel a task."),
     "start": Command({"job": Arg((str,), required=True), "force": Arg((bool,), default=False)},
                      "Start a new task for a job (force: even one with enabled = false)."),
-    "reload": Command({}, "Rescan the jobs folder: load new and changed jobs, drop removed ones."),
+    "reload": Command({}, "Re-read the config file and rescan the jobs folder: load new and "
+                          "changed jobs, drop removed ones, restart jobs whose config changed."),
+    "logs": Command({
+        "task": Arg((str, int), required=True, valid=_task_ref,
+                    expected=f"a job name, or a task ({_TASK_EXPECTED})"),
+        "lines": _LINES,
+        "follow": Arg((bool,), default=False),
+    }, "A task's (or every task of a job's) last log records and printed lines; "
+       "follow: then new ones as they come, until the task ends.", READ),
+    "events": Command({
+        "lines": _LINES,
+        "follow": Arg((bool,), default=False),
+        "job": Arg((str,)),
+    }, "The last state changes of tasks and jobs (or of one job's); follow: then new "
+       "ones as they happen.", READ, method="event_history"),
+    "tree": Command({
+        "task": Arg((str, int), valid=_task_ref, expected=_TASK_EXPECTED),
+        "job": Arg((str,)),
+    }, "The tasks nested under the tasks that spawned them, with their states.", READ),
+    "restart": Command({"task": Arg((str, int), required=True, valid=_task_ref,
+                                    expected=f"a job name, or a task ({_TASK_EXPECTED})")},
+                       "Kill a task (its cleanup runs) and start it again with the same "
+                       "task.state; a job name: each of its tasks, or a new one if none runs."),
 }
 
 
@@ -195,10 +257,12 @@ class Request(NamedTuple):  # a NamedTuple, not a dataclass: coschedctl starts f
 
 
 class Response(NamedTuple):
-    """A successful response as read by a client."""
+    """A successful response as read by a client. ``item`` is true for a line of a
+    stream (then ``result`` holds the item and more lines follow)."""
 
     id: int | str | None
     result: Any
+    item: bool = False
 
 
 # -- type wording -----------------------------------------------------------------
@@ -325,6 +389,11 @@ def ok(id: int | str | None, result: Any) -> dict:
     return {"id": id, "ok": True, "result": result}
 
 
+def stream_item(id: int | str, item: Any) -> dict:
+    """One line of a stream (see the module docstring)."""
+    return {"id": id, "ok": True, "stream": item}
+
+
 def err(id: int | str | None, code: str, message: str) -> dict:
     """An error response."""
     return {"id": id, "ok": False, "error": {"code": code, "message": message}}
@@ -339,6 +408,8 @@ def decode_response(line: bytes) -> Response:
     if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
         raise ValueError("response is not an object with a boolean 'ok'")
     if obj["ok"]:
+        if "stream" in obj and "result" not in obj:
+            return Response(obj.get("id"), obj["stream"], item=True)
         return Response(obj.get("id"), obj.get("result"))
     error = obj.get("error")
     if not isinstance(error, dict) or not isinstance(error.get("code"), str):

@@ -28,7 +28,12 @@ Job code only ever runs in the task's own trio task (and, while a file loads, in
 the loader under the step guard); the control server only calls the backend
 methods below; the registry (``cosched.registry``) holds the tasks, the step
 guard (``cosched.guard``) times and interrupts their steps, and
-``cosched.reports`` renders them.
+``cosched.reports`` renders them. The operator's surface lives beside it:
+``cosched.tasklog`` (per-task log buffers, the stdout proxy) and
+``cosched.eventfeed`` (event history) serve ``logs`` and ``events``;
+``cosched.restarts`` and ``cosched.reconfig`` restart tasks on request and
+reload the config; ``cosched.hooks`` runs ``on_failure``; ``cosched.whereis``
+and ``cosched.tasktree`` answer ``show`` and ``tree``.
 """
 
 from __future__ import annotations
@@ -47,18 +52,21 @@ import psutil
 import structlog
 import trio
 
-from . import __version__, coro, reports
+from . import __version__, coro, hooks, reconfig, reports, restarts, tasklog, tasktree, whereis
+from . import log as logsetup
 from ._coro import last_transfer_to_main, release_chain, switches_of
-from .config import Config, JobPolicy
+from .config import Config, ConfigError, JobPolicy
+from .eventfeed import EventLog
 from .events import Events
 from .gcpacer import GcPacer
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
 from .metrics import CONTENT_TYPE, Collector, JobTotals, switch_path
-from .protocol import BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED, Chunked, ControlError
+from .protocol import BUSY, CONFIG_ERROR, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED, Chunked, ControlError
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
+from .tasklog import TaskLogs
 
 __all__ = ["Supervisor", "Task"]
 
@@ -87,6 +95,13 @@ class Supervisor:
         self.events = Events()
         self.gc = GcPacer(self.reg.count_alive)
         self._child_policies: dict[str, JobPolicy] = {}   # cleared when the config changes
+        self.overrides: dict[str, Any] = {}  # the command line's config overrides; a reload keeps them
+        self.task_logs = TaskLogs(config.task_lines, lambda tid: self.reg.tasks.get(tid))
+        self.event_log = EventLog(self.events, config.events_kept)
+        self._parked: dict[int, tuple[Any, bool]] = {}  # id -> (coroutine a resume continues,
+        #                                                 transferred?), while suspended
+        self._restarting: dict[int, Any] = {}  # id -> policy of the next life, once asked
+        self._gave_up: set[str] = set()  # jobs whose last top-level task hit its start limit
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
         self.totals = JobTotals()   # counters of the tasks that ended for good, per job
@@ -98,6 +113,9 @@ class Supervisor:
         """Load the jobs folder, start what autostarts, and supervise until cancelled."""
         trio.lowlevel.add_instrument(self.guard)
         self.guard.start()
+        self.task_logs.start()
+        logsetup.set_capture(self.task_logs.capture)
+        restore_output = tasklog.install(self.task_logs)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -106,6 +124,9 @@ class Supervisor:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            restore_output()
+            logsetup.set_capture(None)
+            self.event_log.close()
             trio.lowlevel.remove_instrument(self.guard)
             self.guard.close()
             self.gc.close()
@@ -206,21 +227,25 @@ class Supervisor:
         del self.job_table[name]
         log.info("job removed", job=name)
         self.events.job("job-removed", name)
+        self.task_logs.job_removed(name)
 
     # ---------------------------------------------------------------- tasks
 
     def start_task(self, job: Job, fn=None, args: tuple = (), parent: Task | None = None,
-                   name: str | None = None) -> Task:
+                   name: str | None = None, *, state: dict | None = None,
+                   trigger: dict | None = None) -> Task:
+        """A new task of ``job`` (``state``: its task.state; ``trigger``: its task.trigger)."""
         if parent is None:
             policy = self.config.job_policy(job.name)   # its own copy of the config table
             config = policy.config
+            self._gave_up.discard(job.name)
         else:   # children share their parent's config table and one policy per job
             policy, config = self._child_policy(job.name), parent.ctx.config
         tid = self.reg.new_id()
         name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
         t = Task(tid, name, job, policy, fn or job.main, args, parent)
-        t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawn,
-                            threads=self.threads)
+        t.ctx = TaskContext(name, tid, _job_logger, config, state, spawner=self._spawn,
+                            threads=self.threads, trigger=trigger)
         self.reg.add(t)
         self.gc.task_started()
         self.nursery.start_soon(self._supervise, t, name=name)
@@ -244,6 +269,7 @@ class Supervisor:
         t.trio_task = trio.lowlevel.current_task()
         self.reg.by_trio[t.trio_task] = t
         self.guard.enter(t)  # this first step began before the guard knew the task
+        tasklog.enter(t)     # what this trio task (and those it starts) prints is t's
         try:
             while True:
                 if t.policy.restart != "no":
@@ -251,6 +277,8 @@ class Supervisor:
                         t.starts = deque()
                     t.starts.append(time.monotonic())
                 await self._run_once(t)
+                if self._restart_now(t):
+                    continue
                 delay = self._restart_delay(t)
                 if t.abandoned:
                     break
@@ -262,6 +290,8 @@ class Supervisor:
                 self.events.task("restarting", t, delay=delay)
                 with trio.CancelScope() as t.scope:
                     await trio.sleep(delay)
+                if self._restart_now(t):
+                    continue
                 if t.kill_requested or t.scope.cancelled_caught:
                     t.state = "killed"
                     self._life_ended(t)
@@ -273,6 +303,24 @@ class Supervisor:
             self._life_ended(t)
         finally:
             self._finished(t)
+
+    def _restart_now(self, t: Task) -> bool:
+        """A restart was asked for (``restart``, or a reload that changed its job's
+        config): this life is over, its children go with it, the next begins at once."""
+        if t.id not in self._restarting or t.abandoned:
+            return False
+        policy = self._restarting.pop(t.id)
+        if t.state != "restarting":  # in its restart delay, its last life was announced
+            self._life_ended(t)
+        for child in list(t.children.values()):
+            self._request_kill(child)
+        t.kill_requested = False
+        t.restarts += 1
+        if policy is not None:
+            t.policy, t.ctx.config = policy, policy.config
+        log.info("restarting task on request", task=t.name, id=t.id)
+        self.events.task("restarting", t, delay=0, requested=True)
+        return True
 
     def _finished(self, t: Task) -> None:
         # This last step ends after the task is unregistered: account for it here.
@@ -301,8 +349,11 @@ class Supervisor:
         self.totals.add(t)
         self.reg.retire(t)
         self.gc.task_ended()
+        self._restarting.pop(t.id, None)
         for child in list(t.children.values()):
             self._request_kill(child)
+        self.task_logs.ended(t)
+        hooks.on_failure(self, t)
 
     def _abandon(self, t: Task, timeout: float) -> None:
         """Cleanup overran: t ends in the registry now; its trio task ends when it can."""
@@ -324,6 +375,8 @@ class Supervisor:
             limit = f"start limit hit ({p.start_limit_burst} starts in {p.start_limit_interval:g}s)"
             t.error = limit if t.error is None else f"{t.error}; {limit}"
             log.error("task hit its start limit; not restarting", task=t.name, id=t.id)
+            if t.parent is None:
+                self._gave_up.add(t.job.name)
             return None
         doublings = min(t.restarts, MAX_BACKOFF_DOUBLINGS)  # 2 ** 1024 overflows a float
         return min(p.restart_delay * 2.0 ** doublings, p.restart_delay_max)
@@ -366,7 +419,11 @@ class Supervisor:
             if target is None:
                 self._ended(t, (False, coro.CoroutineError("no suspended coroutine to continue")))
                 return
-            values = await self._park(t, got[1:])
+            self._parked[t.id] = (target, transfer)
+            try:
+                values = await self._park(t, got[1:])
+            finally:
+                del self._parked[t.id]
             if values is None:  # killed while suspended: run its cleanup
                 await self._close(t, target)
                 return
@@ -462,7 +519,12 @@ class Supervisor:
         return Chunked(head, "tasks", tasks, reports.rows, tail, STATUS_CHUNK)
 
     def show(self, task: str | int) -> dict:
-        return reports.show(self.find(task))
+        t = self.find(task)
+        out = reports.show(t)
+        parked, transferred = self._parked.get(t.id, (None, False))
+        out.update(whereis.locate(t, parked, transferred) or {})
+        out["trigger"] = t.ctx.trigger if t.ctx is not None else None
+        return out
 
     async def resume(self, task: str | int, values: list, timeout: float) -> dict:
         t = self.find(task)
@@ -480,10 +542,11 @@ class Supervisor:
 
     async def kill(self, task: str | int) -> dict:
         t = self.find(task)
-        if t.state == "killed" and t.kill_requested:
-            return {"task": reports.info(t)}   # killed already (also: by the stall desk)
+        if t.state == "killed" and t.kill_requested:  # killed already (also: by the stall desk)
+            return {"task": reports.info(t), "already": True}
         if not t.alive:
-            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) is not alive: it {_ended_how(t)}")
+            raise ControlError(NOT_ALIVE, f"task {t.name} (#{t.id}) has already ended: it "
+                                          f"{_ended_how(t)}")
         self._request_kill(t)
         with trio.move_on_after(self.config.stop_timeout):
             await t.wait_ended()
@@ -507,21 +570,70 @@ class Supervisor:
                                              "[job] table); start it with --force to run it "
                                              "anyway")
         t = self.start_task(entry["job"])
-        await trio.lowlevel.checkpoint()  # let it take its first step before we report it
+        await _first_step_done()
         return {"task": reports.info(t)}
 
     async def reload(self) -> dict:
+        """Re-read the config file (see cosched.reconfig) and rescan the jobs folder."""
         self._require_running()
-        report = self.rescan()
-        report["errors"] = self._job_errors()
-        self.events.job("reload", "*", loaded=report["loaded"], removed=report["removed"])
-        return report
+        try:
+            return await self.reload_all()
+        except ConfigError as e:
+            raise ControlError(CONFIG_ERROR, f"{e}; the configuration in force is unchanged") \
+                from None
 
     def jobs(self) -> dict:
-        return {"jobs": [
-            reports.job_row(name, e, self.config.job_policy(name),
-                            [t.id for t in self.reg.of_job(name).values() if t.alive])
-            for name, e in sorted(self.job_table.items())]}
+        rows = [reports.job_row(name, e, self.config.job_policy(name),
+                                [t.id for t in self.reg.of_job(name).values() if t.alive])
+                for name, e in sorted(self.job_table.items())]
+        for row in rows:
+            if row["name"] in self._gave_up and row["state"] != "error":
+                row["state"] = "failed (start limit)"
+        return {"jobs": rows}
+
+    # ---------------------------------------------------------------- operator's surface
+    # logs, events, tree, restart and the config reload; the work is done in
+    # cosched.tasklog, eventfeed, whereis, reconfig and hooks.
+
+    def _job_or_task(self, ref: str | int) -> tuple[str | None, Task | None]:
+        """A job's name wins over a task's name (a job's first task has its name);
+        a task is an id, or a name that is no job's."""
+        if isinstance(ref, str) and ref in self.job_table:
+            return ref, None
+        return None, self.find(ref)
+
+    def logs(self, task: str | int, lines: int = 10, follow: bool = False) -> Any:
+        job, t = self._job_or_task(task)
+        tids = self.task_logs.job_tasks(job) if job is not None else [t.id]
+        backlog = self.task_logs.records(tids, lines)
+        if not follow:
+            return {"records": backlog}
+        stream = self.task_logs.follow(tid=None if t is None else t.id, job=job,
+                                       backlog=backlog, queue=self.config.follow_queue)
+        if t is not None and not t.alive:  # nothing more will come
+            stream.feed.close({"ended": t.state, "error": t.error})
+        return stream
+
+    def event_history(self, lines: int = 10, follow: bool = False,
+                      job: str | None = None) -> Any:
+        if not follow:
+            return {"events": self.event_log.recent(lines, job)}
+        return self.event_log.follow(lines, job, self.config.follow_queue)
+
+    def tree(self, task: str | int | None = None, job: str | None = None) -> dict:
+        if job is not None and job not in self.job_table:
+            raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
+        top = self.find(task) if task is not None else None
+        return {"tasks": tasktree.tree(list(self.tasks.values()), top, job)}
+
+    async def restart(self, task: str | int) -> dict:
+        self._require_running()
+        return await restarts.restart(self, *self._job_or_task(task))
+
+    async def reload_all(self) -> dict:
+        """Re-read the config file, put it in force, rescan the jobs folder; the report.
+        Raises ConfigError (nothing changes) when the file is bad. Also SIGHUP's."""
+        return await reconfig.reload(self)
 
     async def metrics(self) -> dict:
         """The Prometheus text exposition (cosched.metrics), rendered in chunks."""
@@ -551,6 +663,12 @@ class Supervisor:
 def _job_logger(name: str, tid: int) -> Any:
     """The structlog logger of a task, bound on first use (see TaskContext.log)."""
     return structlog.get_logger("cosched.job").bind(task=name, id=tid)
+async def _first_step_done() -> None:
+    """Return once a task started just before has taken its first step: it runs in
+    the scheduler's next batch, and so does our first checkpoint, in either order;
+    our second checkpoint comes in the batch after."""
+    await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint()
 
 
 class _OwnCancelled(Exception):

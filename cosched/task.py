@@ -7,8 +7,9 @@ daemon supervises and lists like any other, ``run_process``, which runs a
 command and, if the task is killed meanwhile, ends every process the command
 started, not only the first, and the homes of work that would block the event
 loop: ``run_sync`` (a blocking call, in a worker thread) and
-``run_in_process`` (CPU-bound work, in a worker process). Nothing else of the
-daemon leaks in.
+``run_in_process`` (CPU-bound work, in a worker process). ``trigger`` tells a
+task started by a hook why it runs (see ``cosched.hooks``); it is None otherwise.
+Nothing else of the daemon leaks in.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class TaskFailed(Exception):
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("name", "id", "_log", "config", "state", "_spawner", "_threads", "_done",
-                 "_outcome")
+    __slots__ = ("name", "id", "_log", "config", "state", "trigger", "_spawner", "_threads",
+                 "_done", "_outcome")
 
     name: str                 # the task's name, unique among alive tasks
     id: int                   # the task's id, unique for the daemon's lifetime
@@ -49,12 +50,14 @@ class TaskContext:
     def __init__(self, name: str, id: int, log: Any, config: dict[str, Any],
                  state: dict[str, Any] | None = None,
                  spawner: Callable[..., TaskContext] | None = None,
-                 threads: trio.CapacityLimiter | None = None) -> None:
+                 threads: trio.CapacityLimiter | None = None,
+                 trigger: dict[str, Any] | None = None) -> None:
         self.name = name
         self.id = id
         self._log = log   # a logger, or a function (name, id) -> logger called on first use
         self.config = config
         self.state = {} if state is None else state   # kept across restarts of this task
+        self.trigger = trigger   # what started it, for a task a hook started (cosched.hooks)
         self._spawner = spawner
         self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
         self._done: trio.Event | None = None  # made by join(); set once the task has ended

@@ -15,7 +15,15 @@ starting with '.' or ending in '~' (editor temp files), are ignored.
 
 A queue overflow yields a "rescan" change.  If the folder itself is deleted,
 moved or unmounted, the batch carries a "rescan" and ``changes()`` ends: the
-caller should rescan and create a new watcher once the folder is back.
+caller should rescan and create a new watcher once the folder is back;
+``wait_for_folder`` waits for that (or for a folder that did not exist yet)
+with inotify on the nearest folder above it that exists, again without polling.
+
+A Kubernetes ConfigMap (or Secret) mounted as the folder updates all its files
+at once by pointing the symlink ``..data`` at a new timestamped folder: the
+visible names are symlinks through ``..data`` and never change themselves. So
+the creation or renaming of ``..data`` yields a "rescan" (the daemon then sees
+the new files' content through the same names).
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ REMOVED = IN_DELETE | IN_MOVED_FROM
 GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _BUFSIZE = 64 * 1024
+ATOMIC_SWAP = "..data"  # the symlink a ConfigMap volume swaps to update every file at once
+APPEAR = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF
 
 
 class WatchError(OSError):
@@ -137,6 +147,8 @@ class DirWatcher:
                 elif mask & GONE:
                     batch[None] = "rescan"
                     gone = True
+                elif name == ATOMIC_SWAP and mask & (IN_MOVED_TO | IN_CREATE):
+                    batch[None] = "rescan"
                 elif name and not mask & IN_ISDIR and self._wanted(name):
                     path = self.folder / name
                     if mask & REMOVED:
@@ -168,3 +180,54 @@ class DirWatcher:
         except OSError:
             return False
         return stat.S_ISLNK(st.st_mode) or st.st_nlink > 1
+
+
+def _nearest_folder(folder: Path) -> Path:
+    """``folder``, or the nearest folder above it that exists."""
+    while not folder.is_dir() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+async def wait_for_folder(folder: Path) -> None:
+    """Return once ``folder`` exists (as a folder, or a symlink to one). Sleeps in
+    inotify on the nearest existing folder above it, waking only when an entry there
+    is created, removed or renamed (or that folder itself goes), then looks again.
+    Raises WatchError when inotify cannot be used."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.is_dir():
+        above = _nearest_folder(folder.parent)
+        with _Watch(above, APPEAR | IN_ONLYDIR) as watch:
+            # Look again now that the watch is on: what appeared in between counts.
+            if _nearest_folder(folder.parent) == above and not folder.is_dir():
+                await watch.wait()
+
+
+class _Watch:
+    """One inotify watch on ``path``; ``wait`` returns after its next events."""
+
+    def __init__(self, path: Path, mask: int) -> None:
+        self._libc = _libc()
+        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise WatchError(err, f"inotify is unavailable: {os.strerror(err)}")
+        self._fd = fd
+        if self._libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise WatchError(err, f"cannot watch folder {path}: {os.strerror(err)}", str(path))
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self._fd)
+
+    async def wait(self) -> None:
+        await trio.lowlevel.wait_readable(self._fd)
+        while True:
+            try:
+                os.read(self._fd, _BUFSIZE)
+            except BlockingIOError:
+                return

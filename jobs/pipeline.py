@@ -8,10 +8,12 @@ resumes deep, and goes to trio, never to the stage that resumed it
 
 Config (``[job.pipeline] config = {...}``):
     path    file to read (default: this job file)
-    output  file to write the numbered lines to (default: none, each line is logged)
+    output  file to write the numbered lines to (default: none, each line is
+            logged at level debug, so the daemon's log stays quiet at info)
 
 Interact: nothing to do; the task finishes with the number of lines as its
-result (the "task finished" log line). ``coschedctl start pipeline`` runs it again.
+result (the "task finished" log line). ``coschedctl start pipeline`` runs it again;
+with ``[log] level = "debug"``, ``coschedctl logs -n 100 pipeline`` shows the lines.
 """
 
 import trio
@@ -46,7 +48,7 @@ async def main(task):
     if output is None:
         async for line in lines:
             count += 1
-            task.log.info("line", line=line)
+            task.log.debug("line", line=line)
     else:
         async with await trio.open_file(output, "w", encoding="utf-8") as out:
             async for line in lines:

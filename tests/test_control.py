@@ -756,7 +756,8 @@ _BACKEND_ARGS = {
     "values": st.lists(_VALUES, max_size=3) | _VALUES,
     "timeout": st.sampled_from([0, 0.01, 10**400, -1, 86400.0]) | _VALUES,
     "force": st.booleans() | _VALUES,
-}
+    "lines": st.integers(-5, 10**6) | _VALUES,   # logs, events ("follow" stays off: a stream
+}                                                # would not end by itself)
 
 
 @st.composite

@@ -222,7 +222,8 @@ def test_resume_daemon_wait_stays_within_the_client_timeout(daemon):
 def test_resume_prints_each_outcome(daemon):
     outputs = [at(daemon, "resume", task, "5").stdout.strip()
                for task in ("done", "broken", "slow")]
-    assert outputs == ["finished: [5]", "failed: ValueError: bad value", "still running"]
+    # A finished task's result prints as `show` prints it: one value as itself.
+    assert outputs == ["finished: 5", "failed: ValueError: bad value", "still running"]
 
 
 def test_kill_start_reload_jobs_and_ping_print_their_results(daemon):

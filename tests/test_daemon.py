@@ -873,7 +873,12 @@ def test_ctl_exits_3_when_the_daemon_is_not_running(tmp_path):
         proc = run_ctl("--socket", str(missing), *args)
         assert proc.returncode == 3, proc
         assert str(missing) in proc.stderr
-        assert proc.stdout == ""
+        if "--json" in args:  # the error as JSON where a script reads the answer
+            error = json.loads(proc.stdout)
+            assert error["ok"] is False and error["error"]["code"] == "unreachable"
+            assert str(missing) in error["error"]["message"]
+        else:
+            assert proc.stdout == ""
 
 
 def test_ctl_exits_3_when_the_socket_is_stale(tmp_path):

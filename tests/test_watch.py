@@ -220,3 +220,65 @@ def test_idle_watcher_does_not_poll(tmp_path):
 
     trio.run(main, instruments=[CountSteps()])
     assert 1 <= len(steps) <= 2, f"watcher task stepped {len(steps)} times while idle"
+
+
+# -- a folder that appears later; ConfigMap-style atomic swaps ---------------------
+
+def configmap(folder, files, version):
+    """Lay out ``folder`` as kubelet does for a ConfigMap volume: the files live in a
+    timestamped folder, ``..data`` points at it, and each visible name is a symlink
+    through ``..data``. A later version is swapped in by renaming a new ``..data``."""
+    folder.mkdir(exist_ok=True)
+    stamp = folder / f"..2024_01_0{version}"
+    stamp.mkdir()
+    for name, text in files.items():
+        (stamp / name).write_text(text)
+    tmp = folder / "..data_tmp"
+    os.symlink(stamp.name, tmp)
+    os.replace(tmp, folder / "..data")
+    for name in files:
+        if not (folder / name).is_symlink():
+            os.symlink(f"..data/{name}", folder / name)
+
+
+def test_a_configmap_swap_is_a_rescan(tmp_path):
+    configmap(tmp_path, {"a.py": "x = 1\n"}, 1)
+    batch = first_batch(tmp_path, lambda: configmap(tmp_path, {"a.py": "x = 2\n"}, 2))
+    assert Change("rescan", None) in batch
+    assert (tmp_path / "a.py").read_text() == "x = 2\n"
+
+
+def test_waiting_for_a_folder_returns_once_it_and_its_parents_appear(tmp_path):
+    from cosched.watch import wait_for_folder
+    target = tmp_path / "a" / "b" / "jobs"
+
+    async def main():
+        done = trio.Event()
+
+        async def waiter():
+            await wait_for_folder(target)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            with trio.fail_after(5):
+                for folder in (tmp_path / "a", tmp_path / "a" / "b"):
+                    await trio.testing.wait_all_tasks_blocked()
+                    folder.mkdir()
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert not done.is_set()
+                (tmp_path / "elsewhere").mkdir()
+                os.rename(tmp_path / "elsewhere", target)  # appears by a rename
+                await done.wait()
+
+    trio.run(main)
+
+
+def test_waiting_for_a_folder_that_exists_returns_at_once(tmp_path):
+    from cosched.watch import wait_for_folder
+
+    async def main():
+        with trio.fail_after(5):
+            await wait_for_folder(tmp_path)
+
+    trio.run(main)

@@ -6,7 +6,7 @@ How to run it (it is not collected by pytest), with the project's virtualenv::
     python tests/bench/bench_daemon.py --quick        # shorter windows, fewer rounds
     python tests/bench/bench_daemon.py --only wakeup,children   # some parts only
 
-Parts: idle, status, downloader, wakeup, children (all by default).
+Parts: idle, status, downloader, wakeup, children, follow (all by default).
 
 Every daemon is a real ``coschedd`` process on a temporary folder (its config,
 jobs folder and runtime folder live there; JSON logs at level warning go to a
@@ -65,6 +65,11 @@ What it measures and how to read it:
    next mark). ``growth 10k->100k`` should be near 0: ended tasks are kept up to
    1,000 in the registry and ended children are pruned from their parent
    (``status`` lists at most 1,001 tasks at the end; the root has no children).
+6. follow: the wakeup job of [4] in a fresh coschedd, once as it is and once with
+   one ``coschedctl --json events -f`` client following the daemon's event stream
+   (subscribed before the measurement starts, reading everything it is sent), the
+   order alternating over 3 rounds. Wake-ups are not state changes, so the
+   follower should cost nothing: ``follower / none`` near 1.00x (best rounds).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ import os
 import platform
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -519,7 +525,62 @@ def bench_children(batch: int = 100) -> None:
             f"the root has {len(root['children'])} children)")
 
 
-PARTS = ("idle", "status", "downloader", "wakeup", "children")
+# --- [6] wake-up cost with a follower of `coschedctl events -f` ----------------------
+
+def follower(sock: Path) -> subprocess.Popen:
+    """`coschedctl --json events -f -n 1`, subscribed once its first line is read."""
+    proc = subprocess.Popen([tool("coschedctl"), "--socket", str(sock), "--json", "events",
+                             "-f", "-n", "1"], stdout=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    if not ready or not proc.stdout.readline():
+        proc.kill()
+        raise DaemonError("coschedctl events -f gave no first line")
+    return proc
+
+
+def wakeup_followed(warmup: float, window: float, follow: bool) -> dict:
+    """The wakeup job in a fresh coschedd, with or without one events follower; the
+    measurement plus the number of events the follower got after subscribing."""
+    job = WAKEUP_JOB.format(tasks=SLEEPING_TASKS, warmup=warmup, window=window)
+    with daemon({"wakeup": job}) as (proc, sock, launched):
+        wait_suspended(sock, "wakeup")
+        watcher = follower(sock) if follow else None
+        try:
+            answer = resume(sock, "wakeup")
+        finally:
+            if watcher is not None:
+                watcher.terminate()
+                heard = len(watcher.communicate(timeout=30)[0].splitlines())
+        if answer["outcome"] != "finished":
+            raise DaemonError(f"the wakeup job did not finish: {answer}")
+        return dict(answer["values"][0], events=heard if follow else 0)
+
+
+def bench_follow(warmup: float, window: float, rounds: int = 3) -> None:
+    print(f"\n[6] wake-up cost of {SLEEPING_TASKS:,} busy tasks (trio.sleep(0.001) loops) "
+          f"with and without one `coschedctl events -f` follower, {window:g} s windows, "
+          f"{rounds} rounds")
+    subjects = {"no follower": False, "events -f follower": True}
+    runs: dict[str, list[dict]] = {name: [] for name in subjects}
+    names = list(subjects)
+    for r in range(rounds):
+        for name in names[r % 2:] + names[:r % 2]:
+            m = wakeup_followed(warmup, window, subjects[name])
+            runs[name].append(m)
+            print(f"  round {r + 1} {name}: {per_wakeup(m):.2f} us/wake, "
+                  f"{m['wakeups']:,} wake-ups, cpu {m['cpu']:.2f} s / wall {m['wall']:.2f} s"
+                  + (f", {m['events']} events streamed" if subjects[name] else ""))
+    figures = {}
+    for name, ms in runs.items():
+        costs = sorted(per_wakeup(m) for m in ms)
+        figures[name] = (costs[0], statistics.median(costs))
+        row(f"6 {name}", f"best {costs[0]:.2f} us/wake, median {figures[name][1]:.2f}")
+    best, median = (figures["events -f follower"][i] / figures["no follower"][i] for i in (0, 1))
+    row("6 follower / none", f"best {best:.3f}x, median {median:.3f}x",
+        "(wake-ups are no state changes: the follower should cost nothing)")
+
+
+PARTS = ("idle", "status", "downloader", "wakeup", "children", "follow")
 
 
 def parts_arg(text: str) -> list[str]:
@@ -548,7 +609,8 @@ def main() -> int:
                "status": bench_status,
                "downloader": partial(bench_downloader, 1 if args.quick else 3),
                "wakeup": partial(bench_wakeup, *((0.5, 1.5) if args.quick else (1.0, 5.0))),
-               "children": bench_children}
+               "children": bench_children,
+               "follow": partial(bench_follow, *((0.5, 1.5) if args.quick else (1.0, 5.0)))}
     for bench in (benches[name] for name in PARTS if name in args.only):
         try:
             bench()

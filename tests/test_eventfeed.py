@@ -1,0 +1,135 @@
+"""The event history and its followers (cosched.eventfeed): in process on a real Events,
+and end to end with `coschedctl events [-f]` against a real coschedd."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import trio
+
+from cosched.eventfeed import MAX_ITEMS, EventLog
+from cosched.events import Events
+
+from test_daemon import BASE_CONFIG, SLEEPER, Daemon, daemon  # noqa: F401
+from test_tasklog import followers  # noqa: F401
+
+
+def announce(events, n, job="j"):
+    for i in range(n):
+        events.job("job-loaded", f"{job}{i}" if job is None else job, n=i)
+
+
+def test_history_keeps_the_newest_and_filters_by_job():
+    events = Events()
+    log = EventLog(events, kept=3)
+    announce(events, 5)
+    events.job("job-loaded", "other")
+    assert [e["n"] for e in log.recent(10, "j")] == [3, 4]
+    assert [e.get("n") for e in log.recent(2)] == [4, None]
+    assert log.recent(0) == []
+
+
+def test_job_values_are_stored_bounded_and_other_listeners_see_them_as_sent():
+    events = Events()
+    seen = []
+    log = EventLog(events, kept=10)
+    events.subscribe(seen.append)
+    huge, nested = list(range(MAX_ITEMS * 10)), [[[[[[1]]]]]]
+
+    class Unprintable:
+        def __repr__(self):
+            raise ValueError("no")
+
+    task = type("T", (), {"name": "t", "id": 1, "job": type("J", (), {"name": "j"}), "state": "s"})
+    events.task("suspended", task, values=[huge, nested, Unprintable(), "x"])
+    stored = log.recent(1)[0]["values"]
+    assert isinstance(stored[0], str) and stored[0].startswith("[0, 1, 2")
+    assert stored[1] == [[[["[[1]]"]]]] or isinstance(stored[1], list)
+    assert stored[2] == "<unrepresentable Unprintable>" and stored[3] == "x"
+    assert seen[0]["values"][0] is huge  # the copy is ours only
+
+
+def test_without_history_nothing_listens_until_someone_follows():
+    events = Events()
+    log = EventLog(events, kept=0)
+    assert not events  # emitting costs one truth test
+
+    async def main():
+        stream = log.follow(10, None, queue=10)
+        assert events
+        events.job("job-loaded", "a")
+        item = await stream.__anext__()
+        stream.close()
+        return item
+
+    assert trio.run(main)["job"] == "a"
+    assert not events
+
+
+def test_a_follower_of_one_job_hears_only_that_job():
+    events = Events()
+    log = EventLog(events, kept=10)
+
+    async def main():
+        stream = log.follow(0, "b", queue=10)
+        events.job("job-loaded", "a")
+        events.job("job-loaded", "b")
+        log.close()
+        return [e["job"] async for e in stream], stream.result
+
+    assert trio.run(main) == (["b"], {"ended": "coschedd is stopping"})
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    jobs = {"sleeper": SLEEPER, "victim": SLEEPER, "quick": "async def main(task):\n    return 7\n"}
+    daemon = Daemon(tmp_path_factory.mktemp("events"), BASE_CONFIG, jobs, None)
+    try:
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_events_follow_sees_a_kill(d, followers):
+    task = d.wait_task("victim", lambda t: t["state"] == "waiting", "waiting")
+    follow = followers(d.socket, "events", "-f", "-n", "1")
+    # the newest past event comes first, taken together with the subscription: once
+    # it is printed, every later event reaches this follower
+    follow.wait_for(lambda line: True, "the newest past event")
+    d.ok("kill", "victim")
+    line = follow.wait_for(lambda line: " killed victim[" in line, "the kill")
+    assert f"victim[{task['id']}] job victim killed" in line
+
+
+def test_events_history_in_json_and_by_job(d):
+    d.wait_task("quick", lambda t: t["state"] == "finished", "finished")
+    d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
+    events = d.ok("events", "-n", "50")["events"]
+    kinds = [(e["event"], e["job"]) for e in events]
+    assert ("job-loaded", "quick") in kinds and ("finished", "quick") in kinds
+    finished = next(e for e in events if e["event"] == "finished")
+    assert finished["result"] == 7 and isinstance(finished["time"], float)
+    only = d.ok("events", "--job", "sleeper", "-n", "50")["events"]
+    assert only and {e["job"] for e in only} == {"sleeper"}
+    rc, out, _ = d.ctl("events", "--job", "quick", json_output=False)
+    assert rc == 0 and any(" finished quick[" in line and "result=7" in line
+                           for line in out.splitlines()), out
+    assert d.ok("events", "-n", "0") == {"events": []}
+
+
+def test_followers_get_a_clean_end_when_the_daemon_stops(daemon, followers):  # noqa: F811
+    printer = "import trio\n\nasync def main(task):\n    print('hello')\n    await trio.sleep(1000)\n"
+    d = daemon(jobs={"sleeper": printer})
+    d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
+    events = followers(d.socket, "events", "-f", "-n", "1")
+    logs = followers(d.socket, "logs", "-f", "-n", "1", "sleeper")  # the job: no end of its own
+    for f in (events, logs):
+        f.wait_for(lambda line: True, "the newest past line: the follow is in place")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    for f in (events, logs):
+        assert f.wait_exit() == 0
+        assert f.lines[-1] == "-- ended: coschedd is stopping --"
+    assert any(" killed sleeper[" in line for line in events.lines)
