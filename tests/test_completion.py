@@ -53,7 +53,7 @@ def complete(line: str) -> list[str]:
 
 def test_commands_and_options_complete():
     assert complete("coschedctl s") == ["status", "show", "start"]
-    assert complete("coschedctl re") == ["resume", "reload"]
+    assert complete("coschedctl re") == ["resume", "restart", "reload"]
     assert complete("coschedctl --so") == ["--socket"]
     assert complete("coschedctl status --st") == ["--state"]
     assert set(complete("coschedctl status --state f")) == {"finished", "failed"}
