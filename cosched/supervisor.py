@@ -51,8 +51,8 @@ from .config import Config
 from .events import Events
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
-from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED,
-                       ControlError)
+from .protocol import (BUSY, JOB_DISABLED, NO_SUCH_JOB, NO_SUCH_TASK, NOT_ALIVE,
+                       NOT_SUSPENDED, ControlError)
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
@@ -81,6 +81,8 @@ class Supervisor:
         self.threads = trio.CapacityLimiter(config.worker_threads)
         self.log_sink = log_sink
         self.events = Events()
+        self.durable = None   # cosched.recorder.Recorder: task.state and history on disk
+        self.timers = None    # cosched.timers.Timers: starts timed jobs at their times
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
 
@@ -103,6 +105,7 @@ class Supervisor:
     async def stop(self, timeout: float) -> list[Task]:
         """Kill every task (cleanup runs) and wait for them, at most ``timeout`` seconds.
         Returns the tasks whose cleanup was abandoned."""
+        self.events.job("stopping", "*")   # what is alive now is interrupted, not killed
         self.guard.stopping(timeout)
         alive = self.reg.alive()
         for t in alive:
@@ -162,9 +165,17 @@ class Supervisor:
         old = self.reg.roots_of(name)
         for t in old:
             self._request_kill(t)   # the old code's tasks give way to the new version
-        policy = self.config.job_policy(name)
-        if policy.enabled and policy.autostart:
+        if self._starts_on_load(name):
             self.nursery.start_soon(self._start_after, name, old)
+
+    def _starts_on_load(self, name: str) -> bool:
+        """Loading starts a task: autostart (a timed job waits for its time instead), or
+        the daemon's last stop interrupted the job's task."""
+        policy = self.config.job_policy(name)
+        if not policy.enabled:
+            return False
+        interrupted = self.durable is not None and self.durable.take_interrupted(name)
+        return interrupted or (policy.autostart and not policy.timed)
 
     def _load(self, name: str, path: Path) -> tuple[Job | None, str | None]:
         """Run a job file's top level under the step guard; (job, None) or (None, reason)."""
@@ -199,10 +210,11 @@ class Supervisor:
         if parent is not None:
             policy = dataclasses.replace(policy, restart="no")
         tid = self.reg.new_id()
+        durable = self.durable.context_args(job.name, parent, name) if self.durable else {}
         name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
         t = Task(tid, name, job, policy, fn or job.main, args, parent)
         t.ctx = TaskContext(name, tid, structlog.get_logger("cosched.job").bind(task=name, id=tid),
-                            policy.config, spawner=self._spawn, threads=self.threads)
+                            policy.config, spawner=self._spawn, threads=self.threads, **durable)
         self.reg.add(t)
         self.nursery.start_soon(self._supervise, t, name=f"cosched task {name}")
         return t
@@ -261,7 +273,7 @@ class Supervisor:
         if t.state == "finished":
             self.events.task("finished", t, result=t.result)
         else:
-            self.events.task(t.state, t, error=t.error)
+            self.events.task(t.state, t, error=t.error, traceback=t.traceback)
 
     def _retire(self, t: Task) -> None:
         """t has ended for good: wake whoever waits for it, forget old tasks, end its children."""
@@ -422,8 +434,22 @@ class Supervisor:
             infos = [i for i in infos if i["state"] == state]
         return {"daemon": self._daemon_info(), "tasks": infos, "job_errors": self._job_errors()}
 
-    def show(self, task: str | int) -> dict:
-        return reports.show(self.find(task))
+    async def show(self, task: str | int) -> dict:
+        try:
+            return reports.show(self.find(task))
+        except ControlError as e:   # forgotten here; it may have ended before a restart
+            if e.code != NO_SUCH_TASK or self.durable is None:
+                raise
+            recorded = await self.durable.task_record(task)
+            if recorded is None:
+                raise
+            return recorded
+
+    async def history(self, target: str | int | None = None, since: float | None = None,
+                      limit: int = 50) -> dict:
+        if self.durable is None:
+            return {"events": [], "more": False, "recording": False}
+        return await self.durable.history(target, since, limit)
 
     async def resume(self, task: str | int, values: list, timeout: float) -> dict:
         t = self.find(task)
@@ -479,10 +505,13 @@ class Supervisor:
         return report
 
     def jobs(self) -> dict:
-        return {"jobs": [
-            reports.job_row(name, e, self.config.job_policy(name),
-                            [t.id for t in self.tasks.values() if t.job.name == name and t.alive])
-            for name, e in sorted(self.job_table.items())]}
+        rows = [reports.job_row(name, e, self.config.job_policy(name),
+                                [t.id for t in self.tasks.values() if t.job.name == name and t.alive])
+                for name, e in sorted(self.job_table.items())]
+        if self.timers is not None:
+            for row in rows:
+                row.update(self.timers.describe(row["name"]))
+        return {"jobs": rows}
 
     # ---------------------------------------------------------------- reports
 

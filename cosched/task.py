@@ -2,7 +2,9 @@
 
 A job gets its name and id, a structlog logger bound to the task, its
 configuration (the ``config`` table of ``[job.<name>]``), a ``state`` dict that
-survives restarts of the task, ``spawn`` to start further tasks that the
+the daemon keeps in its state database (``checkpoint`` commits it; ``restored``
+tells that it came from an earlier task of the job; see ``cosched.recorder``
+for when it is saved), ``spawn`` to start further tasks that the
 daemon supervises and lists like any other, ``run_process``, which runs a
 command and, if the task is killed meanwhile, ends every process the command
 started, not only the first, and the homes of work that would block the event
@@ -24,8 +26,9 @@ import trio
 import trio_parallel
 
 from . import _worker
+from .statejson import StateError, encode_state
 
-__all__ = ["TaskContext", "TaskFailed", "end_processes"]
+__all__ = ["TaskContext", "TaskFailed", "StateError", "end_processes"]
 
 
 class TaskFailed(Exception):
@@ -35,17 +38,22 @@ class TaskFailed(Exception):
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("name", "id", "log", "config", "state", "_spawner", "_threads", "_done",
-                 "_outcome")
+    __slots__ = ("name", "id", "log", "config", "state", "restored", "_spawner", "_threads",
+                 "_done", "_outcome", "_key", "_checkpointer")
 
     def __init__(self, name: str, id: int, log, config: dict, state: dict | None = None,
                  spawner: Callable[..., TaskContext] | None = None,
-                 threads: trio.CapacityLimiter | None = None) -> None:
+                 threads: trio.CapacityLimiter | None = None, *, restored: bool = False,
+                 key: str | None = None,
+                 checkpointer: Callable[[TaskContext], Awaitable[None]] | None = None) -> None:
         self.name = name
         self.id = id
         self.log = log
         self.config = config
         self.state = {} if state is None else state   # kept across restarts of this task
+        self.restored = restored   # state came from an earlier task of the job (saved on disk)
+        self._key = key            # the state's key in the database; None: not kept there
+        self._checkpointer = checkpointer
         self._spawner = spawner
         self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
         self._done = trio.Event()   # set once the task has ended for good (no restart follows)
@@ -58,6 +66,20 @@ class TaskContext:
         if not callable(fn):
             raise TypeError(f"spawn: expected an async function, got {type(fn).__name__}")
         return self._spawner(self, fn, args, name)
+
+    async def checkpoint(self) -> None:
+        """Save ``task.state`` now: returns once it is committed to the state database and
+        fsync'd, so it survives a crash of the daemon or the machine from then on.
+
+        Raises ``StateError`` naming the key when the state holds anything but JSON
+        values (dict with string keys, list, str, int, float, bool, None), or when the
+        database cannot write it; the state saved before stays. Outside coschedd (no
+        database) the state is only checked."""
+        if self._checkpointer is None:
+            encode_state(self.state)
+            await trio.lowlevel.checkpoint()
+            return
+        await self._checkpointer(self)
 
     async def join(self) -> Any:
         """Wait until this task has ended; return its result, or raise TaskFailed."""

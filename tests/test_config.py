@@ -73,14 +73,16 @@ def test_every_default(tmp_path):
     etc = tmp_path / "etc"
     assert config == Config(
         path=etc / "coschedd.toml", jobs_dir=tmp_path / "jobs", runtime_dir=tmp_path / ".run",
+        state_dir=Path("/var/lib/cosched") if os.geteuid() == 0 else tmp_path / ".state",
         socket=tmp_path / ".run" / "coschedd.sock", socket_mode=0o660, read_users=(),
         read_group=None, control_users=(), control_group=None, max_request_bytes=65536,
         max_connections=64, max_connections_per_user=8, idle_timeout=60.0, log_format="auto",
         log_level="info", step_warning=0.5, stop_timeout=10.0, worker_threads=16, watchdog=True, strict_modes=True,
         job_defaults=JobPolicy(restart="on-failure", restart_delay=1.0, restart_delay_max=30.0,
                                start_limit_burst=5, start_limit_interval=60.0, autostart=True,
-                               step_limit=10.0, enabled=True, config={}),
-        jobs={})
+                               step_limit=10.0, enabled=True, config={}, overlap="skip",
+                               catch_up=False, timezone="", schedule="", every=None),
+        jobs={}, history=True, history_rows=100_000, history_days=30.0)
 
 
 def test_a_partial_table_keeps_the_other_defaults(tmp_path):
