@@ -124,6 +124,8 @@ class Store:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._since_prune = 0                 # events inserted since the last prune
+        self.commits = 0                      # transactions committed by the writer
+        self.operations = 0                   # operations in them
         self.failed_commits = 0
 
     # ------------------------------------------------------------ opening (start-up)
@@ -319,7 +321,10 @@ class Store:
                 closing = self._closing and not batch
             if closing:
                 return
-            self._apply(batch)
+            try:
+                self._apply(batch)
+            except Exception:  # noqa: BLE001 - a bug of ours must not end the writer
+                log.exception("state database: a batch failed", operations=len(batch))
 
     def _apply(self, batch: deque[tuple]) -> None:
         """Run a batch: consecutive writes in one transaction, reads after what precedes them."""
@@ -356,6 +361,8 @@ class Store:
             for done in waiters:
                 done(None, e)
             return
+        self.commits += 1
+        self.operations += len(ops)
         for done in waiters:
             done(None, None)
 
@@ -454,6 +461,11 @@ class Store:
     def barrier(self, done: Done) -> None:
         """``done`` is called once everything queued before it is committed."""
         self._submit(("meta", "barrier", None, done))
+
+    def stats(self) -> dict:
+        """For status: the file, commits so far, their operations, failures, the backlog."""
+        return {"path": str(self.path), "commits": self.commits, "operations": self.operations,
+                "failed_commits": self.failed_commits, "queued": len(self._queue)}
 
     def close(self, timeout: float = 10.0) -> bool:
         """Commit what is queued, stop the thread and close the file; whether it finished

@@ -525,7 +525,8 @@ class Supervisor:
                 "rss": mem, "cpu_time": round(cpu.user + cpu.system, 3), "cpu_percent": pct,
                 "num_tasks": sum(t.alive for t in self.tasks.values()), "version": __version__,
                 "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
-                "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0}
+                "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0,
+                **({"state_db": self.durable.store.stats()} if self.durable else {})}
 
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}
