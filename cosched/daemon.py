@@ -266,6 +266,7 @@ def main(argv=None) -> int:
         log.error("coschedd failed", error=str(e))
         return EXIT_FAILED
     finally:
+        state[0].close(LOG_DRAIN)   # (closed already after a clean stop)
         notifier.close()
         log.info("coschedd stopped")
         sink.drain(LOG_DRAIN)

@@ -121,8 +121,12 @@ class Recorder:
 
     def on_event(self, e: dict) -> None:
         handler = self._handlers.get(e["event"])
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             handler(e)
+        except Exception:  # noqa: BLE001 - raising would unsubscribe us: log, carry on
+            log.exception("recording an event failed", event=e.get("event"), task=e.get("id"))
 
     def _started(self, e: dict) -> None:
         tid = e["id"]

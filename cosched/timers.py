@@ -78,10 +78,13 @@ class Timers:
     # ------------------------------------------------------------ arming
 
     def _on_event(self, e: dict) -> None:
-        if e["event"] == "job-loaded":
-            self._arm(e["job"])
-        elif e["event"] in ("job-removed", "job-refused"):
-            self._disarm(e["job"])
+        try:
+            if e["event"] == "job-loaded":
+                self._arm(e["job"])
+            elif e["event"] in ("job-removed", "job-refused"):
+                self._disarm(e["job"])
+        except Exception:  # noqa: BLE001 - raising would unsubscribe us: log, carry on
+            log.exception("arming the timer of a job failed", job=e.get("job"))
 
     def _arm(self, name: str) -> None:
         self._disarm(name)
