@@ -12,7 +12,8 @@ Durable ``task.state``
     the daemon restarts) starts with the last state saved, and ``task.restored``
     tells it so. The state is saved (encoded at that moment, committed right
     after, in the writer's next batch) whenever the task suspends at the
-    daemon, ends (finished, failed, killed, interrupted) or restarts; and
+    daemon, ends (finished, failed, killed, interrupted) or restarts (committed
+    within ``store.LINGER`` plus the commit's own time); and
     ``await task.checkpoint()`` returns only once it is committed and fsync'd.
     A state that cannot be encoded is logged (naming the key) at the implicit
     points, and raised as ``StateError`` by ``checkpoint``; the last good state
@@ -167,13 +168,11 @@ class Recorder:
                 self.store.interrupted(t.job.name, t.id, e["time"])
         if not self.recording:
             return
-        result = protocol.encode(e["result"])[:-1].decode() if state == "finished" else None
-        if result is not None and len(result) > MAX_EVENT_DATA:
-            result = json.dumps(safe_repr(e["result"], 200))
         error, tb = e.get("error"), e.get("traceback")
-        data.update({k: v for k, v in (("result", e.get("result")), ("error", error),
-                                       ("traceback", tb)) if v is not None})
-        self.store.task_ended(t.id, e["time"], e["job"], state, _bounded(data), state, result,
+        if state == "finished":
+            data["result"] = e["result"]   # (show of an old task reads it from this event)
+        data.update({k: v for k, v in (("error", error), ("traceback", tb)) if v is not None})
+        self.store.task_ended(t.id, e["time"], e["job"], state, _bounded(data), state, None,
                               _text(error), _text(tb))
 
     def _stop(self, e: dict) -> None:

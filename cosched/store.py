@@ -22,7 +22,11 @@ Design
   wait while the queue is empty, so an idle daemon makes no system calls.
 - Group commit: the thread takes everything queued at once and applies it in one
   transaction. Under load many checkpoints share one commit; states of the same
-  key in one batch collapse to the last. ``synchronous = FULL`` in WAL mode: when
+  key in one batch collapse to the last. A batch that nobody waits for (history,
+  the states saved at suspensions and ends) lingers up to ``LINGER`` for more
+  work to share its commit; an operation someone waits for (a checkpoint, a
+  read) ends the lingering at once. The timed wait happens only with work
+  pending, never while idle. ``synchronous = FULL`` in WAL mode: when
   ``COMMIT`` returns, the WAL has been fsync'd. Whoever waits for an operation
   (``done`` callbacks) hears only after its commit, or gets the error.
 - Reads (history, tasks that ended before a restart) are queued like writes and
@@ -61,6 +65,8 @@ DB_NAME = "cosched.db"
 LOCK_NAME = "coschedd.lock"
 ID_BLOCK = 1024          # task ids reserved (committed) ahead of use; see reserve_ids
 PRUNE_CHUNK = 5000       # rows one prune statement deletes at most, so a commit stays short
+LINGER = 0.01            # seconds a batch nobody waits for may wait for more to share its commit
+LINGER_OPS = 1000        # ... unless it has this many operations already
 LOST = "coschedd ended without stopping the task (it was killed or crashed)"
 
 Done = Callable[[Any, BaseException | None], None]   # (result, error), in the writer thread
@@ -121,6 +127,8 @@ class Store:
         self._queue: deque[tuple] = deque()   # operations not yet taken by the thread
         self._cond = threading.Condition()
         self._idle = True                     # the thread waits for work (under _cond)
+        self._lingering = False               # ... or for more work to join a batch
+        self._urgent = False                  # someone waits for an operation queued
         self._closing = False
         self._thread: threading.Thread | None = None
         self._since_prune = 0                 # events inserted since the last prune
@@ -305,10 +313,12 @@ class Store:
         self._thread.start()
 
     def _submit(self, op: tuple) -> None:
+        urgent = op[-1] is not None   # a done callback: someone waits for it
         with self._cond:
             self._queue.append(op)
-            if self._idle:
+            if self._idle or urgent and self._lingering:
                 self._cond.notify()
+            self._urgent = self._urgent or urgent
 
     def _run(self) -> None:
         while True:
@@ -317,7 +327,12 @@ class Store:
                     self._idle = True
                     self._cond.wait()
                 self._idle = False
+                if not (self._urgent or self._closing) and len(self._queue) < LINGER_OPS:
+                    self._lingering = True
+                    self._cond.wait(LINGER)
+                    self._lingering = False
                 batch, self._queue = self._queue, deque()
+                self._urgent = False
                 closing = self._closing and not batch
             if closing:
                 return
@@ -472,7 +487,7 @@ class Store:
         within ``timeout`` (a stuck disk). Blocks: call it off the event loop, or at exit."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -583,6 +598,11 @@ def task_query(ref: int | str) -> Callable[[sqlite3.Connection], dict | None]:
                             (task["id"],)).fetchone()
         values = json.loads(last[1]).get("values") if last and last[1] else None
         task["yielded"] = values if task["state"] == "interrupted" else None
-        task["result"] = json.loads(task["result"]) if task["result"] is not None else None
+        if task["state"] == "finished" and task["result"] is None:   # kept with its event
+            end = conn.execute("SELECT data FROM events WHERE task = ? AND event = 'finished' "
+                               "ORDER BY seq DESC LIMIT 1", (task["id"],)).fetchone()
+            task["result"] = json.loads(end[0]).get("result") if end and end[0] else None
+        elif task["result"] is not None:
+            task["result"] = json.loads(task["result"])
         return task
     return run
