@@ -55,6 +55,7 @@ __all__ = ["Recorder", "StateError"]
 
 log = structlog.get_logger("cosched.recorder")
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))   # ASCII: storable text
 MAX_EVENT_DATA = 160 * 1024  # characters of one event's fields (values, traceback) kept
 
 
@@ -313,7 +314,10 @@ def _bounded(data: dict) -> str | None:
     encoder), at most MAX_EVENT_DATA characters: longer values are summarised."""
     if not data:
         return None
-    text = protocol.encode(data)[:-1].decode("utf-8")
+    try:
+        text = _ENCODER.encode(data)
+    except (TypeError, ValueError, RecursionError):   # values JSON cannot hold: the
+        text = protocol.encode(data)[:-1].decode("utf-8")   # protocol's guarded encoder
     if len(text) <= MAX_EVENT_DATA:
         return text
     short = {k: (v if k in ("error", "traceback") else safe_repr(v, 1000))

@@ -21,6 +21,9 @@ __all__ = ["StateError", "encode_state", "decode_state", "MAX_STATE_BYTES"]
 
 MAX_STATE_BYTES = 16 << 20   # one task.state, encoded
 _JSON_TYPES = (dict, list, str, int, float, bool, type(None))
+# One encoder for every call (json.dumps with options builds one each time). ASCII
+# output: lone surrogates in strings are escaped, not a failure when the text is stored.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 class StateError(ValueError):
@@ -33,8 +36,7 @@ def encode_state(state: Any) -> str:
     if type(state) is not dict:
         raise StateError(f"task.state must be a dict, not {type(state).__name__}")
     try:
-        text = json.dumps(state, allow_nan=False, separators=(",", ":"))  # ASCII: lone
-        # surrogates in strings are escaped, not a failure when the text is written
+        text = _ENCODER.encode(state)
         same = json.loads(text) == state
     except Exception:  # noqa: BLE001 - TypeError, ValueError, RecursionError, a job's __eq__
         text, same = "", False

@@ -132,6 +132,7 @@ class Store:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._since_prune = 0                 # events inserted since the last prune
+        self._seq = 0                         # the last event's seq (the writer numbers them)
         self.commits = 0                      # transactions committed by the writer
         self.operations = 0                   # operations in them
         self.failed_commits = 0
@@ -286,6 +287,7 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         self._prune(conn)
+        self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         return init
 
     def _end_lost(self, conn: sqlite3.Connection, now: float) -> list[int]:
@@ -382,21 +384,57 @@ class Store:
             done(None, None)
 
     def _write_all(self, conn: sqlite3.Connection, ops: list[tuple]) -> None:
+        """Apply a batch's writes. Rows of the history are gathered and written with one
+        executemany per statement (events get their seq here, so an end knows its own);
+        a task that starts again after an end in the same batch flushes them first, so
+        that the order of its rows holds."""
         states: dict[str, tuple] = {}
+        rows = _Rows()
         for op in ops:
             kind = op[0]
             if kind == "state":
                 states[op[1]] = op[1:4]          # the last state of a key in the batch wins
             elif kind == "event":
-                conn.execute("INSERT INTO events (time, task, job, event, data) "
-                             "VALUES (?, ?, ?, ?, ?)", op[1:6])
-                self._since_prune += 1
+                rows.events.append((self._new_seq(), *op[1:6]))
+            elif kind == "start":
+                tid, name, job, parent, path, started, restarts = op[1:8]
+                if tid in rows.ended:
+                    self._flush(conn, rows)
+                rows.starts.append((tid, name, job, parent, path, started, restarts))
+                rows.events.append((self._new_seq(), started, tid, job, "started",
+                                    json.dumps({"restarts": restarts}) if restarts else None))
+            elif kind == "end":
+                tid, when, job, event, data, state, result, error, tb = op[1:10]
+                seq = self._new_seq()
+                rows.events.append((seq, when, tid, job, event, data))
+                rows.ends.append((when, seq, state, result, error, tb, tid))
+                rows.ended.add(tid)
             else:
                 _WRITERS[kind](conn, *op[1:-1])
-                self._since_prune += kind in ("start", "end")
+        self._flush(conn, rows)
         if states:
             conn.executemany("INSERT OR REPLACE INTO states (key, state, task, saved) "
                              "VALUES (?, ?, ?, ?)", [(*s, self.clock()) for s in states.values()])
+
+    def _new_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _flush(self, conn: sqlite3.Connection, rows: _Rows) -> None:
+        if rows.starts:
+            conn.executemany(
+                "INSERT INTO tasks (id, name, job, parent, path, started, state, restarts) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) ON CONFLICT (id) DO UPDATE SET "
+                "ended = NULL, ended_seq = NULL, state = 'running', restarts = excluded.restarts",
+                rows.starts)
+        if rows.events:
+            conn.executemany("INSERT INTO events (seq, time, task, job, event, data) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows.events)
+            self._since_prune += len(rows.events)
+        if rows.ends:
+            conn.executemany("UPDATE tasks SET ended = ?, ended_seq = ?, state = ?, result = ?, "
+                             "error = ?, traceback = ? WHERE id = ?", rows.ends)
+        rows.__init__()
 
     def _read(self, query: Callable[[sqlite3.Connection], Any], done: Done) -> None:
         try:
@@ -496,23 +534,16 @@ class Store:
         return True
 
 
-def _start(conn: sqlite3.Connection, tid: int, name: str, job: str, parent: int | None,
-           path: str, started: float, restarts: int) -> None:
-    conn.execute("INSERT INTO tasks (id, name, job, parent, path, started, state, restarts) "
-                 "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) ON CONFLICT (id) DO UPDATE SET "
-                 "ended = NULL, ended_seq = NULL, state = 'running', restarts = excluded.restarts",
-                 (tid, name, job, parent, path, started, restarts))
-    conn.execute("INSERT INTO events (time, task, job, event, data) VALUES (?, ?, ?, 'started', ?)",
-                 (started, tid, job, json.dumps({"restarts": restarts}) if restarts else None))
+class _Rows:
+    """History rows of a batch not written yet (see Store._write_all)."""
 
+    __slots__ = ("starts", "events", "ends", "ended")
 
-def _end(conn: sqlite3.Connection, tid: int, when: float, job: str, kind: str, data: str,
-         state: str, result: str | None, error: str | None, traceback: str | None) -> None:
-    conn.execute("INSERT INTO events (time, task, job, event, data) VALUES (?, ?, ?, ?, ?)",
-                 (when, tid, job, kind, data))
-    conn.execute("UPDATE tasks SET ended = ?, ended_seq = last_insert_rowid(), state = ?, "
-                 "result = ?, error = ?, traceback = ? WHERE id = ?",
-                 (when, state, result, error, traceback, tid))
+    def __init__(self) -> None:
+        self.starts: list[tuple] = []
+        self.events: list[tuple] = []
+        self.ends: list[tuple] = []
+        self.ended: set[int] = set()   # tasks with an end among them
 
 
 def _interrupted(conn: sqlite3.Connection, job: str, task: int | None, when: float) -> None:
@@ -537,7 +568,7 @@ def _timer(conn: sqlite3.Connection, job: str, due: float | None, run: float | N
 
 
 _WRITERS: dict[str, Callable[..., None]] = {
-    "start": _start, "end": _end, "interrupted": _interrupted, "meta": _meta, "timer": _timer,
+    "interrupted": _interrupted, "meta": _meta, "timer": _timer,
 }
 
 
