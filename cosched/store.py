@@ -67,6 +67,7 @@ ID_BLOCK = 1024          # task ids reserved (committed) ahead of use; see reser
 PRUNE_CHUNK = 5000       # rows one prune statement deletes at most, so a commit stays short
 LINGER = 0.01            # seconds a batch nobody waits for may wait for more to share its commit
 LINGER_OPS = 1000        # ... unless it has this many operations already
+MAX_COMMIT_OPS = 4000    # operations in one transaction at most
 LOST = "coschedd ended without stopping the task (it was killed or crashed)"
 
 Done = Callable[[Any, BaseException | None], None]   # (result, error), in the writer thread
@@ -344,15 +345,20 @@ class Store:
                 log.exception("state database: a batch failed", operations=len(batch))
 
     def _apply(self, batch: deque[tuple]) -> None:
-        """Run a batch: consecutive writes in one transaction, reads after what precedes them."""
+        """Run a batch: consecutive writes in one transaction (at most MAX_COMMIT_OPS, so
+        that a backlog is committed in steps and its first waiters hear early), reads
+        after what precedes them."""
         writes: list[tuple] = []
         for op in batch:
             if op[0] == "read":
                 self._commit(writes)
                 writes = []
                 self._read(op[1], op[2])
-            else:
-                writes.append(op)
+                continue
+            writes.append(op)
+            if len(writes) >= MAX_COMMIT_OPS:
+                self._commit(writes)
+                writes = []
         self._commit(writes)
         if self._since_prune >= self.prune_every:
             self._since_prune = 0
@@ -390,7 +396,9 @@ class Store:
         that the order of its rows holds."""
         states: dict[str, tuple] = {}
         rows = _Rows()
-        for op in ops:
+        for i, op in enumerate(ops):
+            if i & 255 == 255:
+                time.sleep(0)   # let the event loop have the GIL: it never waits long for us
             kind = op[0]
             if kind == "state":
                 states[op[1]] = op[1:4]          # the last state of a key in the batch wins
