@@ -6,7 +6,7 @@ How to run it (it is not collected by pytest), with the project's virtualenv::
     python tests/bench/bench_state.py --quick      # shorter windows
     python tests/bench/bench_state.py --only stall
 
-Parts: checkpoints, stall, history (all by default). Each runs a real ``coschedd``
+Parts: checkpoints, stall, history, idle (all by default). Each runs a real ``coschedd``
 on a temporary folder (``bench_daemon.daemon``; the state database is in it) whose
 job spawns the workers, yields "ready" to the daemon, and, once the bench resumes
 it (``coschedctl resume``), measures inside the daemon and returns its figures.
@@ -31,13 +31,22 @@ it (``coschedctl resume``), measures inside the daemon and returns its figures.
 3. history: the cost of a task's life with ``history.record`` on and off: a job
    spawns 20,000 children that return at once, 100 at a time, joined; CPU and wall
    per task, measured in the daemon.
+4. idle: a daemon with timed jobs (``every = "30s"`` and a cron ``schedule``
+   minutes away) between their runs: ``strace -f -c`` over a window shows the
+   system calls it makes while it waits for the next time (the timers are trio
+   deadlines: none are expected, not even ``epoll_wait`` returns).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
+import subprocess
 import sys
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -194,10 +203,32 @@ def bench_history(batches: int) -> None:
     row("3 history on / off", f"cpu {on['cpu'] / off['cpu']:.2f}x, wall {on['wall'] / off['wall']:.2f}x")
 
 
+def bench_idle(window: float) -> None:
+    print(f"\n[4] idle between timed runs ({window:g} s of strace)")
+    if not shutil.which("strace"):
+        row("4 idle syscalls", "skipped", "strace missing")
+        return
+    later = datetime.now() + timedelta(minutes=10)
+    config = ('[job.poll]\nevery = "30s"\n'
+              f'[job.nightly]\nschedule = "{later.minute} {later.hour} * * *"\n')
+    jobs = {"poll": "async def main(task):\n    task.state['n'] = task.state.get('n', 0) + 1\n",
+            "nightly": "async def main(task):\n    return 1\n"}
+    with daemon(jobs, config) as (proc, sock, launched):
+        time.sleep(1.0)
+        out = subprocess.run(["timeout", "-s", "INT", f"{window:g}", "strace", "-f", "-c",
+                              "-p", str(proc.pid)], capture_output=True, text=True).stderr
+        calls = re.findall(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", out, re.M)
+        total = sum(int(n) for n, name in calls if name != "total")
+        named = ", ".join(f"{name} x{n}" for n, name in calls if name != "total")
+        verdict = ("strace could not attach" if "attached" not in out else
+                   "no syscalls at all" if not calls else named)
+        row("4 idle syscalls between timed runs", f"{total} calls", verdict)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows")
-    parser.add_argument("--only", default="checkpoints,stall,history",
+    parser.add_argument("--only", default="checkpoints,stall,history,idle",
                         help="comma-separated parts")
     args = parser.parse_args()
     parts = set(args.only.split(","))
@@ -209,6 +240,8 @@ def main() -> int:
             bench_stall(warmup, window, 1 if args.quick else 3)
         if "history" in parts:
             bench_history(50 if args.quick else 200)
+        if "idle" in parts:
+            bench_idle(5.0 if args.quick else 10.0)
     except DaemonError as e:
         print(f"bench failed: {e}", file=sys.stderr)
         return 1
