@@ -259,3 +259,22 @@ def test_a_failed_commit_reports_the_error_to_its_waiter_and_the_thread_goes_on(
     store.put_state("job", "{}", 1, good)
     good.wait()
     store.close()
+
+
+def test_a_later_migration_upgrades_an_existing_database_and_keeps_its_data(tmp_path,
+                                                                          monkeypatch):
+    import cosched.store as store_module
+    store, _ = opened(tmp_path)
+    done = Done()
+    store.put_state("job", '{"n":1}', 1, done)
+    done.wait()
+    store.close()
+    later = [*store_module.MIGRATIONS, ["ALTER TABLE states ADD COLUMN note TEXT"]]
+    monkeypatch.setattr(store_module, "MIGRATIONS", later)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(later))
+    store, initial = opened(tmp_path)
+    assert initial.states == {"job": '{"n":1}'}
+    store.close()
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(states)")]

@@ -192,3 +192,18 @@ def test_a_real_daemon_runs_every_interval_skips_overlaps_and_shows_next_and_las
     assert slow_runs[1][1] - slow_runs[0][1] >= 1.2, "a run started while the previous lived"
     skipped = d.ok("history", "slow", "--limit", "1000")["events"]
     assert any(e["event"] == "run-skipped" for e in skipped), skipped
+
+
+def test_a_real_daemon_catches_up_a_run_missed_while_it_was_down(daemon, tmp_path):
+    log = tmp_path / "tick.log"
+    config = {"daemon": {"state_dir": str(tmp_path / "state")},
+              "job": {"tick": {"every": "1s", "catch_up": True}}}
+    d = daemon(jobs={"tick": STAMP.format(path=str(log), sleep=0)}, config=config)
+    wait_for(lambda: stamps(log), "the first run")
+    d.signal(15)
+    assert d.wait_exit() == 0
+    time.sleep(1.5)   # a time passes while no daemon runs
+    d = daemon(jobs={"tick": STAMP.format(path=str(log), sleep=0)}, config=config)
+    caught = wait_for(lambda: [e for e in d.ok("history", "tick")["events"]
+                               if e["event"] == "run-caught-up"], "a caught-up run")
+    assert len(caught) == 1 and caught[0]["run"] > stamps(log)[0][0]
