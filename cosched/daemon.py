@@ -16,9 +16,9 @@ everything recorded is committed before the process exits.
 Exit codes: 0 stopped (cleanly, or with abandoned cleanup, which is logged),
 1 failed while running, 2 bad configuration or arguments, an unsafe config
 file, runtime or state folder (see cosched.strictmodes), or a state database
-that cannot be used (a corrupt one is moved aside first), 4 a task's step could not be
-interrupted (stuck in C code past step_limit plus a grace period): the daemon
-ended itself so that its service manager restarts it.
+that cannot be used (a corrupt one is moved aside first), 4 a task's step
+could not be interrupted (stuck in C code past step_limit plus a grace
+period): the daemon ended itself so that its service manager restarts it.
 """
 
 from __future__ import annotations

@@ -295,12 +295,12 @@ class Store:
         lost = [row[0] for row in conn.execute("SELECT id FROM tasks WHERE ended IS NULL")]
         data = json.dumps({"error": LOST})
         for tid in lost:
-            last = conn.execute("SELECT max(time), job FROM events WHERE task = ?", (tid,)).fetchone()
-            job = last[1] or conn.execute("SELECT job FROM tasks WHERE id = ?", (tid,)).fetchone()[0]
+            last, job = conn.execute("SELECT max(e.time), t.job FROM tasks t LEFT JOIN events e "
+                                     "ON e.task = t.id WHERE t.id = ?", (tid,)).fetchone()
             conn.execute("INSERT INTO events (time, task, job, event, data) VALUES (?, ?, ?, ?, ?)",
                          (now, tid, job, "lost", data))
             conn.execute("UPDATE tasks SET ended = ?, ended_seq = last_insert_rowid(), state = "
-                         "'lost', error = ? WHERE id = ?", (last[0] or now, LOST, tid))
+                         "'lost', error = ? WHERE id = ?", (last or now, LOST, tid))
         return lost
 
     @staticmethod
@@ -613,7 +613,8 @@ def known_query(target: int | str) -> Callable[[sqlite3.Connection], bool]:
     """Whether the history has a task of that id, or a job or task of that name."""
     def run(conn: sqlite3.Connection) -> bool:
         if isinstance(target, int):
-            return conn.execute("SELECT 1 FROM tasks WHERE id = ?", (target,)).fetchone() is not None
+            row = conn.execute("SELECT 1 FROM tasks WHERE id = ?", (target,)).fetchone()
+            return row is not None
         return conn.execute("SELECT 1 WHERE EXISTS (SELECT 1 FROM events WHERE job = ?) OR "
                             "EXISTS (SELECT 1 FROM tasks WHERE name = ?)",
                             (target, target)).fetchone() is not None
