@@ -108,7 +108,9 @@ class Recorder:
             log.error("task.state not saved; the last good state stays", task=t.name, id=t.id,
                       job=t.job.name, error=str(e))
             return
-        if self.saved.get(key) != text:
+        # unchanged states are not written again, unless a commit ever failed: then the
+        # text last queued may not be on disk
+        if self.saved.get(key) != text or self.store.failed_commits:
             self.saved[key] = text
             self.store.put_state(key, text, t.id)
 
