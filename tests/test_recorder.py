@@ -342,3 +342,59 @@ def test_a_bad_schedule_stops_startup_before_any_job_runs(restartable, tmp_path)
     assert (f"coschedd: configuration error: job.t.every: 0 is not more than 0 seconds; an "
             "interval must be") in d.log_text(), d.log_text()
     assert not marker.exists(), "a job ran"
+
+
+def test_a_checkpoint_whose_commit_fails_raises_state_error(tmp_path):
+    """In process: a real Supervisor, Recorder and Store; the database connection is closed
+    under the writer, so the next commit fails for real."""
+    import trio
+    from textwrap import dedent
+
+    from cosched.config import load_config
+    from cosched.recorder import Recorder
+    from cosched.store import Store
+    from cosched.supervisor import Supervisor
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "saver.py").write_text(dedent("""
+        from cosched import StateError, coro
+
+        async def main(task):
+            task.state["n"] = 1
+            await task.checkpoint()
+            await coro.yield_("saved once")
+            task.state["n"] = 2
+            try:
+                await task.checkpoint()
+            except StateError as e:
+                return str(e)
+            return "no error"
+    """))
+    (tmp_path / "c.toml").write_text('[daemon]\njobs_dir = "jobs"\nruntime_dir = "run"\n'
+                                     'state_dir = "state"\n')
+    sup = Supervisor(load_config(tmp_path / "c.toml"))
+    out = {}
+
+    async def main():
+        store = Store(sup.config.state_dir)
+        initial = store.open()
+        store.start()
+        recorder = Recorder(store, initial, sup, history=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            with trio.fail_after(WAIT):
+                while "saver" not in sup.job_table or sup.reg.roots_of("saver") == [] or \
+                        sup.find("saver").state != "suspended":
+                    await trio.sleep(0.01)
+                assert store.stats()["commits"] >= 1 and store.stats()["failed_commits"] == 0
+                await recorder.read(lambda conn: conn.close(), "the test")   # in the writer
+                out["answer"] = await sup.resume("saver", [], WAIT)
+                out["stats"] = store.stats()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert out["answer"]["outcome"] == "finished"
+    assert out["answer"]["values"][0].startswith(
+        "could not save task.state of saver (#1) in the state database: Cannot operate on a "
+        "closed database"), out["answer"]
+    assert out["stats"]["failed_commits"] >= 1
