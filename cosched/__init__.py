@@ -6,11 +6,12 @@ imports this package and must start fast without the coroutine core.
 
 import importlib
 
-__all__ = ["coro", "CoroutineError", "StepTimeout", "TaskInterrupted"]
+__all__ = ["coro", "CoroutineError", "StepTimeout", "TaskInterrupted", "StateError"]
 __version__ = "0.1.0"
 
 _LAZY = {"coro": ("coro", None), "CoroutineError": ("coro", "CoroutineError"),
-         "StepTimeout": ("guard", "StepTimeout"), "TaskInterrupted": ("guard", "TaskInterrupted")}
+         "StepTimeout": ("guard", "StepTimeout"), "TaskInterrupted": ("guard", "TaskInterrupted"),
+         "StateError": ("statejson", "StateError")}
 
 
 def __getattr__(name: str):

@@ -34,10 +34,12 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 from .envconfig import EnvError, overrides, variable
+from .schedules import ScheduleError, check_cron, check_timezone, parse_every
 from .strictmodes import Untrusted, read_trusted
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "coschedd.toml"
 SYSTEM_CONFIG = Path("/etc/cosched/coschedd.toml")
+SYSTEM_STATE_DIR = Path("/var/lib/cosched")
 SOCKET_PATH_MAX = 107  # sizeof(sun_path) on Linux minus the terminating NUL
 RESERVED_CONNECTIONS = 4  # of control.max_connections, kept for root and the daemon's user
 
@@ -83,6 +85,19 @@ def _int(default: int, doc: str, lo: int, hi: int) -> Key:
 
 def _choice(default: str, doc: str, *choices: str) -> Key:
     return Key(default, doc, "one of " + ", ".join(map(_toml, choices)), lambda v: v in choices)
+
+
+def _check_schedule(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def convert(v: Any) -> Any:
+        try:
+            return check(v)
+        except ScheduleError as e:
+            raise ValueError(str(e)) from None
+    return convert
+
+
+def _every(v: Any) -> float | None:
+    return None if v == "" else _check_schedule(parse_every)(v)
 
 
 def _typed(kind: type, expect: str) -> Callable[[Any, str], Key]:
@@ -155,6 +170,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "runtime_dir": _str("", 'State and socket folder. "" means $RUNTIME_DIRECTORY (set by '
                             "systemd; the first one if several), else $XDG_RUNTIME_DIR/cosched, "
                             "else ../.run from this file's folder."),
+        "state_dir": _str("", 'Folder of the state database (task.state, task history, timed '
+                          'jobs\' last runs). "" means $STATE_DIRECTORY (set by systemd), else '
+                          "/var/lib/cosched for root (except with the repository's own config, "
+                          "as in make run), else $XDG_STATE_HOME/cosched, else ../.state from "
+                          "this file's folder."),
         "step_warning": _seconds(0.5, "Seconds; a single task step running longer than this "
                                  "logs a warning. 0 disables the warning."),
         "stop_timeout": _seconds(10.0, "Seconds that SIGTERM, and coschedctl kill, give a "
@@ -218,6 +238,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "events_kept": _int(1000, "State changes of tasks and jobs kept in memory for "
                             "coschedctl events (the newest; 0 keeps none).", 0, 1_000_000),
     },
+    "history": {
+        "record": _bool(True, "Record every task's start, suspensions, resumptions (with "
+                        "values), end, result, error and traceback in the state database, for "
+                        "coschedctl history and for show of tasks that ended before a restart. "
+                        "task.state and timed jobs are kept either way."),
+        "max_rows": _int(100_000, "Events of the history kept; older ones are pruned, with the "
+                         "tasks that have none left.", 1000, 100_000_000),
+        "max_age_days": _seconds(30.0, "Days; events older than this are pruned. 0 keeps "
+                                 "them until max_rows pushes them out."),
+    },
     "jobs": {
         "restart": _choice("on-failure", "When an ended task is started again: never, after it "
                            "failed, or after any end.", "no", "on-failure", "always"),
@@ -240,6 +270,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "task.trigger. The handler job is started even with autostart or "
                            "enabled = false; a task started so never triggers a hook itself. "
                            '"": none.'),
+        "overlap": _choice("skip", "A timed job whose time comes while its previous run is "
+                           'still alive: "skip" this time, "queue" one run for when the '
+                           'previous ends, or "allow" both at once.', "skip", "queue", "allow"),
+        "catch_up": _bool(False, "A timed job whose time passed while the daemon was down "
+                          "(known from the state database) runs once at start."),
+        "timezone": Key("", 'Time zone of schedule (an IANA name like "Europe/Berlin"; "": '
+                        "the system's local time).", "a time zone name",
+                        lambda v: isinstance(v, str), _check_schedule(check_timezone)),
     },
 }
 
@@ -262,6 +300,16 @@ JOB_KEYS: dict[str, Key] = {  # what a [job.<name>] table may hold
     "config": Key({}, "Any table; handed to the job as task.config.", "a table",
                   lambda v: isinstance(v, dict), copy.deepcopy),
     "enabled": _bool(True, "false: the job file is known but never started."),
+    "schedule": Key("", 'Cron schedule ("*/5 * * * *": minute hour day-of-month month '
+                    'day-of-week; or @hourly, @daily, ...): a task of the job starts at each '
+                    'time. "": not timed. A timed job does not start at load (autostart is '
+                    "not used); coschedctl start still starts it.", "a cron expression",
+                    lambda v: isinstance(v, str),
+                    _check_schedule(lambda v: v and check_cron(v))),
+    "every": Key("", 'Start a task of the job every interval ("30s", "5m", "1h30m", or '
+                 'seconds); the next time is one interval after the last run. "": not timed. '
+                 "Not together with schedule.", "a duration > 0",
+                 lambda v: isinstance(v, str) or _is_int(v) or isinstance(v, float), _every),
 }
 
 
@@ -277,6 +325,15 @@ class JobPolicy:
     enabled: bool
     config: dict
     on_failure: str = ""  # a job to start when a top-level task fails for good (cosched.hooks)
+    overlap: str = "skip"
+    catch_up: bool = False
+    timezone: str = ""
+    schedule: str = ""            # cron expression; "" when not timed
+    every: float | None = None    # seconds; None when not timed (never both set)
+
+    @property
+    def timed(self) -> bool:
+        return bool(self.schedule) or self.every is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +341,7 @@ class Config:
     path: Path | None
     jobs_dir: Path
     runtime_dir: Path
+    state_dir: Path
     socket: Path
     socket_mode: int
     read_users: tuple[int, ...]
@@ -303,6 +361,9 @@ class Config:
     strict_modes: bool
     job_defaults: JobPolicy
     jobs: Mapping[str, JobPolicy]  # merged policies of the jobs that have a [job.<name>] table
+    history: bool                  # [history] record
+    history_rows: int
+    history_days: float            # 0: no age limit
     warnings: tuple[str, ...] = ()  # for the daemon to log: old key names that were used
     log_stream: str = "stderr"
     metrics_listen: tuple[str, int] | None = None   # (IP address, port); None: no HTTP endpoint
@@ -391,6 +452,25 @@ def _runtime_dir(value: str, base: Path, environ: Mapping[str, str]) -> Path:
     return _path(base, "../.run")
 
 
+def _state_dir(value: str, base: Path, environ: Mapping[str, str]) -> Path:
+    if value:
+        return _path(base, value)
+    if systemd := environ.get("STATE_DIRECTORY"):
+        return _path(base, systemd.split(":")[0])
+    in_repository = base.resolve() == REPO_CONFIG.parent   # make run: no root needed
+    if os.geteuid() == 0 and not in_repository:
+        return SYSTEM_STATE_DIR
+    if xdg := environ.get("XDG_STATE_HOME"):
+        return _path(base, xdg) / "cosched"
+    return _path(base, "../.state")
+
+
+def _check_timing(jobs: Mapping[str, JobPolicy]) -> None:
+    for name, policy in jobs.items():
+        if policy.schedule and policy.every is not None:
+            raise ConfigError(f"job.{name}: set schedule or every, not both")
+
+
 def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None = None,
                  environ: Mapping[str, str] = os.environ) -> Config:
     """Validate decoded TOML; relative paths resolve against base_dir."""
@@ -406,8 +486,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
     jobs = {name: dataclasses.replace(job_defaults, **_table(f"job.{name}", t, JOB_KEYS,
                                                              defaults=False))
             for name, t in job_tables.items()}
-    daemon, control, log = v["daemon"], v["control"], v["log"]
+    daemon, control, log, history = v["daemon"], v["control"], v["log"], v["history"]
     _check_control(control)
+    _check_timing(jobs)
     runtime_dir = _runtime_dir(daemon["runtime_dir"], base_dir, environ)
     socket = runtime_dir / "coschedd.sock"
     if control["socket"]:
@@ -417,6 +498,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
                           "a unix socket path may have")
     return Config(
         path=path, jobs_dir=_path(base_dir, daemon["jobs_dir"]), runtime_dir=runtime_dir,
+        state_dir=_state_dir(daemon["state_dir"], base_dir, environ),
         socket=socket, socket_mode=control["mode"], read_users=control["read_users"],
         read_group=control["read_group"], control_users=control["control_users"],
         control_group=control["control_group"], max_request_bytes=control["max_request_bytes"],
@@ -430,7 +512,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
         watchdog=daemon["watchdog"], strict_modes=daemon["strict_modes"],
         job_defaults=job_defaults, jobs=jobs, warnings=_alias_warnings(data),
         log_stream=log["stream"], metrics_listen=v["metrics"]["listen"],
-        metrics_max_task_series=v["metrics"]["max_task_series"])
+        metrics_max_task_series=v["metrics"]["max_task_series"],
+        history=history["record"], history_rows=history["max_rows"],
+        history_days=history["max_age_days"])
 
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:

@@ -25,7 +25,8 @@ Commands:
   reload                  re-read the config file and rescan the jobs folder;
                           jobs whose config changed are restarted, a broken
                           config file is refused and the old one stays
-  jobs                    list the jobs and their state
+  jobs                    list the jobs and their state; for timed jobs also the
+                          schedule, the next run and the last one
   logs TASK|JOB [-n N] [-f]
                           the last N (default 10) log records and printed lines
                           of a task, or of every task of a job; -f: then new
@@ -37,6 +38,14 @@ Commands:
   top                     a live view of the tasks, busiest first, and the
                           daemon's CPU, memory and uptime; q or Ctrl-C quits.
                           Not on a terminal: one table, then exit
+  history [JOB|TASK] [--since T] [--limit N]
+                          what the daemon recorded (it survives restarts): each
+                          task's start, suspensions and resumptions with their
+                          values, its end with result or error and traceback;
+                          of one job or task, or of all. The newest N events
+                          (default 50), oldest first. T is a time (2024-05-01,
+                          "2024-05-01 12:30", seconds since the epoch) or an age
+                          (30s, 15m, 2h, 7d: that long ago)
   ping                    check that the daemon answers
   metrics                 Prometheus metrics in the text format, e.g. for
                           node_exporter's textfile collector (write, then rename):
@@ -273,6 +282,38 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def since_arg(text: str) -> float:
+    """--since: an age ("15m": that long ago), seconds since the epoch, or an ISO date/time
+    (local time unless it says otherwise); as seconds since the epoch."""
+    value = text.strip()
+    if m := _AGE.fullmatch(value):
+        return max(0.0, time.time() - float(m[1]) * _AGE_UNITS[m[2]])
+    try:
+        seconds = float(value)
+    except ValueError:
+        from datetime import datetime  # only here: keep the start-up short
+        try:
+            seconds = datetime.fromisoformat(value).timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise argparse.ArgumentTypeError(
+                f"not a time or an age: {text!r} (e.g. 2024-05-01, \"2024-05-01 12:30\", "
+                "1714557600, or 30s, 15m, 2h, 7d)") from None
+    if not 0 <= seconds <= protocol.MAX_TIME:
+        raise argparse.ArgumentTypeError(f"not a time after 1970: {text!r}")
+    return seconds
+
+
+def _limit(text: str) -> int:
+    if re.fullmatch(r"[0-9]{1,7}", text) and 1 <= int(text) <= protocol.MAX_HISTORY:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"not a number of events from 1 to {protocol.MAX_HISTORY}: "
+                                     f"{text!r}")
+
+
 def resume_wait(timeout: float) -> float:
     """How long the daemon waits on a resume, so that its answer arrives within ours."""
     return max(timeout - RESUME_MARGIN, timeout / 2)
@@ -399,7 +440,8 @@ _SHOW_FIELDS: list[tuple[str, str, Callable[[Any], str]]] = [
 def render_show(result: dict) -> str:
     lines = [f"{label}: {fmt(result.get(key))}" for label, key, fmt in _SHOW_FIELDS]
     known = {key for _, key, _ in _SHOW_FIELDS} | {"stack", "traceback"}
-    lines += [f"{_text(key).replace('_', ' ')}: {_plain(value)}"  # fields added later
+    lines += [f"{_text(key).replace('_', ' ')}: "    # fields added later; *_at are times
+              f"{_started_at(value) if key.endswith('_at') else _plain(value)}"
               for key, value in result.items() if key not in known]
     stack = result.get("stack") or []
     lines.append("stack:" if stack else "stack: -")
@@ -467,9 +509,12 @@ def render_reload(result: dict) -> str:
 
 def render_jobs(result: dict) -> str:
     jobs = result.get("jobs") or []
-    lines = [table(["NAME", "STATE", "TASKS", "PATH"],
+    timed = any(j.get("schedule") for j in jobs)   # the timing columns only when needed
+    lines = [table(["NAME", "STATE", "TASKS"] + ["SCHEDULE", "NEXT", "LAST"] * timed + ["PATH"],
                    [[j.get("name"), j.get("state"),
-                     ",".join(map(_text, j.get("tasks") or [])) or "-", j.get("path")]
+                     ",".join(map(_text, j.get("tasks") or [])) or "-",
+                     *([j.get("schedule"), _when(j.get("next_run")), _when(j.get("last_run"))]
+                       if timed else []), j.get("path")]
                     for j in jobs])]
     failed = [j for j in jobs if j.get("error")]
     if failed:
@@ -482,6 +527,45 @@ def render_metrics(result: dict) -> str:
     """The exposition as it came: it holds no control characters (cosched.metrics),
     and escape_lines keeps it so should a daemon send any."""
     return escape_lines(str(result.get("text", "")).rstrip("\n"))
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else _started_at(value)
+
+
+def _event_detail(e: dict) -> str:
+    """What an event carries, in one line: values, result, error, delay, ..."""
+    parts = []
+    if "values" in e:
+        parts.append(" ".join(fmt_json(v) for v in e["values"] or []) or "(no values)")
+    if "result" in e:
+        parts.append(f"result {fmt_json(e['result'])}")
+    if e.get("error") is not None:
+        parts.append(_text(e["error"]))
+    for key in ("delay", "restarts", "due", "alive", "run", "path"):
+        if key in e:
+            value = _when(e[key]) if key == "due" else e[key]
+            parts.append(f"{key} {_plain(value)}")
+    return "; ".join(parts)
+
+
+def render_history(result: dict) -> str:
+    if result.get("recording") is False:
+        return "history is not recorded (history.record = false in the daemon's config)"
+    events = result.get("events") or []
+    if not events:
+        return "no events recorded"
+    lines = table(["TIME", "TASK", "NAME", "JOB", "EVENT", "DETAIL"],
+                  [[_when(e.get("time")), e.get("task"), e.get("name"), e.get("job"),
+                    e.get("event"), _event_detail(e) or None] for e in events]).split("\n")
+    out = [lines[0]]
+    for line, e in zip(lines[1:], events, strict=True):
+        out.append(line)
+        if e.get("traceback"):
+            out += ["    " + row for row in escape_lines(str(e["traceback"]).rstrip("\n")).split("\n")]
+    if result.get("more"):
+        out.append("(older events were recorded too: raise --limit, or use --since)")
+    return "\n".join(out)
 
 
 def render_ping(result: dict) -> str:
@@ -639,6 +723,12 @@ COMMANDS: tuple[Cmd, ...] = (
         render_tree),
     Cmd("top", (), lambda ns: {}, str, run=_run_top,
         local_help="A live view of the tasks, busiest first; q quits."),
+    Cmd("history", (("target", {"type": task_arg, "metavar": "JOB|TASK", "nargs": "?"}),
+                    ("--since", {"type": since_arg, "metavar": "T"}),
+                    ("--limit", {"type": _limit, "metavar": "N", "default": 50})),
+        lambda ns: {"limit": ns.limit, **{k: v for k in ("target", "since")
+                                          if (v := getattr(ns, k)) is not None}},
+        render_history),
     Cmd("ping", (), lambda ns: {}, render_ping),
     Cmd("metrics", (), lambda ns: {}, render_metrics),
 )

@@ -17,12 +17,16 @@ that runs away when a signal arrives is interrupted. Under systemd (Type=notify)
 it reports READY, RELOADING, STOPPING and STATUS, and pings the watchdog from
 the event loop when WatchdogSec is set.
 
+The state database (cosched.store) is opened before any job runs; at a stop
+everything recorded is committed before the process exits.
+
 Exit codes: 0 stopped (cleanly, or with abandoned cleanup, which is logged),
 1 failed while running (or cannot listen on metrics.listen: the port is taken),
-2 bad configuration or arguments, or an unsafe config
-file or runtime folder (see cosched.strictmodes), 4 a task's step could not be
-interrupted (stuck in C code past step_limit plus a grace period): the daemon
-ended itself so that its service manager restarts it.
+2 bad configuration or arguments, an unsafe config file, runtime or state
+folder (see cosched.strictmodes), or a state database that cannot be used (a
+corrupt one is moved aside first), 4 a task's step could not be interrupted
+(stuck in C code past step_limit plus a grace period): the daemon ended itself
+so that its service manager restarts it.
 """
 
 from __future__ import annotations
@@ -47,9 +51,12 @@ from .forks import ForkWatch
 from .guard import EXIT_STUCK
 from .loader import set_strict_modes
 from .logsink import LogSink
+from .recorder import Recorder
+from .store import Initial, Store, StoreError
 from .strictmodes import Untrusted, check_folder
 from .supervisor import Supervisor
 from .systemd import Notifier
+from .timers import Timers
 from .watch import DirWatcher, WatchError, wait_for_folder
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -90,11 +97,14 @@ def configure(args):
 
 
 async def run(config, notifier: Notifier, sink: LogSink | None = None,
-              metrics_sock=None, control_sock=None, cli_overrides: dict | None = None) -> None:
+              metrics_sock=None, control_sock=None, cli_overrides: dict | None = None,
+              state: tuple[Store, Initial] | None = None) -> None:
     """Signals and the control socket first, then the jobs: a job's first step may be
     long, and a SIGTERM or a coschedctl call must never find the daemon half ready."""
     sup = Supervisor(config, log_sink=sink, on_stuck=lambda code: _exit_now(sink, code))
     sup.overrides = cli_overrides or {}
+    recorder = Recorder(*state, sup, history=config.history) if state is not None else None
+    timers = Timers(sup, recorder=recorder)
     forks = ForkWatch(sup.guard)
     with trio.open_signal_receiver(*DAEMON_SIGNALS) as signals:
         sup.guard.wrap_daemon_signals(DAEMON_SIGNALS)
@@ -104,6 +114,7 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None,
             await nursery.start(sup.run)
             if metrics_sock is not None:
                 await nursery.start(httpserve.serve, metrics_sock, sup)
+            await nursery.start(timers.run)
             nursery.start_soon(watch_jobs, sup)
             nursery.start_soon(forks.reap)
             if config.watchdog:
@@ -114,6 +125,8 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None,
             abandoned = await handle_signals(signals, sup, notifier, config)
             await _end_streams(sup)
             server.cancel()
+            if recorder is not None:   # what the stop recorded reaches the disk first
+                await recorder.close(LOG_DRAIN)
             if abandoned:  # their trio tasks would hold the nursery open for ever
                 with trio.move_on_after(2):
                     await server_closed.wait()   # the server has removed its socket file
@@ -260,6 +273,27 @@ def _passed_socket(config):
     return sock
 
 
+def open_state(config) -> tuple[Store, Initial]:
+    """Open the state database before any job runs (see cosched.store). Raises StoreError,
+    or Untrusted for a state folder that others could change (unless strict_modes is off)."""
+    store = Store(config.state_dir, max_rows=config.history_rows, max_days=config.history_days)
+    store.prepare_folder()
+    try:
+        check_folder(config.state_dir)
+    except Untrusted as e:
+        if config.strict_modes:
+            raise
+        log.warning("strict_modes is off: using an unsafe state folder", reason=str(e))
+    initial = store.open()
+    if initial.lost:
+        log.warning("coschedd last ended without stopping these tasks (killed or crashed); "
+                    "they are recorded as lost", tasks=initial.lost)
+    log.info("state database open", path=str(store.path), next_task_id=initial.next_id,
+             saved_states=len(initial.states), interrupted=sorted(initial.interrupted))
+    store.start()
+    return store, initial
+
+
 def _status_line(sup: Supervisor) -> str:
     alive = sum(t.alive for t in sup.tasks.values())
     return f"{alive} tasks, {len(sup.job_table)} jobs"
@@ -300,13 +334,22 @@ def main(argv=None) -> int:
         except httpserve.MetricsAddressError as e:
             print(f"coschedd: {e.strerror}", file=sys.stderr)
             return EXIT_FAILED
+    try:
+        state = open_state(config)
+    except Untrusted as e:
+        print(f"coschedd: refusing to start: state folder: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as e:
+        print(f"coschedd: cannot open the state database: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     notifier = Notifier()
     try:
-        trio.run(run, config, notifier, sink, metrics_sock, control_sock, overrides(args))
+        trio.run(run, config, notifier, sink, metrics_sock, control_sock, overrides(args), state)
     except OSError as e:
         log.error("coschedd failed", error=str(e))
         return EXIT_FAILED
     finally:
+        state[0].close(LOG_DRAIN)   # (closed already after a clean stop)
         notifier.close()
         log.info("coschedd stopped")
         sink.drain(LOG_DRAIN)

@@ -2,8 +2,9 @@
 
 The supervisor calls ``Events.emit`` at each transition (a task started,
 suspended with values, resumed, finished, failed, killed, restarting; a job
-loaded, refused or removed; a reload). Listeners (the event stream of
-``coschedctl events``, the state store, hooks) subscribe with ``subscribe``.
+loaded, refused or removed; a reload; the daemon stopping). Listeners (the
+event stream of ``coschedctl events``, the state store, hooks) subscribe with
+``subscribe``.
 
 Design: emitting costs one truth test while nobody listens, so tasks pay
 nothing for features nobody uses. A listener is a plain function called on
@@ -24,7 +25,7 @@ __all__ = ["Events", "TASK_EVENTS", "JOB_EVENTS"]
 log = structlog.get_logger("cosched.events")
 
 TASK_EVENTS = ("started", "suspended", "resumed", "finished", "failed", "killed", "restarting")
-JOB_EVENTS = ("job-loaded", "job-refused", "job-removed", "reload")
+JOB_EVENTS = ("job-loaded", "job-refused", "job-removed", "reload", "stopping")
 
 Listener = Callable[[dict[str, Any]], None]
 

@@ -93,9 +93,16 @@ Commands (``COMMANDS`` is the single table of them), with the access each needs:
     tree    read     {task?: str|int, job?: str}  tasks nested under their parents
     restart control  {task: str|int}             a task, or every task of a job, killed
                                                  (cleanup runs) and started again
+    history read     {target?: str|int, since?: number, limit: int = 50}
+                                                 recorded events of a task (an id or a
+                                                 name) or a job, or of all, oldest first:
+                                                 {"events": [...], "more": bool,
+                                                 "recording": bool}
 
 A task is an id (an integer from 0 to 2**63 - 1) or a name; a name made of ASCII
 digits is taken as an id. ``timeout`` is a number of seconds from 0 to 86400.
+``since`` is a time in seconds since the epoch; ``limit`` an integer from 1 to
+MAX_HISTORY.
 A command added later needs control access unless its entry says otherwise.
 
 This module holds the error codes, ``ControlError``, the command table, request
@@ -137,6 +144,8 @@ LEVELS = (READ, CONTROL)
 MAX_TASK_ID = 2**63 - 1  # ids are counters; a bigger number names no task
 MAX_WAIT = 86400.0       # longest resume timeout, in seconds
 MAX_LINES = 100_000      # most records or events one logs/events request may ask for
+MAX_HISTORY = 100_000    # most events one history answer holds
+MAX_TIME = 2.0**40       # latest ``since`` accepted (seconds since the epoch; year 36812)
 
 _MAX_DEPTH = 100  # nesting kept by the fallback encoder; deeper parts become repr strings
 
@@ -245,6 +254,15 @@ COMMANDS: dict[str, Command] = {
                                     expected=f"a job name, or a task ({_TASK_EXPECTED})")},
                        "Kill a task (its cleanup runs) and start it again with the same "
                        "task.state; a job name: each of its tasks, or a new one if none runs."),
+    "history": Command({
+        "target": Arg((str, int), valid=_task_ref,
+                      expected=f"a job or task name, or a task id from 0 to {MAX_TASK_ID}"),
+        "since": Arg((int, float), valid=lambda v: 0 <= v <= MAX_TIME,
+                     expected="a time in seconds since the epoch"),
+        "limit": Arg((int,), default=50, valid=lambda v: 1 <= v <= MAX_HISTORY,
+                     expected=f"an integer from 1 to {MAX_HISTORY}"),
+    }, "Recorded history: starts, suspensions and resumptions with values, ends, errors.",
+        READ),
 }
 
 

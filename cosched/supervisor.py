@@ -62,7 +62,17 @@ from .gcpacer import GcPacer
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
 from .metrics import CONTENT_TYPE, Collector, JobTotals, switch_path
-from .protocol import BUSY, CONFIG_ERROR, JOB_DISABLED, NO_SUCH_JOB, NOT_ALIVE, NOT_SUSPENDED, Chunked, ControlError
+from .protocol import (
+    BUSY,
+    CONFIG_ERROR,
+    JOB_DISABLED,
+    NO_SUCH_JOB,
+    NO_SUCH_TASK,
+    NOT_ALIVE,
+    NOT_SUSPENDED,
+    Chunked,
+    ControlError,
+)
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
 from .task import TaskContext
@@ -102,6 +112,8 @@ class Supervisor:
         #                                                 transferred?), while suspended
         self._restarting: dict[int, Any] = {}  # id -> policy of the next life, once asked
         self._gave_up: set[str] = set()  # jobs whose last top-level task hit its start limit
+        self.durable = None   # cosched.recorder.Recorder: task.state and history on disk
+        self.timers = None    # cosched.timers.Timers: starts timed jobs at their times
         self.process = psutil.Process()
         self.process.cpu_percent()  # prime: the next call reports usage since now
         self.totals = JobTotals()   # counters of the tasks that ended for good, per job
@@ -139,6 +151,7 @@ class Supervisor:
     async def stop(self, timeout: float) -> list[Task]:
         """Kill every task (cleanup runs) and wait for them, at most ``timeout`` seconds.
         Returns the tasks whose cleanup was abandoned."""
+        self.events.job("stopping", "*")   # what is alive now is interrupted, not killed
         self.guard.stopping(timeout)
         self.gc.stopping = True
         alive = self.reg.alive()
@@ -199,9 +212,17 @@ class Supervisor:
         old = self.reg.roots_of(name)
         for t in old:
             self._request_kill(t)   # the old code's tasks give way to the new version
-        policy = self.config.job_policy(name)
-        if policy.enabled and policy.autostart:
+        if self._starts_on_load(name):
             self.nursery.start_soon(self._start_after, name, old)
+
+    def _starts_on_load(self, name: str) -> bool:
+        """Loading starts a task: autostart (a timed job waits for its time instead), or
+        the daemon's last stop interrupted the job's task."""
+        policy = self.config.job_policy(name)
+        if not policy.enabled:
+            return False
+        interrupted = self.durable is not None and self.durable.take_interrupted(name)
+        return interrupted or (policy.autostart and not policy.timed)
 
     def _load(self, name: str, path: Path) -> tuple[Job | None, str | None]:
         """Run a job file's top level under the step guard; (job, None) or (None, reason)."""
@@ -242,10 +263,13 @@ class Supervisor:
         else:   # children share their parent's config table and one policy per job
             policy, config = self._child_policy(job.name), parent.ctx.config
         tid = self.reg.new_id()
+        durable = self.durable.context_args(job.name, parent, name) if self.durable else {}
+        if state is not None:   # a restart hands the task its own state
+            durable["state"] = state
         name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
         t = Task(tid, name, job, policy, fn or job.main, args, parent)
-        t.ctx = TaskContext(name, tid, _job_logger, config, state, spawner=self._spawn,
-                            threads=self.threads, trigger=trigger)
+        t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawn,
+                            threads=self.threads, trigger=trigger, **durable)
         self.reg.add(t)
         self.gc.task_started()
         self.nursery.start_soon(self._supervise, t, name=name)
@@ -339,7 +363,7 @@ class Supervisor:
         if t.state == "finished":
             self.events.task("finished", t, result=t.result)
         else:
-            self.events.task(t.state, t, error=t.error)
+            self.events.task(t.state, t, error=t.error, traceback=t.traceback)
 
     def _retire(self, t: Task) -> None:
         """t has ended for good: wake whoever waits for it, forget old tasks, end its children."""
@@ -518,13 +542,27 @@ class Supervisor:
             return {**head, "tasks": reports.rows(tasks), **tail}
         return Chunked(head, "tasks", tasks, reports.rows, tail, STATUS_CHUNK)
 
-    def show(self, task: str | int) -> dict:
-        t = self.find(task)
+    async def show(self, task: str | int) -> dict:
+        try:
+            t = self.find(task)
+        except ControlError as e:   # forgotten here; it may have ended before a restart
+            if e.code != NO_SUCH_TASK or self.durable is None:
+                raise
+            recorded = await self.durable.task_record(task)
+            if recorded is None:
+                raise
+            return recorded
         out = reports.show(t)
         parked, transferred = self._parked.get(t.id, (None, False))
         out.update(whereis.locate(t, parked, transferred) or {})
         out["trigger"] = t.ctx.trigger if t.ctx is not None else None
         return out
+
+    async def history(self, target: str | int | None = None, since: float | None = None,
+                      limit: int = 50) -> dict:
+        if self.durable is None:
+            return {"events": [], "more": False, "recording": False}
+        return await self.durable.history(target, since, limit)
 
     async def resume(self, task: str | int, values: list, timeout: float) -> dict:
         t = self.find(task)
@@ -589,6 +627,8 @@ class Supervisor:
         for row in rows:
             if row["name"] in self._gave_up and row["state"] != "error":
                 row["state"] = "failed (start limit)"
+            if self.timers is not None:
+                row.update(self.timers.describe(row["name"]))
         return {"jobs": rows}
 
     # ---------------------------------------------------------------- operator's surface
@@ -653,7 +693,8 @@ class Supervisor:
                 "num_tasks": self.reg.count_alive(), "version": __version__,
                 "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
                 "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0,
-                "gc": self.gc.report(), "switch_path": switch_path()}
+                "gc": self.gc.report(), "switch_path": switch_path(),
+                **({"state_db": self.durable.store.stats()} if self.durable else {})}
 
     def _job_errors(self) -> list[dict]:
         return [{"job": n, "path": str(e["path"]), "error": e["error"]}

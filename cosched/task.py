@@ -2,7 +2,9 @@
 
 A job gets its name and id, a structlog logger bound to the task, its
 configuration (the ``config`` table of ``[job.<name>]``), a ``state`` dict that
-survives restarts of the task, ``spawn`` to start further tasks that the
+the daemon keeps in its state database (``checkpoint`` commits it; ``restored``
+tells that it came from an earlier task of the job; see ``cosched.recorder``
+for when it is saved), ``spawn`` to start further tasks that the
 daemon supervises and lists like any other, ``run_process``, which runs a
 command and, if the task is killed meanwhile, ends every process the command
 started, not only the first, and the homes of work that would block the event
@@ -27,8 +29,9 @@ import trio
 import trio_parallel
 
 from . import _worker
+from .statejson import StateError, encode_state
 
-__all__ = ["TaskContext", "TaskFailed", "end_processes"]
+__all__ = ["TaskContext", "TaskFailed", "StateError", "end_processes"]
 
 
 class TaskFailed(Exception):
@@ -38,8 +41,8 @@ class TaskFailed(Exception):
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("name", "id", "_log", "config", "state", "trigger", "_spawner", "_threads",
-                 "_done", "_outcome")
+    __slots__ = ("name", "id", "_log", "config", "state", "trigger", "restored", "_spawner",
+                 "_threads", "_done", "_outcome", "_key", "_checkpointer")
 
     name: str                 # the task's name, unique among alive tasks
     id: int                   # the task's id, unique for the daemon's lifetime
@@ -51,13 +54,18 @@ class TaskContext:
                  state: dict[str, Any] | None = None,
                  spawner: Callable[..., TaskContext] | None = None,
                  threads: trio.CapacityLimiter | None = None,
-                 trigger: dict[str, Any] | None = None) -> None:
+                 trigger: dict[str, Any] | None = None, *, restored: bool = False,
+                 key: str | None = None,
+                 checkpointer: Callable[[TaskContext], Awaitable[None]] | None = None) -> None:
         self.name = name
         self.id = id
         self._log = log   # a logger, or a function (name, id) -> logger called on first use
         self.config = config
         self.state = {} if state is None else state   # kept across restarts of this task
         self.trigger = trigger   # what started it, for a task a hook started (cosched.hooks)
+        self.restored = restored   # state came from an earlier task of the job (saved on disk)
+        self._key = key            # the state's key in the database; None: not kept there
+        self._checkpointer = checkpointer
         self._spawner = spawner
         self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
         self._done: trio.Event | None = None  # made by join(); set once the task has ended
@@ -79,6 +87,20 @@ class TaskContext:
         if not callable(fn):
             raise TypeError(f"spawn: expected an async function, got {type(fn).__name__}")
         return self._spawner(self, fn, args, name)
+
+    async def checkpoint(self) -> None:
+        """Save ``task.state`` now: returns once it is committed to the state database and
+        fsync'd, so it survives a crash of the daemon or the machine from then on.
+
+        Raises ``StateError`` naming the key when the state holds anything but JSON
+        values (dict with string keys, list, str, int, float, bool, None), or when the
+        database cannot write it; the state saved before stays. Outside coschedd (no
+        database) the state is only checked."""
+        if self._checkpointer is None:
+            encode_state(self.state)
+            await trio.lowlevel.checkpoint()
+            return
+        await self._checkpointer(self)
 
     async def join(self) -> Any:
         """Wait until this task has ended; return its result, or raise TaskFailed."""

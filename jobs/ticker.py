@@ -1,7 +1,8 @@
 """Ticker: a timer-driven job that runs forever and keeps a counter across restarts.
 
 Shows: ``trio.sleep_until`` as a real timer inside a coroutine (the daemon's
-event loop waits on it; nothing polls), and ``task.state`` surviving restarts.
+event loop waits on it; nothing polls), and ``task.state`` surviving restarts,
+of the task and of the daemon.
 
 Config (``[job.ticker] config = {...}``):
     interval  seconds between ticks, > 0 (default 5.0)
@@ -9,8 +10,10 @@ Config (``[job.ticker] config = {...}``):
 Interact:
     coschedctl status ticker        # "waiting" in trio.sleep_until between ticks
     coschedctl kill ticker          # stops it; ``coschedctl start ticker`` is a new task
-The counter lives in task.state, so a restart of the same task (restart
-policy) continues counting; a newly started task counts from 0.
+The counter lives in task.state, which the daemon keeps in its state
+database, and each tick is checkpointed: a restart of the task (restart
+policy), a new task of the job (``coschedctl start``) and the first task after
+the daemon restarts, even after it was killed, all count on from the last tick.
 """
 
 import trio
@@ -28,4 +31,5 @@ async def main(task):
         deadline += interval
         await trio.sleep_until(deadline)
         task.state["ticks"] += 1
+        await task.checkpoint()
         task.log.info("tick", ticks=task.state["ticks"], interval=interval)

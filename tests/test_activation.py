@@ -196,7 +196,7 @@ def test_started_on_the_first_connection_by_systemd_socket_activate(tmp_path):
         ping = subprocess.run([COSCHEDCTL, "--socket", str(path), "--json", "ping"],
                               capture_output=True, text=True, timeout=WAIT * 3)
         assert ping.returncode == 0, (ping, (root / "log").read_text())
-        assert f'"pid": {proc.pid}' in ping.stdout   # systemd-socket-activate exec'd coschedd
+        assert json.loads(ping.stdout)["pid"] == proc.pid   # systemd-socket-activate exec'd coschedd
     finally:
         proc.terminate()
         proc.wait(WAIT)

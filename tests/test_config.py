@@ -73,14 +73,16 @@ def test_every_default(tmp_path):
     etc = tmp_path / "etc"
     assert config == Config(
         path=etc / "coschedd.toml", jobs_dir=tmp_path / "jobs", runtime_dir=tmp_path / ".run",
+        state_dir=Path("/var/lib/cosched") if os.geteuid() == 0 else tmp_path / ".state",
         socket=tmp_path / ".run" / "coschedd.sock", socket_mode=0o660, read_users=(),
         read_group=None, control_users=(), control_group=None, max_request_bytes=65536,
         max_connections=64, max_connections_per_user=8, idle_timeout=60.0, log_format="auto",
         log_level="info", step_warning=0.5, stop_timeout=10.0, worker_threads=16, watchdog=True, strict_modes=True,
         job_defaults=JobPolicy(restart="on-failure", restart_delay=1.0, restart_delay_max=30.0,
                                start_limit_burst=5, start_limit_interval=60.0, autostart=True,
-                               step_limit=10.0, enabled=True, config={}),
-        jobs={})
+                               step_limit=10.0, enabled=True, config={}, overlap="skip",
+                               catch_up=False, timezone="", schedule="", every=None),
+        jobs={}, history=True, history_rows=100_000, history_days=30.0)
 
 
 def test_a_partial_table_keeps_the_other_defaults(tmp_path):
@@ -560,3 +562,63 @@ def test_a_mode_that_keeps_out_the_one_configured_group(tmp_path):
 def test_strict_modes_must_be_a_boolean(tmp_path):
     assert error(tmp_path, '[daemon]\nstrict_modes = "no"\n') == \
         'daemon.strict_modes: expected true or false, got "no"'
+
+
+# --- the state folder, the history and timed jobs ---
+
+def test_state_dir_in_the_file_wins_then_systemd_then_root_then_xdg(tmp_path, monkeypatch):
+    assert load(tmp_path, '[daemon]\nstate_dir = "st"\n', STATE_DIRECTORY="/var/lib/x").state_dir \
+        == tmp_path / "etc" / "st"
+    assert load(tmp_path, "", STATE_DIRECTORY="/var/lib/cosched:/var/lib/other").state_dir == \
+        Path("/var/lib/cosched")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert load(tmp_path, "", XDG_STATE_HOME="/home/u/.local/state").state_dir == \
+        Path("/var/lib/cosched")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert load(tmp_path, "", XDG_STATE_HOME="/home/u/.local/state").state_dir == \
+        Path("/home/u/.local/state/cosched")
+    assert load(tmp_path, "").state_dir == tmp_path / ".state"
+
+
+def test_the_repositorys_config_keeps_its_state_in_the_repository_even_for_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert load_config(REPO_CONFIG, environ={}).state_dir == REPO_CONFIG.parent.parent / ".state"
+
+
+def test_history_keys(tmp_path):
+    config = load(tmp_path, "[history]\nrecord = false\nmax_rows = 5000\nmax_age_days = 0\n")
+    assert (config.history, config.history_rows, config.history_days) == (False, 5000, 0.0)
+    assert "history.max_rows: expected an integer from 1000" in error(
+        tmp_path, "[history]\nmax_rows = 10\n")
+
+
+def test_timed_job_keys(tmp_path):
+    config = load(tmp_path, '[jobs]\noverlap = "queue"\ncatch_up = true\n'
+                            '[job.a]\nschedule = "*/5 * * * *"\ntimezone = "Europe/Berlin"\n'
+                            '[job.b]\nevery = "1h30m"\noverlap = "allow"\n[job.c]\nevery = 2.5\n')
+    a, b, c = (config.jobs[n] for n in "abc")
+    assert (a.schedule, a.every, a.timezone, a.overlap, a.catch_up, a.timed) == (
+        "*/5 * * * *", None, "Europe/Berlin", "queue", True, True)
+    assert (b.every, b.overlap, b.schedule, c.every) == (5400.0, "allow", "", 2.5)
+    assert not config.job_defaults.timed and config.job_defaults.overlap == "queue"
+
+
+@pytest.mark.parametrize("table, message", [
+    ('schedule = "* * *"', "job.x.schedule: '* * *' is not a cron expression: it needs 5 fields"),
+    ('schedule = "0 25 * * *"', "job.x.schedule: '0 25 * * *' is not a cron expression: bad "
+                                "hour field"),
+    ("every = 0", "job.x.every: 0 is not more than 0 seconds; an interval must be"),
+    ("every = -3", "job.x.every: -3 is not more than 0 seconds"),
+    ('every = "-1m"', "job.x.every: '-1m' is not more than 0 seconds"),
+    ('every = "often"', "job.x.every: 'often' is not an interval"),
+    ("every = true", "job.x.every: expected a duration > 0, got true"),
+    ('timezone = "Moon/Base"', "job.x.timezone: unknown time zone 'Moon/Base'"),
+    ('overlap = "maybe"', 'job.x.overlap: expected one of "skip", "queue", "allow"'),
+    ('every = "5s"\nschedule = "* * * * *"', "job.x: set schedule or every, not both"),
+])
+def test_bad_timed_job_keys_name_the_job_and_key(tmp_path, table, message):
+    assert error(tmp_path, f"[job.x]\n{table}\n").startswith(message)
+
+
+def test_schedule_and_every_exist_only_per_job(tmp_path):
+    assert error(tmp_path, '[jobs]\nevery = "5s"\n') == "unknown key jobs.every"

@@ -1,12 +1,14 @@
 """Tests of coschedctl: the real CLI in a subprocess against the real control server,
 which runs in a background thread with a recording backend of our own."""
 
+import argparse
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -86,6 +88,19 @@ class Backend:
              "tasks": [7, 8]},
             {"name": "broken", "path": "/srv/jobs/broken.py", "state": "error",
              "error": "boom", "tasks": []},
+        ]}
+
+
+    async def history(self, target=None, since=None, limit=50):
+        self.calls.append(("history", target, since, limit))
+        return {"recording": True, "more": True, "events": [
+            {"seq": 1, "time": 1_700_000_000.0, "task": 7, "name": "ticker", "job": "ticker",
+             "event": "suspended", "values": ["q?", {"a": 1}]},
+            {"seq": 2, "time": 1_700_000_001.0, "task": 7, "name": "ticker", "job": "ticker",
+             "event": "failed", "error": "ValueError: bad\x1b[2J",
+             "traceback": "Traceback (most recent call last):\nValueError: bad\n"},
+            {"seq": 3, "time": 1_700_000_002.0, "task": None, "name": None, "job": "ticker",
+             "event": "run-skipped", "due": 1_700_000_002.0, "alive": [7]},
         ]}
 
 
@@ -470,3 +485,49 @@ def test_the_package_still_offers_coro_on_first_use():
                            "assert 'trio' in sys.modules"], cwd=REPO, capture_output=True,
                           text=True, timeout=WAIT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_history_prints_one_line_per_event_and_tracebacks_under_them(daemon):
+    proc = at(daemon, "history", "ticker", "--limit", "3", "--since", "1700000000")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    assert daemon.backend.calls == [("history", "ticker", 1_700_000_000.0, 3)]
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["TIME", "TASK", "NAME", "JOB", "EVENT", "DETAIL"]
+    assert lines[1].split()[2:] == ["7", "ticker", "ticker", "suspended", '"q?"', '{"a":', "1}"]
+    assert lines[2].split()[5:] == ["failed", "ValueError:", "bad\\x1b[2J"]   # escaped
+    assert lines[3:5] == ["    Traceback (most recent call last):", "    ValueError: bad"]
+    assert lines[5].split()[2:6] == ["-", "-", "ticker", "run-skipped"] and "alive [7]" in lines[5]
+    assert lines[-1].startswith("(older events were recorded too")
+    assert at(daemon, "history", "42").returncode == ctl.EXIT_OK
+    assert daemon.backend.calls[-1] == ("history", 42, None, 50)   # digits: a task id
+
+
+def test_since_takes_ages_times_and_epoch_seconds():
+    now = time.time()
+    assert abs(ctl.since_arg("15m") - (now - 900)) < 5
+    assert abs(ctl.since_arg("2d") - (now - 172800)) < 5
+    assert ctl.since_arg("1700000000") == 1_700_000_000.0
+    assert ctl.since_arg("2024-05-01T12:30:00+00:00") == 1_714_566_600.0
+    for bad in ("soon", "-5m", "15x", "2024-13-01"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
+            ctl.since_arg(bad)
+
+
+@pytest.mark.parametrize("args", [["history", "--limit", "0"], ["history", "--limit", "many"],
+                                  ["history", "--since", "whenever"]])
+def test_bad_history_options_are_usage_errors(daemon, args):
+    proc = at(daemon, *args)
+    assert proc.returncode == ctl.EXIT_USAGE, proc
+    assert daemon.backend.calls == []
+
+
+def test_jobs_shows_schedule_next_and_last_run_of_timed_jobs(daemon):
+    rendered = ctl.render_jobs({"jobs": [
+        {"name": "poll", "state": "loaded", "tasks": [], "path": "/j/poll.py",
+         "schedule": "every 30s", "next_run": 1_700_000_030.0, "last_run": 1_700_000_000.0},
+        {"name": "plain", "state": "loaded", "tasks": [3], "path": "/j/plain.py"}]})
+    lines = rendered.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "TASKS", "SCHEDULE", "NEXT", "LAST", "PATH"]
+    assert lines[1].split()[:5] == ["poll", "loaded", "-", "every", "30s"]
+    assert lines[1].split()[-1] == "/j/poll.py" and lines[1].count(":") == 4   # two times
+    assert lines[2].split() == ["plain", "loaded", "3", "-", "-", "-", "/j/plain.py"]

@@ -37,7 +37,7 @@ _SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "COSCHED_CONF
                  "COSCHED_SOCKET", "RUNTIME_DIRECTORY")
 
 BASE_CONFIG: dict[str, dict[str, Any]] = {
-    "daemon": {"jobs_dir": "jobs", "runtime_dir": "run", "stop_timeout": 5},
+    "daemon": {"jobs_dir": "jobs", "runtime_dir": "run", "state_dir": "state", "stop_timeout": 5},
     "log": {"format": "json", "level": "debug"},
     "jobs": {"restart_delay": 0.05},
 }

@@ -76,3 +76,23 @@ def test_a_failing_listener_is_dropped_and_others_still_hear():
     unsubscribe()
     events.job("job-removed", "a")
     assert len(heard) == 3
+
+
+def test_a_stop_is_announced_before_the_tasks_it_kills(tmp_path):
+    sup = make_supervisor(tmp_path, {"asker": ASKER})
+    seen: list[dict] = []
+    sup.events.subscribe(seen.append)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            with trio.fail_after(10):
+                while not any(e["event"] == "suspended" for e in seen):
+                    await trio.sleep(0.01)
+                assert await sup.stop(5) == []
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    kinds = [e["event"] for e in seen]
+    assert kinds[-2:] == ["stopping", "killed"], kinds
+    assert seen[-1]["traceback"] is None and seen[-1]["error"] is None

@@ -168,7 +168,7 @@ def test_unknown_command_lists_commands():
 def test_command_table_has_the_commands():
     assert set(protocol.COMMANDS) == {"ping", "status", "show", "resume", "kill", "start",
                                       "reload", "jobs", "metrics", "logs", "events", "tree",
-                                      "restart"}
+                                      "restart", "history"}
     assert all(spec.help for spec in protocol.COMMANDS.values())
 
 
@@ -199,7 +199,7 @@ def test_decode_response_returns_result_or_raises():
 def test_every_command_has_a_level_and_only_reads_are_read():
     levels = {name: cmd.level for name, cmd in protocol.COMMANDS.items()}
     assert {name for name, level in levels.items() if level == protocol.READ} == \
-        {"ping", "status", "show", "jobs", "metrics", "logs", "events", "tree"}
+        {"ping", "status", "show", "jobs", "metrics", "logs", "events", "tree", "history"}
     assert set(levels.values()) <= set(protocol.LEVELS)
     assert protocol.Command({}, "a command added later").level == protocol.CONTROL
 

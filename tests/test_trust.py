@@ -270,8 +270,9 @@ def as_daemon_user(base, monkeypatch):
     monkeypatch.setattr(test_daemon, "COSCHEDD", str(wrapper))
 
     def own_runtime_folder(root):
-        (root / "run").mkdir(mode=0o750)
-        os.chown(root / "run", READER, READER)
+        for folder in ("run", "state"):   # the daemon's user writes both
+            (root / folder).mkdir(mode=0o750)
+            os.chown(root / folder, READER, READER)
     return own_runtime_folder
 
 

@@ -56,7 +56,7 @@ def test_show_of_a_task_that_yielded_names_the_job_line(d):
     path = d.jobs_dir / "ask.py"
     d.wait_task("ask", lambda t: t["state"] == "suspended", "asking")
     shown = d.ok("show", "ask")
-    line = line_of(path, 'await coro.yield_("What is your name?")')
+    line = line_of(path, 'await coro.yield_(NAME)')
     assert shown["at"] == {"file": str(path), "line": line, "function": "main"}
     assert shown["stack"] == [shown["at"]]
     assert shown["waiting_on"] == f"coschedctl resume (yielded at ask.py:{line})"

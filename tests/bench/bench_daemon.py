@@ -158,6 +158,7 @@ def daemon(jobs: dict[str, str], config: str = ""):
             (tmp / "jobs" / f"{name}.py").write_text(code)
         (tmp / "coschedd.toml").write_text(
             f'[daemon]\njobs_dir = "{tmp / "jobs"}"\nruntime_dir = "{tmp / "run"}"\n'
+            f'state_dir = "{tmp / "state"}"\n'
             '[log]\nformat = "json"\nlevel = "warning"\n' + config)
         sock = tmp / "run" / "coschedd.sock"
         env = {k: v for k, v in os.environ.items()

@@ -1,0 +1,648 @@
+"""The state database: one SQLite file under the daemon's state folder, written by one thread.
+
+What it holds: each job's ``task.state`` (as JSON text), the jobs whose tasks a
+graceful stop interrupted, the task-id high-water mark, every task's history
+(start, suspensions and resumptions with their values, end, result, error,
+traceback) and the last run of each timed job.
+
+Design
+------
+- Opening happens at start-up, before any job runs, and may block: it takes the
+  folder's lock file (one daemon per state folder), creates or migrates the
+  schema (``PRAGMA user_version`` counts the migrations applied; a newer file
+  than this code knows is refused, never rewritten), checks the file
+  (``quick_check``) and reads what the daemon needs at start (``Initial``).
+  A file that is not a database, or is corrupt, is renamed aside with its WAL
+  and reported as ``StoreError``; it is never emptied or overwritten. Any other
+  failure (a folder that cannot be written, a file that cannot be read) is a
+  ``StoreError`` naming the path and leaves everything as it was.
+- After that the database is touched only by the writer thread, which owns the
+  connection. The event loop appends operations to a queue (a deque under a
+  condition: constant time, no I/O) and returns. The thread sleeps in an untimed
+  wait while the queue is empty, so an idle daemon makes no system calls.
+- Group commit: the thread takes everything queued at once and applies it in one
+  transaction. Under load many checkpoints share one commit; states of the same
+  key in one batch collapse to the last. A batch that nobody waits for (history,
+  the states saved at suspensions and ends) lingers up to ``LINGER`` for more
+  work to share its commit; an operation someone waits for (a checkpoint, a
+  read) ends the lingering at once. The timed wait happens only with work
+  pending, never while idle. ``synchronous = FULL`` in WAL mode: when
+  ``COMMIT`` returns, the WAL has been fsync'd. Whoever waits for an operation
+  (``done`` callbacks) hears only after its commit, or gets the error.
+- Reads (history, tasks that ended before a restart) are queued like writes and
+  run after the writes queued before them, so they see everything the daemon
+  has recorded so far.
+- Retention: after every ``PRUNE_EVERY`` new events (and at start) the thread
+  deletes, in bounded chunks, events beyond ``max_rows`` or older than
+  ``max_days``, and ended tasks that no event is left for.
+
+Nothing here knows trio: callbacks run in the writer thread; the caller turns
+them into event-loop wake-ups (``cosched.recorder``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+__all__ = ["Store", "StoreError", "Initial", "DB_NAME", "LOCK_NAME", "SCHEMA_VERSION"]
+
+log = structlog.get_logger("cosched.store")
+
+DB_NAME = "cosched.db"
+LOCK_NAME = "coschedd.lock"
+ID_BLOCK = 1024          # task ids reserved (committed) ahead of use; see reserve_ids
+PRUNE_CHUNK = 5000       # rows one prune statement deletes at most, so a commit stays short
+LINGER = 0.01            # seconds a batch nobody waits for may wait for more to share its commit
+LINGER_OPS = 1000        # ... unless it has this many operations already
+MAX_COMMIT_OPS = 4000    # operations in one transaction at most
+LOST = "coschedd ended without stopping the task (it was killed or crashed)"
+
+Done = Callable[[Any, BaseException | None], None]   # (result, error), in the writer thread
+
+MIGRATIONS: list[list[str]] = [
+    [   # 1: the first schema
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+        "CREATE TABLE states (key TEXT PRIMARY KEY, state TEXT NOT NULL, task INTEGER,"
+        " saved REAL NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE interrupted (job TEXT PRIMARY KEY, task INTEGER, time REAL NOT NULL)"
+        " WITHOUT ROWID",
+        "CREATE TABLE tasks (id INTEGER PRIMARY KEY, name TEXT NOT NULL, job TEXT NOT NULL,"
+        " parent INTEGER, path TEXT, started REAL NOT NULL, ended REAL, ended_seq INTEGER,"
+        " state TEXT NOT NULL, restarts INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT,"
+        " traceback TEXT)",
+        "CREATE INDEX tasks_name ON tasks (name, id)",
+        "CREATE INDEX tasks_ended ON tasks (ended_seq)",
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, time REAL NOT NULL, task INTEGER,"
+        " job TEXT NOT NULL, event TEXT NOT NULL, data TEXT)",
+        "CREATE INDEX events_task ON events (task, seq)",
+        "CREATE INDEX events_job ON events (job, seq)",
+        "CREATE INDEX events_time ON events (time)",
+        "CREATE TABLE timers (job TEXT PRIMARY KEY, last_due REAL, last_run REAL,"
+        " last_task INTEGER) WITHOUT ROWID",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The state database cannot be used; the message names the path and the reason."""
+
+
+@dataclass
+class Initial:
+    """What the daemon reads at start, before any job runs."""
+
+    next_id: int                                  # first task id of this run
+    states: dict[str, str] = field(default_factory=dict)        # key -> JSON text
+    interrupted: dict[str, int] = field(default_factory=dict)   # job -> task id
+    timers: dict[str, tuple[float | None, float | None, int | None]] = field(
+        default_factory=dict)                     # job -> (last_due, last_run, last_task)
+    lost: list[int] = field(default_factory=list)  # tasks alive when the daemon died
+    moved_aside: Path | None = None
+
+
+class Store:
+    """The database file, its lock, and the writer thread (see the module docstring)."""
+
+    def __init__(self, folder: Path, *, max_rows: int = 100_000, max_days: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / DB_NAME
+        self.max_rows, self.max_days, self.clock = max_rows, max_days, clock
+        self.prune_every = max(1000, max_rows // 20)
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._queue: deque[tuple] = deque()   # operations not yet taken by the thread
+        self._cond = threading.Condition()
+        self._idle = True                     # the thread waits for work (under _cond)
+        self._lingering = False               # ... or for more work to join a batch
+        self._urgent = False                  # someone waits for an operation queued
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._since_prune = 0                 # events inserted since the last prune
+        self._seq = 0                         # the last event's seq (the writer numbers them)
+        self.commits = 0                      # transactions committed by the writer
+        self.operations = 0                   # operations in them
+        self.failed_commits = 0
+
+    # ------------------------------------------------------------ opening (start-up)
+
+    def open(self) -> Initial:
+        """Lock, create or migrate, check and read the database; raises StoreError."""
+        self.prepare_folder()
+        self._take_lock()
+        try:
+            return self._open_db()
+        except BaseException:
+            self._release()
+            raise
+
+    def prepare_folder(self) -> None:
+        """Create the state folder if missing; StoreError if it is not a writable folder."""
+        folder = self.folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as e:
+            raise StoreError(f"cannot create the state folder {folder}: {e.strerror}") from None
+        if not folder.is_dir():
+            raise StoreError(f"the state folder {folder} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreError(f"the state folder {folder} is not writable by uid {os.geteuid()} "
+                             "(the daemon's user must own it, or be allowed to write to it)")
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StoreError(f"the state database {self.path} is not readable and writable by "
+                             f"uid {os.geteuid()}")
+
+    def _take_lock(self) -> None:
+        """One daemon per state folder. A POSIX lock: released when the process ends,
+        and not inherited by processes that jobs fork."""
+        path = self.folder / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            raise StoreError(f"cannot open {path}: {e.strerror}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                raise StoreError(f"the state folder {self.folder} is in use by another coschedd "
+                                 f"(pid {other}); give each daemon its own daemon.state_dir") \
+                    from None
+            raise StoreError(f"cannot lock {path}: {e.strerror}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open_db(self) -> Initial:
+        conn = None
+        try:
+            conn = self._connect()
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"the state database {self.path} has schema version {version}, "
+                                 f"newer than this coschedd's {SCHEMA_VERSION}; it was written "
+                                 "by a newer cosched, so it is left untouched")
+            self._check(conn)
+            self._migrate(conn, version)
+            init = self._read_initial(conn)
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                    raise StoreError(self._quarantine(str(e))) from None
+                raise StoreError(f"cannot use the state database {self.path}: {e}") from None
+            raise
+        self._conn = conn
+        return init
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=0)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = OFF")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            err = sqlite3.DatabaseError("; ".join(problems))
+            err.sqlite_errorname = "SQLITE_CORRUPT"
+            raise err
+
+    def _quarantine(self, reason: str) -> str:
+        """Rename the database and its WAL aside; the message for the operator."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, f"{aside}{suffix}")
+        return (f"the state database {self.path} is not usable ({reason}); it was moved to "
+                f"{aside} (nothing was deleted). Start coschedd again to begin with an empty "
+                "database, or put a good copy back in its place")
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        for n in range(version, SCHEMA_VERSION):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[n]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {n + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if n:
+                log.info("state database migrated", path=str(self.path), version=n + 1)
+
+    def _read_initial(self, conn: sqlite3.Connection) -> Initial:
+        """What the daemon starts from; tasks left alive by a daemon that died are ended
+        as lost, and a block of ids is reserved."""
+        now = self.clock()
+        one = lambda sql: conn.execute(sql).fetchone()[0]
+        next_id = max(int(one("SELECT coalesce(max(value), 1) FROM meta WHERE key = 'next_id'")),
+                      one("SELECT coalesce(max(id), 0) FROM tasks") + 1,
+                      one("SELECT coalesce(max(task), 0) FROM events") + 1)
+        init = Initial(next_id=next_id)
+        init.states = dict(conn.execute("SELECT key, state FROM states"))
+        init.interrupted = dict(conn.execute("SELECT job, task FROM interrupted"))
+        init.timers = {job: (due, run, task) for job, due, run, task in
+                       conn.execute("SELECT job, last_due, last_run, last_task FROM timers")}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            init.lost = self._end_lost(conn, now)
+            self._put_meta(conn, "next_id", next_id + ID_BLOCK)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._prune(conn)
+        self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        return init
+
+    def _end_lost(self, conn: sqlite3.Connection, now: float) -> list[int]:
+        lost = [row[0] for row in conn.execute("SELECT id FROM tasks WHERE ended IS NULL")]
+        data = json.dumps({"error": LOST})
+        for tid in lost:
+            last, job = conn.execute("SELECT max(e.time), t.job FROM tasks t LEFT JOIN events e "
+                                     "ON e.task = t.id WHERE t.id = ?", (tid,)).fetchone()
+            conn.execute("INSERT INTO events (time, task, job, event, data) VALUES (?, ?, ?, ?, ?)",
+                         (now, tid, job, "lost", data))
+            conn.execute("UPDATE tasks SET ended = ?, ended_seq = last_insert_rowid(), state = "
+                         "'lost', error = ? WHERE id = ?", (last or now, LOST, tid))
+        return lost
+
+    @staticmethod
+    def _put_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------ the writer thread
+
+    def start(self) -> None:
+        """Start the writer thread (after ``open``)."""
+        self._thread = threading.Thread(target=self._run, name="cosched state writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _submit(self, op: tuple) -> None:
+        urgent = op[-1] is not None   # a done callback: someone waits for it
+        with self._cond:
+            self._queue.append(op)
+            if self._idle or urgent and self._lingering:
+                self._cond.notify()
+            self._urgent = self._urgent or urgent
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._idle = True
+                    self._cond.wait()
+                self._idle = False
+                if not (self._urgent or self._closing) and len(self._queue) < LINGER_OPS:
+                    self._lingering = True
+                    self._cond.wait(LINGER)
+                    self._lingering = False
+                batch, self._queue = self._queue, deque()
+                self._urgent = False
+                closing = self._closing and not batch
+            if closing:
+                return
+            try:
+                self._apply(batch)
+            except Exception:  # noqa: BLE001 - a bug of ours must not end the writer
+                log.exception("state database: a batch failed", operations=len(batch))
+
+    def _apply(self, batch: deque[tuple]) -> None:
+        """Run a batch: consecutive writes in one transaction (at most MAX_COMMIT_OPS, so
+        that a backlog is committed in steps and its first waiters hear early), reads
+        after what precedes them."""
+        writes: list[tuple] = []
+        for op in batch:
+            if op[0] == "read":
+                self._commit(writes)
+                writes = []
+                self._read(op[1], op[2])
+                continue
+            writes.append(op)
+            if len(writes) >= MAX_COMMIT_OPS:
+                self._commit(writes)
+                writes = []
+        self._commit(writes)
+        if self._since_prune >= self.prune_every:
+            self._since_prune = 0
+            self._guarded(self._prune, self._conn)
+
+    def _commit(self, ops: list[tuple]) -> None:
+        if not ops:
+            return
+        conn = self._conn
+        waiters = [op[-1] for op in ops if op[-1] is not None]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_all(conn, ops)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except Exception as e:  # noqa: BLE001 - sqlite3.Error, or a value it cannot bind
+            self.failed_commits += 1
+            log.error("state database: could not commit; these changes are lost",
+                      path=str(self.path), error=str(e), operations=len(ops))
+            for done in waiters:
+                done(None, e)
+            return
+        self.commits += 1
+        self.operations += len(ops)
+        for done in waiters:
+            done(None, None)
+
+    def _write_all(self, conn: sqlite3.Connection, ops: list[tuple]) -> None:
+        """Apply a batch's writes. Rows of the history are gathered and written with one
+        executemany per statement (events get their seq here, so an end knows its own);
+        a task that starts again after an end in the same batch flushes them first, so
+        that the order of its rows holds."""
+        states: dict[str, tuple] = {}
+        rows = _Rows()
+        for i, op in enumerate(ops):
+            if i & 255 == 255:
+                time.sleep(0)   # let the event loop have the GIL: it never waits long for us
+            kind = op[0]
+            if kind == "state":
+                states[op[1]] = op[1:4]          # the last state of a key in the batch wins
+            elif kind == "event":
+                rows.events.append((self._new_seq(), *op[1:6]))
+            elif kind == "start":
+                tid, name, job, parent, path, started, restarts = op[1:8]
+                if tid in rows.ended:
+                    self._flush(conn, rows)
+                rows.starts.append((tid, name, job, parent, path, started, restarts))
+                rows.events.append((self._new_seq(), started, tid, job, "started",
+                                    json.dumps({"restarts": restarts}) if restarts else None))
+            elif kind == "end":
+                tid, when, job, event, data, state, result, error, tb = op[1:10]
+                seq = self._new_seq()
+                rows.events.append((seq, when, tid, job, event, data))
+                rows.ends.append((when, seq, state, result, error, tb, tid))
+                rows.ended.add(tid)
+            else:
+                _WRITERS[kind](conn, *op[1:-1])
+        self._flush(conn, rows)
+        if states:
+            conn.executemany("INSERT OR REPLACE INTO states (key, state, task, saved) "
+                             "VALUES (?, ?, ?, ?)", [(*s, self.clock()) for s in states.values()])
+
+    def _new_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _flush(self, conn: sqlite3.Connection, rows: _Rows) -> None:
+        if rows.starts:
+            conn.executemany(
+                "INSERT INTO tasks (id, name, job, parent, path, started, state, restarts) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) ON CONFLICT (id) DO UPDATE SET "
+                "ended = NULL, ended_seq = NULL, state = 'running', restarts = excluded.restarts",
+                rows.starts)
+        if rows.events:
+            conn.executemany("INSERT INTO events (seq, time, task, job, event, data) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows.events)
+            self._since_prune += len(rows.events)
+        if rows.ends:
+            conn.executemany("UPDATE tasks SET ended = ?, ended_seq = ?, state = ?, result = ?, "
+                             "error = ?, traceback = ? WHERE id = ?", rows.ends)
+        rows.__init__()
+
+    def _read(self, query: Callable[[sqlite3.Connection], Any], done: Done) -> None:
+        try:
+            result = query(self._conn)
+        except Exception as e:  # noqa: BLE001 - the caller gets it, the thread goes on
+            done(None, e)
+            return
+        done(result, None)
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - pruning is retried at the next chance
+            log.error("state database: pruning the history failed", error=str(e))
+
+    # ------------------------------------------------------------ retention
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Delete events beyond max_rows or older than max_days, then ended tasks without
+        events; each statement bounded to PRUNE_CHUNK rows (the rest waits for the next
+        prune), so a commit never takes long."""
+        top = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        cutoff = top - self.max_rows
+        statements = [("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? "
+                       "ORDER BY seq LIMIT ?)", (cutoff, PRUNE_CHUNK))]
+        if self.max_days > 0:
+            old = self.clock() - self.max_days * 86400
+            statements.append(("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE "
+                               "time < ? ORDER BY time LIMIT ?)", (old, PRUNE_CHUNK)))
+        first = "(SELECT coalesce(min(seq), 1 << 62) FROM events)"
+        statements.append((f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+                           f"ended_seq < {first} ORDER BY ended_seq LIMIT ?)", (PRUNE_CHUNK,)))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                conn.execute(sql, args)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------ operations (any thread)
+
+    def put_state(self, key: str, text: str, task: int | None, done: Done | None = None) -> None:
+        self._submit(("state", key, text, task, done))
+
+    def task_started(self, tid: int, name: str, job: str, parent: int | None, path: str,
+                     started: float, restarts: int) -> None:
+        self._submit(("start", tid, name, job, parent, path, started, restarts, None))
+
+    def event(self, when: float, task: int | None, job: str, kind: str,
+              data: str | None, done: Done | None = None) -> None:
+        self._submit(("event", when, task, job, kind, data, done))
+
+    def task_ended(self, tid: int, when: float, job: str, kind: str, data: str,
+                   state: str, result: str | None, error: str | None,
+                   traceback: str | None) -> None:
+        self._submit(("end", tid, when, job, kind, data, state, result, error, traceback, None))
+
+    def interrupted(self, job: str, task: int | None, when: float) -> None:
+        """``task`` None: the job's interruption has been dealt with (it was restarted)."""
+        self._submit(("interrupted", job, task, when, None))
+
+    def reserve_ids(self, below: int) -> None:
+        """Ids below ``below`` may be handed out, also after a crash: the next start's
+        ids begin at or above it."""
+        self._submit(("meta", "next_id", below, None))
+
+    def timer(self, job: str, last_due: float | None, last_run: float | None,
+              last_task: int | None) -> None:
+        self._submit(("timer", job, last_due, last_run, last_task, None))
+
+    def read(self, query: Callable[[sqlite3.Connection], Any], done: Done) -> None:
+        """Run ``query(connection)`` in the writer thread, after what is queued before it."""
+        self._submit(("read", query, done))
+
+    def barrier(self, done: Done) -> None:
+        """``done`` is called once everything queued before it is committed."""
+        self._submit(("meta", "barrier", None, done))
+
+    def stats(self) -> dict:
+        """For status: the file, commits so far, their operations, failures, the backlog."""
+        return {"path": str(self.path), "commits": self.commits, "operations": self.operations,
+                "failed_commits": self.failed_commits, "queued": len(self._queue)}
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Commit what is queued, stop the thread and close the file; whether it finished
+        within ``timeout`` (a stuck disk). Blocks: call it off the event loop, or at exit."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+        self._release()
+        return True
+
+
+class _Rows:
+    """History rows of a batch not written yet (see Store._write_all)."""
+
+    __slots__ = ("starts", "events", "ends", "ended")
+
+    def __init__(self) -> None:
+        self.starts: list[tuple] = []
+        self.events: list[tuple] = []
+        self.ends: list[tuple] = []
+        self.ended: set[int] = set()   # tasks with an end among them
+
+
+def _interrupted(conn: sqlite3.Connection, job: str, task: int | None, when: float) -> None:
+    if task is None:
+        conn.execute("DELETE FROM interrupted WHERE job = ?", (job,))
+    else:
+        conn.execute("INSERT OR REPLACE INTO interrupted (job, task, time) VALUES (?, ?, ?)",
+                     (job, task, when))
+
+
+def _meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+    if key != "barrier":
+        Store._put_meta(conn, key, value)
+
+
+def _timer(conn: sqlite3.Connection, job: str, due: float | None, run: float | None,
+           task: int | None) -> None:
+    conn.execute("INSERT INTO timers (job, last_due, last_run, last_task) VALUES (?, ?, ?, ?) "
+                 "ON CONFLICT (job) DO UPDATE SET last_due = excluded.last_due, "
+                 "last_run = coalesce(excluded.last_run, last_run), "
+                 "last_task = coalesce(excluded.last_task, last_task)", (job, due, run, task))
+
+
+_WRITERS: dict[str, Callable[..., None]] = {
+    "interrupted": _interrupted, "meta": _meta, "timer": _timer,
+}
+
+
+# ---------------------------------------------------------------- queries (run by the writer)
+
+def history_query(target: int | str | None, since: float | None,
+                  limit: int) -> Callable[[sqlite3.Connection], dict]:
+    """Events of a task (an id), of a job or task name, or of all; newest ``limit``, oldest
+    first; ``more`` tells whether older ones matched too."""
+    where, args = [], []
+    if isinstance(target, int):
+        where.append("e.task = ?")
+        args.append(target)
+    elif target is not None:
+        where.append("(e.job = ? OR e.task IN (SELECT id FROM tasks WHERE name = ?))")
+        args += [target, target]
+    if since is not None:
+        where.append("e.time >= ?")
+        args.append(since)
+    sql = ("SELECT e.seq, e.time, e.task, t.name, e.job, e.event, e.data FROM events e "
+           "LEFT JOIN tasks t ON t.id = e.task" + (" WHERE " + " AND ".join(where) if where
+                                                    else "") + " ORDER BY e.seq DESC LIMIT ?")
+
+    def run(conn: sqlite3.Connection) -> dict:
+        rows = conn.execute(sql, (*args, limit + 1)).fetchall()
+        events = [{"seq": seq, "time": when, "task": task, "name": name, "job": job,
+                   "event": kind, **(json.loads(data) if data else {})}
+                  for seq, when, task, name, job, kind, data in reversed(rows[:limit])]
+        return {"events": events, "more": len(rows) > limit}
+    return run
+
+
+def known_query(target: int | str) -> Callable[[sqlite3.Connection], bool]:
+    """Whether the history has a task of that id, or a job or task of that name."""
+    def run(conn: sqlite3.Connection) -> bool:
+        if isinstance(target, int):
+            row = conn.execute("SELECT 1 FROM tasks WHERE id = ?", (target,)).fetchone()
+            return row is not None
+        return conn.execute("SELECT 1 WHERE EXISTS (SELECT 1 FROM events WHERE job = ?) OR "
+                            "EXISTS (SELECT 1 FROM tasks WHERE name = ?)",
+                            (target, target)).fetchone() is not None
+    return run
+
+
+def task_query(ref: int | str) -> Callable[[sqlite3.Connection], dict | None]:
+    """A recorded task by id, or the newest of that name, with its last suspension's or
+    interruption's values; None if the history has none."""
+    columns = ("id", "name", "job", "parent", "path", "started", "ended", "state", "restarts",
+               "result", "error", "traceback")
+    by = "id = ?" if isinstance(ref, int) else "name = ? ORDER BY id DESC LIMIT 1"
+
+    def run(conn: sqlite3.Connection) -> dict | None:
+        row = conn.execute(f"SELECT {', '.join(columns)} FROM tasks WHERE {by}", (ref,)).fetchone()
+        if row is None:
+            return None
+        task = dict(zip(columns, row, strict=True))
+        last = conn.execute("SELECT event, data FROM events WHERE task = ? AND event IN "
+                            "('suspended', 'interrupted') ORDER BY seq DESC LIMIT 1",
+                            (task["id"],)).fetchone()
+        values = json.loads(last[1]).get("values") if last and last[1] else None
+        task["yielded"] = values if task["state"] == "interrupted" else None
+        if task["state"] == "finished" and task["result"] is None:   # kept with its event
+            end = conn.execute("SELECT data FROM events WHERE task = ? AND event = 'finished' "
+                               "ORDER BY seq DESC LIMIT 1", (task["id"],)).fetchone()
+            task["result"] = json.loads(end[0]).get("result") if end and end[0] else None
+        elif task["result"] is not None:
+            task["result"] = json.loads(task["result"])
+        return task
+    return run

@@ -1,0 +1,280 @@
+"""The state database on real files: schema, corrupt and foreign files, the lock, the writer
+thread's group commits, ids, lost tasks, retention and the history queries."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cosched.store import (DB_NAME, ID_BLOCK, LOST, SCHEMA_VERSION, Store, StoreError,
+                           history_query, task_query)
+
+WAIT = 10.0
+
+
+class Done:
+    """A done callback that a test can wait on (the writer thread calls it)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.result = self.error = None
+
+    def __call__(self, result, error) -> None:
+        self.result, self.error = result, error
+        self.event.set()
+
+    def wait(self):
+        assert self.event.wait(WAIT), "the writer thread did not answer"
+        assert self.error is None, self.error
+        return self.result
+
+
+def opened(folder: Path, **kw) -> tuple[Store, object]:
+    store = Store(folder, **kw)
+    initial = store.open()
+    store.start()
+    return store, initial
+
+
+def read(store: Store, query):
+    done = Done()
+    store.read(query, done)
+    return done.wait()
+
+
+def test_a_new_database_is_created_with_the_current_schema(tmp_path):
+    store, initial = opened(tmp_path / "state")
+    assert initial.next_id == 1 and initial.states == {} and initial.lost == []
+    assert store.close()
+    conn = sqlite3.connect(tmp_path / "state" / DB_NAME)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert oct(os.stat(tmp_path / "state").st_mode & 0o777) == "0o750"
+
+
+def test_states_are_committed_in_order_and_read_back_after_a_reopen(tmp_path):
+    store, _ = opened(tmp_path)
+    done = Done()
+    for n in range(100):
+        store.put_state("job", f'{{"n":{n}}}', 7)
+    store.put_state("other", '{"x":1}', 8, done)
+    done.wait()   # committed: the callback comes after the COMMIT returned
+    assert store.close()
+    store, initial = opened(tmp_path)
+    assert initial.states == {"job": '{"n":99}', "other": '{"x":1}'}
+    store.close()
+
+
+def test_ids_are_reserved_ahead_and_never_handed_out_twice(tmp_path):
+    store, initial = opened(tmp_path)
+    assert initial.next_id == 1
+    store.task_started(1, "a", "a", None, "/j/a.py", 1.0, 0)
+    store.reserve_ids(5000)      # what the recorder does before its ids reach the block's end
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    store._thread.join(0)        # no close: as if the daemon had been killed
+    store._release()
+    again = Store(tmp_path)
+    initial = again.open()
+    assert initial.next_id == 5000, "an id below the reservation could have been in use"
+    assert initial.lost == [1]
+    again.close()
+    third = Store(tmp_path)
+    assert third.open().next_id == 5000 + ID_BLOCK   # each start reserves a block
+    third.close()
+
+
+def test_tasks_alive_when_the_daemon_died_are_recorded_as_lost(tmp_path):
+    store, _ = opened(tmp_path)
+    now = time.time()
+    store.task_started(3, "t", "job", None, "/j/job.py", now - 2, 0)
+    store.event(now - 1, 3, "job", "suspended", '{"values":["q"]}')
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    store._release()             # killed: nothing ended the task
+    store, initial = opened(tmp_path)
+    assert initial.lost == [3]
+    task = read(store, task_query(3))
+    assert (task["state"], task["error"], task["ended"]) == ("lost", LOST, now - 1)
+    events = read(store, history_query(3, None, 10))["events"]
+    assert [e["event"] for e in events] == ["started", "suspended", "lost"]
+    store.close()
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_never_emptied(tmp_path):
+    db = tmp_path / DB_NAME
+    junk = b"these are my notes, not a database\n" * 200
+    db.write_bytes(junk)
+    with pytest.raises(StoreError) as info:
+        Store(tmp_path).open()
+    message = str(info.value)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(f"{DB_NAME}.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == junk
+    assert message.startswith(f"the state database {db} is not usable (file is not a database)")
+    assert f"it was moved to {aside[0]} (nothing was deleted)" in message
+    assert not db.exists()
+    store, initial = opened(tmp_path)   # the next start begins with an empty database
+    assert initial.states == {}
+    store.close()
+
+
+def test_a_damaged_database_is_moved_aside_with_its_wal(tmp_path):
+    store, _ = opened(tmp_path)
+    done = Done()
+    for n in range(2000):
+        store.event(float(n), n, "job", "suspended", '{"values":["' + "x" * 200 + '"]}')
+    store.barrier(done)
+    done.wait()
+    store.close()
+    db = tmp_path / DB_NAME
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page * 3: page * 40] = os.urandom(page * 37)   # pages of the tables, not the header
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="is not usable") as info:
+        Store(tmp_path).open()
+    assert "moved to" in str(info.value)
+    assert not db.exists()
+    assert any(p.name.startswith(f"{DB_NAME}.corrupt-") for p in tmp_path.iterdir())
+
+
+def test_a_database_of_a_newer_schema_is_refused_untouched(tmp_path):
+    store, _ = opened(tmp_path)
+    store.close()
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    before = (tmp_path / DB_NAME).read_bytes()
+    with pytest.raises(StoreError, match=f"has schema version {SCHEMA_VERSION + 1}, newer than"):
+        Store(tmp_path).open()
+    assert (tmp_path / DB_NAME).read_bytes() == before
+
+
+def test_one_daemon_per_state_folder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cosched.store import Store; "
+         f"Store({str(tmp_path)!r}).open(); print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(StoreError, match=f"the state folder {tmp_path} is in use by another "
+                                             f"coschedd \\(pid {holder.pid}\\)"):
+            Store(tmp_path).open()
+    finally:
+        holder.stdin.close()
+        holder.wait(WAIT)
+    store, _ = opened(tmp_path)   # free again once its holder has ended
+    store.close()
+
+
+def test_a_state_folder_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "state").write_text("")
+    with pytest.raises(StoreError, match=f"cannot create the state folder {tmp_path / 'state'}"):
+        Store(tmp_path / "state").open()
+
+
+def test_history_queries_by_task_job_name_since_and_limit(tmp_path):
+    store, _ = opened(tmp_path)
+    store.task_started(1, "ask", "ask", None, "/j/ask.py", 10.0, 0)
+    store.event(11.0, 1, "ask", "suspended", '{"values":["name?"]}')
+    store.task_started(2, "ask.2", "ask", 1, "/j/ask.py", 12.0, 0)
+    store.task_ended(2, 13.0, "ask", "failed", '{"error":"E: x"}', "failed", None, "E: x", "tb")
+    store.task_started(3, "other", "other", None, "/j/other.py", 14.0, 0)
+    store.event(15.0, None, "other", "job-loaded", '{"path":"/j/other.py"}')
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    kinds = lambda q: [(e["task"], e["event"]) for e in read(store, q)["events"]]
+    assert kinds(history_query(1, None, 50)) == [(1, "started"), (1, "suspended")]
+    assert kinds(history_query("ask", None, 50)) == [(1, "started"), (1, "suspended"),
+                                                    (2, "started"), (2, "failed")]
+    assert kinds(history_query("ask.2", None, 50)) == [(2, "started"), (2, "failed")]
+    assert kinds(history_query(None, 13.5, 50)) == [(3, "started"), (None, "job-loaded")]
+    last = read(store, history_query(None, None, 2))
+    assert last["more"] is True and [e["event"] for e in last["events"]] == ["started",
+                                                                            "job-loaded"]
+    assert read(store, history_query(1, None, 50))["events"][1]["values"] == ["name?"]
+    task = read(store, task_query("ask.2"))
+    assert (task["id"], task["parent"], task["state"], task["traceback"]) == (2, 1, "failed", "tb")
+    assert read(store, task_query(99)) is None
+    store.close()
+
+
+def test_retention_keeps_max_rows_and_drops_ended_tasks_without_events(tmp_path):
+    store, _ = opened(tmp_path, max_rows=100, max_days=0)
+    store.prune_every = 50
+    for tid in range(1, 301):   # 300 tasks, 2 events each
+        store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
+        store.task_ended(tid, tid + 0.5, "job", "finished", "{}", "finished", "1", None, None)
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    store.event(999.0, None, "job", "job-loaded", None)   # one more batch: the prune follows it
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    tasks = conn.execute("SELECT min(id), count(*) FROM tasks").fetchone()
+    assert 100 <= events <= 150, events       # pruned at every 50 new events down to 100
+    assert tasks[1] <= 75 and tasks[0] > 200, tasks   # only tasks that still have events
+    store.close()
+
+
+def test_retention_by_age(tmp_path):
+    now = [1_000_000.0]
+    store, _ = opened(tmp_path, max_rows=10_000, max_days=1, clock=lambda: now[0])
+    store.prune_every = 1
+    store.event(now[0] - 2 * 86400, None, "job", "job-loaded", None)
+    store.event(now[0] - 10, None, "job", "job-removed", None)
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    store.event(now[0], None, "job", "job-loaded", None)
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    events = read(store, history_query(None, None, 50))["events"]
+    assert [e["event"] for e in events] == ["job-removed", "job-loaded"]
+    store.close()
+
+
+def test_a_failed_commit_reports_the_error_to_its_waiter_and_the_thread_goes_on(tmp_path):
+    store, _ = opened(tmp_path)
+    bad = Done()
+    store.event(1.0, 1, "job", "suspended", "\udcff", bad)   # SQLite cannot store this text
+    assert bad.event.wait(WAIT) and bad.error is not None
+    assert store.failed_commits == 1
+    good = Done()
+    store.put_state("job", "{}", 1, good)
+    good.wait()
+    store.close()
+
+
+def test_a_later_migration_upgrades_an_existing_database_and_keeps_its_data(tmp_path,
+                                                                          monkeypatch):
+    import cosched.store as store_module
+    store, _ = opened(tmp_path)
+    done = Done()
+    store.put_state("job", '{"n":1}', 1, done)
+    done.wait()
+    store.close()
+    later = [*store_module.MIGRATIONS, ["ALTER TABLE states ADD COLUMN note TEXT"]]
+    monkeypatch.setattr(store_module, "MIGRATIONS", later)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(later))
+    store, initial = opened(tmp_path)
+    assert initial.states == {"job": '{"n":1}'}
+    store.close()
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(states)")]
