@@ -195,8 +195,10 @@ class Supervisor:
                     report["removed"].append(name)
             return
         entry = self.job_table.get(name)
-        if entry is not None and entry["signature"] == sig and entry["path"] == path:
-            return
+        if entry is not None and entry["signature"] == sig and entry["path"] == path and (
+                entry["job"] is not None or report is None):
+            return   # unchanged; a refused file is tried again by every rescan (a reload):
+                     # what refused it may lie outside the file (a folder above, the config)
         job, error = self._load(name, path)
         self.job_table[name] = {"path": path, "job": job, "error": error, "signature": sig}
         if job is None:

@@ -295,3 +295,25 @@ def test_an_ended_task_leaves_no_step_behind(daemon):
     time.sleep(0.2 + 5 + 1.5)   # past step_limit + STUCK_GRACE
     assert d.proc.poll() is None, d.log_tail()
     assert d.ok("ping")["pid"] == d.proc.pid
+
+
+SWALLOWS_TIMEOUTS = """
+    from cosched import coro
+
+    async def main(task):
+        await coro.yield_("ready")
+        while True:            # swallows every interruption, so none can end the step
+            try:
+                while True:
+                    pass
+            except BaseException:
+                pass
+"""
+
+
+def test_a_step_that_cannot_be_interrupted_ends_the_daemon_with_code_4(daemon):
+    d, by = start_with_bystander(daemon, {"stubborn": SWALLOWS_TIMEOUTS}, limited(0.5))
+    go(d, "stubborn")
+    assert d.wait_exit(timeout=0.5 + 5 + 20) == 4, d.log_tail()
+    record = next(r for r in d.log_records() if r.get("event") == "coschedd is ending itself")
+    assert record["task"] == "stubborn" and "cannot be interrupted" in record["reason"], record

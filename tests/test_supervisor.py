@@ -318,3 +318,23 @@ def test_a_long_status_arrives_whole_in_one_line_and_filters_use_indexes(daemon)
     killed = d.ok("status", "--state", "killed")["tasks"]
     assert [t["name"] for t in killed] == ["bystander"]
     assert d.ok("status")["daemon"]["num_tasks"] == n + 1
+
+
+def test_a_refused_file_is_tried_again_at_reload(daemon):
+    """What refused a file may lie outside it (here a folder's mode): a reload checks again."""
+    import os
+
+    d, by = start_with_bystander(daemon, {})
+    sub = d.jobs_dir / "sub"
+    sub.mkdir()
+    write_job(sub, "inner", SLEEPER)
+    os.chmod(sub, 0o777)   # group and others may write the folder that holds the file
+    os.symlink(sub / "inner.py", d.jobs_dir / "inner.py")
+    d.ok("reload")
+    error = next(e for e in d.status()["job_errors"] if e["job"] == "inner")["error"]
+    assert "unsafe folder" in error and str(sub) in error, error
+    os.chmod(sub, 0o755)   # fixed: nothing about the file itself changed
+    report = d.ok("reload")
+    assert "inner" in report["loaded"], report
+    d.wait_task("inner", lambda t: t["state"] == "waiting", "runs")
+    bystander_ok(d, by)
