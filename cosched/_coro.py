@@ -86,6 +86,7 @@ _DEAD = "dead"
 _DEAD_MSG = "cannot resume dead coroutine"
 _NONSUSP_MSG = "cannot resume non-suspended coroutine"
 _SELF_TRANSFER_MSG = "cannot transfer to the running coroutine"
+_SW_GONE_MSG = "cannot yield: the safewrap caller is no longer waiting"
 
 
 class _Trap:
@@ -192,6 +193,9 @@ class _Chain(_speedups.ChainBase if _speedups else object):
         "args",      # trap payload: the values it passes (cleared once read)
         "_state", "_pending", "_awaits", "_call_cs", "_depth", "_resumer",
         "switches",  # how many times control passed between coroutines (or main) in this task
+        "_holders",  # coroutines waiting in a nesting call made under a scope they opened,
+                     # in call order (None when empty); emptied whenever main gets control,
+                     # since no scope opened inside the chain can be open then
     )
 
     def __init__(self, kind: _Trap, task) -> None:
@@ -206,6 +210,7 @@ class _Chain(_speedups.ChainBase if _speedups else object):
         self._depth = 0
         self._resumer = None
         self.switches = 0
+        self._holders = None
 
 
 _chain: ContextVar[_Chain | None] = ContextVar("cosched_chain", default=None)
@@ -282,6 +287,10 @@ def _release(dest) -> None:
 def _arrive(dest, vals: tuple, err: BaseException | None, ending: bool):
     """Format what dest's pending call receives: (value, None), or (None, exc) to raise there."""
     kind = dest._pending
+    if kind is CLOSE:  # only ever reached by the ending of the coroutine it closes
+        if err is None:
+            return (True,), None
+        return ((False, err), None) if isinstance(err, Exception) else (None, err)
     if err is None:
         if kind is RESUME:
             return (True,) + vals, None
@@ -315,6 +324,8 @@ def _scope_error(m: _Chain, cur, dest, what: str):
 def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
     """cur (a coroutine, or the chain for main) makes a nesting call; return (next, value, exc)."""
     cs = m.task._cancel_status if m.task is not None else None
+    if cur is not m and cs is not cur._entry_cs:  # cur opened a scope around this call
+        _hold(m, cur)
     if kind is SAFECALL or kind is SAFEITER:
         sw = target
         target = sw._point
@@ -340,6 +351,50 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
     return target, _pack(args), None
 
 
+def _hold(m: _Chain, co: Coroutine) -> None:
+    """co, still running, makes a nesting call inside a scope it opened: note it as a holder.
+
+    Holders nest like the scopes they opened, so the ones whose calls have returned
+    are always the latest: they are dropped here, and all of them when main runs.
+    """
+    h = m._holders
+    if h is None:
+        m._holders = [co]
+        return
+    while h and h[-1]._state is not _NORMAL:
+        h.pop()
+    h.append(co)
+
+
+def _blocker(m: _Chain, dest):
+    """The coroutine an ending must be raised in instead of reaching dest, or None.
+
+    A pending call may get control back only under the scopes it was made in, and
+    a pending close only with the outcome of the coroutine it closes. An ending
+    cannot be refused (there is no one left to raise in), so when the chain ends
+    elsewhere than where it was entered -- a coroutine entered by transfer inside
+    another's scope returns -- its outcome is raised at the innermost pending call
+    made under the current scopes instead: it unwinds those scopes as any
+    exception would, and travels on by the ordinary rules. Likewise an ending that
+    would reach a pending close is raised in the coroutine being closed, as if its
+    cleanup had raised it.
+    """
+    task = m.task
+    if task is not None and task._cancel_status is not dest._call_cs:
+        cs = task._cancel_status
+        for x in reversed(m._holders or ()):
+            if x._state is _NORMAL and x._call_cs is cs:  # x opened the innermost scope
+                a = x._awaits
+                while a is not None and a._state is _NORMAL and a._call_cs is cs:
+                    x, a = a, a._awaits
+                return x
+    if dest._pending is CLOSE:
+        a = dest._awaits
+        if a is not None and a._state is _NORMAL:
+            return a
+    return None
+
+
 def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
     """cur suspends and hands vals to dest (a coroutine or a chain); return (next, value, exc)."""
     if dest is None:  # a yield_() awaited after its coroutine lost its resumer
@@ -355,7 +410,7 @@ def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
     if cur is not m:
         cur._state = _SUSPENDED
         cur._pending = kind
-        if dest is m:
+        if dest is m and m.task is not None:
             _handed_off.set(weakref.ref(cur))
     s = dest._state
     if s is _NORMAL:
@@ -380,26 +435,24 @@ def _end(m: _Chain, co: Coroutine, vals: tuple, err: BaseException | None):
     co._co = None
     dest = co._resumer
     co._resumer = None
-    if co._closing:
+    if co._closing:  # close() ran its cleanup: the closer gets (True,) or (False, exc)
         tried = co._error if co._closing == 2 else None
         co._closing = 0
         co._error = None
         if dest is None:  # pragma: no cover - a closer always waits
             dest = m
-        _release(dest)
-        dest._state = _RUNNING if dest is not m else _NORMAL
         if tried is not None:
-            return dest, (False, tried), None
-        if err is None or type(err) is GeneratorExit:
-            return dest, (True,), None
-        if isinstance(err, Exception):
-            return dest, (False, err), None
-        return dest, None, err if dest is m else _Delivery(err)
+            err = tried
+        elif type(err) is GeneratorExit:
+            err = None
+        return _deliver(m, dest, (), err)
     co._error = err if err is not None and type(err) is not GeneratorExit else None
     sw = co._sw
-    if sw is not None and sw._caller is not None:
-        dest = sw._caller
+    if sw is not None:
+        caller = sw._waiting()
         sw._caller = None
+        if caller is not None:
+            dest = caller
     if dest is None:
         dest = m
         if err is None:
@@ -407,6 +460,20 @@ def _end(m: _Chain, co: Coroutine, vals: tuple, err: BaseException | None):
     elif type(dest) is _Chain and dest is not m:
         dest = m
         err = CoroutineError("coroutine ended while its resumer waits in another trio task")
+    return _deliver(m, dest, vals, err)
+
+
+def _deliver(m: _Chain, dest, vals: tuple, err: BaseException | None):
+    """An ending's outcome goes to dest's pending call, or is raised where _blocker says."""
+    x = _blocker(m, dest)
+    if x is not None:
+        if err is None:
+            err = CoroutineError(
+                "coroutine ended while the call waiting for it was made under other trio "
+                "cancel scopes")
+        _release(x)
+        x._state = _RUNNING
+        return x, None, _Delivery(err)
     _release(dest)
     value, exc = _arrive(dest, vals, err, True)
     if dest is m:
@@ -424,10 +491,14 @@ def _drive(kind: _Trap, target, args: tuple):
     call, a raw exception for an event-loop trap, a raw one for main.
     """
     task = _current_task()
-    m = _chain.get()
-    if m is None or m.task is not task or m.current is not None:
+    m = outer = _chain.get()
+    if task is None or m is None or m.task is not task or m.current is not None:
         # First chain of this task (or an inherited variable): one _Chain per task,
         # kept in the context and reused by every later switching call from main.
+        # Outside trio no task owns the context (it may be the thread's own, which
+        # the next trio.run copies, or a finalizer's): the chain is in it only
+        # while this driver runs, and the caller's value comes back whenever
+        # control leaves the driver.
         m = _Chain(kind, task)
         _chain.set(m)
     else:
@@ -470,6 +541,8 @@ def _drive(kind: _Trap, target, args: tuple):
                 continue
             if type(msg) is not _Trap:
                 # An event-loop trap from deep inside co: forward it unchanged.
+                if task is None:
+                    _chain.set(outer)
                 try:
                     value = yield msg
                 except GeneratorExit:
@@ -477,6 +550,8 @@ def _drive(kind: _Trap, target, args: tuple):
                     raise
                 except BaseException as e:  # noqa: BLE001 - thrown in raw, as trio expects
                     err = e
+                if task is None:
+                    _chain.set(m)
                 continue
             args = m.args
             m.args = None
@@ -504,6 +579,8 @@ def _drive(kind: _Trap, target, args: tuple):
             if msg is RESUME or msg is WRAP or msg is ITER:
                 # The other hot path, inlined: start or continue target nested under co.
                 cs = None if task is None else task._cancel_status
+                if cs is not co._entry_cs:  # co opened a scope around this call
+                    _hold(m, co)
                 co._state = _NORMAL
                 co._pending = msg
                 co._awaits = target
@@ -540,7 +617,9 @@ def _drive(kind: _Trap, target, args: tuple):
         return value
     finally:
         m.current = None  # main runs again: the chain stays for the next call, idle
-        m._call_cs = m._awaits = None
+        m._call_cs = m._awaits = m._holders = None
+        if task is None:
+            _chain.set(outer)
 
 
 def _abandon(co: Coroutine) -> None:
@@ -552,7 +631,9 @@ def _abandon(co: Coroutine) -> None:
 
 
 def _safe_leave(m: _Chain, co: Coroutine, sw: SafeWrapped, vals: tuple):
-    dest = sw._caller
+    dest = sw._waiting()
+    if dest is None:  # pragma: no cover - yield_fn checked it just before trapping
+        return co, None, _Delivery(CoroutineError(_SW_GONE_MSG))
     nxt, value, exc = _leave(m, co, SAFEYIELD, dest, vals)
     if nxt is not co:
         sw._point = co
@@ -708,7 +789,13 @@ def _closing_switch(cur: Coroutine, what: str) -> CoroutineError:
 def _transfer_refused(target, m: _Chain | None):
     """The error transfer raises for target, or None when the transfer may go ahead."""
     if target is None or target is main:
-        return CoroutineError(_SELF_TRANSFER_MSG) if m is None else None
+        if m is None:
+            return CoroutineError(_SELF_TRANSFER_MSG)
+        if m.current._closing:
+            return _closing_switch(m.current, "transfer")
+        if m._pending is CLOSE:  # main's pending close may only end with that coroutine
+            return CoroutineError("cannot transfer to main while it is closing a coroutine")
+        return None
     if type(target) is not Coroutine:
         return _not_a_coroutine("transfer", target)
     s = target._state
@@ -821,8 +908,21 @@ class SafeWrapped:
         co._sw = self
         self.coroutine = co
         self._point = co       # where the next call resumes: the body, or where yield_fn was called
-        self._caller = None    # the coroutine or chain waiting in the latest call, while it waits
+        self._caller = None    # the coroutine or chain that made the latest call (see _waiting)
         self._yield = self._yield_fn
+
+    def _waiting(self):
+        """The maker of the latest call while that call is pending, else None.
+
+        The call is pending while its maker is normal, waiting in a safewrap call
+        for the coroutine the call entered (``_point`` does not change until the
+        call returns): however the call ended, this sees it.
+        """
+        c = self._caller
+        if c is not None and c._state is _NORMAL and c._awaits is self._point and (
+                c._pending is SAFECALL or c._pending is SAFEITER):
+            return c
+        return None
 
     async def _yield_fn(self, *values):
         m = _own_chain()
@@ -830,8 +930,8 @@ class SafeWrapped:
             raise CoroutineError("attempt to yield from outside a coroutine")
         if m.current._closing:
             raise _closing_switch(m.current, "yield")
-        if self._caller is None:
-            raise CoroutineError("attempt to yield from a safewrap that is not being called")
+        if self._waiting() is None:
+            raise CoroutineError(_SW_GONE_MSG)
         m.target = self
         m.args = values
         return await _trap(SAFEYIELD)
@@ -1002,7 +1102,7 @@ if _speedups is not None:
         ITER=ITER, Trap=_Trap, Coroutine=Coroutine, Delivery=_Delivery, chain_var=_chain,
         run_context=_TRIO_RUN, Task=_TrioTask, new_chain=_Chain, enter=_enter, leave=_leave, end=_end,
         safe_leave=_safe_leave, abandon=_abandon, body=_body, unpack=_unpack,
-        rejected=_rejected, yield_slow=_py_yield, nest_call=_py_nest_call,
+        rejected=_rejected, yield_slow=_py_yield, nest_call=_py_nest_call, hold=_hold,
     )
     _trap, _drive, yield_ = _speedups.trap, _speedups.drive, _speedups.yield_
     _nest_call, _transfer_call = _speedups.nest_call, _speedups.transfer_call
