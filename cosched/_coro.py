@@ -15,7 +15,9 @@ Design principles
 3. **Validate in the caller, transition in the driver.** Each switching call checks
    its arguments synchronously in the caller's frame, then yields exactly one trap;
    the driver performs the transition and the cancel-scope checks, which need the
-   trio task. Misuse raises where it happened and leaves no state behind.
+   trio task. Misuse raises where it happened and leaves no state behind. An
+   ending cannot be refused: when the outcome of a body may not go where the rules
+   send it, it is raised at the pending call ``_blocker`` names instead.
 4. **Status is state.** A coroutine's ``_state`` is its status (``initial`` reads as
    ``suspended``); the switch that changes who runs writes it, nothing recomputes it.
 5. **The switch path is lean.** Traps are preallocated singletons; payloads travel
