@@ -149,7 +149,8 @@ class Coroutine(_speedups.CoroutineBase if _speedups else object):
         "_co",        # the Python coroutine object while started and not dead
         "_state",     # _INITIAL/_SUSPENDED/_RUNNING/_NORMAL/_DEAD: the status, stored once
         "_resumer",   # Coroutine or _Chain that resumed it and still waits for it, else None
-        "_awaits",    # while _NORMAL: the coroutine its pending call waits for
+        "_awaits",    # while _NORMAL: the coroutine its pending call waits for (a
+                      # SafeWrapped for a safewrap call: see _callee)
         "_pending",   # the trap of its pending call (how a delivery is formatted)
         "_entry_cs",  # trio cancel status when it last gained control from a suspension
         "_call_cs",   # trio cancel status its pending nesting call was made under
@@ -277,11 +278,25 @@ def _body(fn, args):
 # The driver
 
 
+def _callee(node):
+    """The coroutine node's pending nesting call waits for, if any.
+
+    A safewrap call waits for the safewrap: its ``yield_fn`` may be called from
+    whichever coroutine the call resumed, and the call ends however it ends. So
+    ``node._awaits is sw`` says exactly whether node's latest call is to sw and
+    still pending; the coroutine behind it is where sw resumes.
+    """
+    a = node._awaits
+    return a._point if type(a) is SafeWrapped else a
+
+
 def _release(dest) -> None:
     """dest's pending nesting call finishes: the coroutine it waited for loses its link."""
     a = dest._awaits
     if a is not None:
         dest._awaits = None
+        if type(a) is SafeWrapped:  # only the body gets a link, from a call it entered
+            a = a.coroutine
         if a._resumer is dest:
             a._resumer = None
 
@@ -329,7 +344,7 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
     if cur is not m and cs is not cur._entry_cs:  # cur opened a scope around this call
         _hold(m, cur)
     if kind is SAFECALL or kind is SAFEITER:
-        sw = target
+        sw = awaited = target
         target = sw._point
         sw._caller = cur
         if target._state is _INITIAL:
@@ -337,10 +352,11 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
         if target is sw.coroutine:
             target._resumer = cur
     else:
+        awaited = target
         target._resumer = cur
     cur._state = _NORMAL
     cur._pending = kind
-    cur._awaits = target
+    cur._awaits = awaited
     cur._call_cs = cs
     target._depth = cur._depth + 1
     target._entry_cs = cs
@@ -386,9 +402,9 @@ def _blocker(m: _Chain, dest):
         cs = task._cancel_status
         for x in reversed(m._holders or ()):
             if x._state is _NORMAL and x._call_cs is cs:  # x opened the innermost scope
-                a = x._awaits
+                a = _callee(x)
                 while a is not None and a._state is _NORMAL and a._call_cs is cs:
-                    x, a = a, a._awaits
+                    x, a = a, _callee(a)
                 return x
     if dest._pending is CLOSE:
         a = dest._awaits
@@ -916,15 +932,12 @@ class SafeWrapped:
     def _waiting(self):
         """The maker of the latest call while that call is pending, else None.
 
-        The call is pending while its maker is normal, waiting in a safewrap call
-        for the coroutine the call entered (``_point`` does not change until the
-        call returns): however the call ended, this sees it.
+        However the call ended (yield_fn, a plain yield or a transfer back to its
+        maker, an ending, an exception), its maker no longer waits for this
+        safewrap (see _callee).
         """
         c = self._caller
-        if c is not None and c._state is _NORMAL and c._awaits is self._point and (
-                c._pending is SAFECALL or c._pending is SAFEITER):
-            return c
-        return None
+        return c if c is not None and c._state is _NORMAL and c._awaits is self else None
 
     async def _yield_fn(self, *values):
         m = _own_chain()
@@ -1055,7 +1068,7 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
     while obj is not None and seen < 1000:
         seen += 1
         if type(obj) is Coroutine:
-            nxt = obj._awaits if obj._state is _NORMAL else None
+            nxt = _callee(obj) if obj._state is _NORMAL else None
             frames += stack_of(obj._co) if obj._co is not None else []
             obj = nxt
             continue
@@ -1066,10 +1079,10 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
             # took control elsewhere.
             if m is None or m.current is None:
                 break
-            head = m._awaits if m._awaits is not None else m.current
+            head = _callee(m) if m._awaits is not None else m.current
             frames += stack_of(head)
             while head is not None and head is not m.current:
-                head = head._awaits if head._state is _NORMAL else None
+                head = _callee(head) if head._state is _NORMAL else None
             if head is None:
                 frames += stack_of(m.current._co)
             break

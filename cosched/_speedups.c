@@ -46,7 +46,7 @@ static Py_ssize_t cancel_status_offset;   /* where Task keeps _cancel_status, or
     PyObject_HEAD \
     PyObject *state;    /* status: _INITIAL/_SUSPENDED/_RUNNING/_NORMAL/_DEAD */ \
     PyObject *pending;  /* trap of its pending call */ \
-    PyObject *awaits;   /* while normal: the coroutine its pending call waits for */ \
+    PyObject *awaits;   /* while normal: what its pending call waits for (see _callee) */ \
     PyObject *call_cs;  /* trio cancel status its pending nesting call was made under */ \
     PyObject *resumer;  /* who resumed it and still waits for it, else None */ \
     Py_ssize_t depth;   /* resume nesting depth (main = 0) */
