@@ -59,7 +59,8 @@ def test_pure_python_reference_passes_the_contract_tests():
     env = dict(os.environ, COSCHED_PURE_PYTHON="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_coro.py", "tests/test_seeds.py"],
+         "tests/test_coro.py", "tests/test_seeds.py", "tests/test_coro_lua.py",
+         "tests/test_coro_model.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
