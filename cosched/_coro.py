@@ -636,7 +636,7 @@ def _drive(kind: _Trap, target, args: tuple):
     finally:
         m.current = None  # main runs again: the chain stays for the next call, idle
         m._call_cs = m._awaits = m._holders = None
-        if task is None:
+        if task is None and _chain.get() is m:  # not when closed from a finalizer elsewhere
             _chain.set(outer)
 
 

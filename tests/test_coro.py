@@ -3342,6 +3342,38 @@ def test_a_driver_outside_trio_keeps_its_chain_out_of_the_callers_context():
     assert log[-1] == "finally" and core._chain.get() is None
 
 
+def test_a_driver_from_outside_trio_collected_inside_a_chain_leaves_that_chain_alone():
+    import types as pytypes
+
+    @pytypes.coroutine
+    def event_loop_trap():
+        return (yield "not a cosched trap")
+
+    log = []
+
+    async def parked():
+        try:
+            await event_loop_trap()
+        finally:
+            log.append("parked closed")
+
+    stale = [coro.resume(coro.create(parked))]
+    stale[0].send(None)  # outside trio, it now forwards for its coroutine
+
+    async def main():
+        async def body():
+            stale.clear()  # collected while this chain runs, in this task's context
+            gc.collect()
+            await coro.yield_("chain intact")
+            return coro.current() is co
+
+        co = coro.create(body)
+        return await coro.resume(co), await coro.resume(co)
+
+    assert run(main) == ((True, "chain intact"), (True, True))
+    assert log == ["parked closed"]
+
+
 # ---------------------------------------------------------------------------
 # Misuse, then correct use, in the same chain
 
