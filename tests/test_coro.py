@@ -2861,6 +2861,31 @@ def test_ending_inside_a_scope_is_raised_at_the_innermost_call_under_it():
     run(main)
 
 
+def test_cancelled_transfer_entered_coroutine_unwinds_to_the_scope_that_was_cancelled():
+    async def main():
+        async def c1_body():
+            scope.cancel()
+            await trio.sleep(0)  # trio.Cancelled, for holder's scope
+
+        c1 = coro.create(c1_body)
+        c0 = coro.create(lambda: coro.transfer(c1))
+        scope = None
+
+        async def holder():
+            nonlocal scope
+            with trio.CancelScope() as scope:
+                await coro.resume(c0)
+            return "holder goes on", scope.cancelled_caught
+
+        with trio.CancelScope() as outer:
+            assert await coro.resume(coro.create(holder)) == (True, "holder goes on", True)
+            await trio.sleep(0)
+        assert not outer.cancelled_caught
+        assert (coro.status(c1), coro.status(c0)) == ("dead", "suspended")
+
+    run(main)
+
+
 def test_ending_whose_resumer_waits_under_other_scopes_is_raised_in_the_scope_holder():
     async def main():
         log = []
