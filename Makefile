@@ -24,7 +24,7 @@ bench: $(BIN)/coschedd
 	$(BIN)/python tests/bench/bench_coro.py
 
 FUZZ_EXAMPLES ?= 5000
-FUZZ_TESTS := tests/test_coro_lua.py tests/test_coro_model.py -k random_programs
+FUZZ_TESTS := --timeout=0 tests/test_coro_lua.py tests/test_coro_model.py -k random_programs
 fuzz: $(BIN)/coschedd
 	COSCHED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider $(FUZZ_TESTS)
 	COSCHED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) COSCHED_PURE_PYTHON=1 \

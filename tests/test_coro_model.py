@@ -10,8 +10,9 @@ runs under exactly the cancel scopes it opened (trio's own state is checked).
 
 Programs use every switching call (resume, yield_, transfer to coroutines and to
 main, wrap calls, safewrap calls and yield_fn from any coroutine, close), queries,
-errors, returns, trio checkpoints, ``with trio.CancelScope()`` blocks and cleanup
-blocks whose ``finally`` switches too. The normal test command runs a seeded,
+errors, returns, trio checkpoints, ``with trio.CancelScope()`` blocks (which may
+cancel themselves: trio.Cancelled then arrives at the next checkpoint under them)
+and cleanup blocks whose ``finally`` switches too. The normal test command runs a seeded,
 bounded number of programs (on the C switch path here; tests/test_speedups.py runs
 this file again on the pure-Python one); ``make fuzz`` runs many more with fresh
 seeds (COSCHED_FUZZ_EXAMPLES). Hypothesis shrinks a failing program.
@@ -108,7 +109,10 @@ def operations(draw, shape, nest, role):
         elif kind == "new":
             ops.append((kind, draw(st.integers(0, nc - 1)), draw(st.integers(0, nb - 1))))
         elif kind == "scope":
-            ops.append((kind, draw(operations(shape, nest - 1, role))))
+            inner = list(draw(operations(shape, nest - 1, role)))
+            if draw(st.integers(0, 2)) == 0:  # cancel this scope somewhere inside it
+                inner.insert(draw(st.integers(0, len(inner))), ("cancel",))
+            ops.append((kind, tuple(inner)))
         elif kind == "cleanup":
             ops.append((kind, draw(operations(shape, nest - 1, role)),
                         draw(operations(shape, 0, "final"))))
@@ -137,11 +141,14 @@ def label(prog):
     """Number every operation, in order, as (label, kind, *params)."""
     counter = iter(range(1, 100_000))
 
-    def number(ops):
+    def number(ops, scope=None):
         out = []
         for op in ops:
             if op[0] == "scope":
-                out.append((next(counter), "scope", number(op[1])))
+                lab = next(counter)
+                out.append((lab, "scope", number(op[1], lab)))
+            elif op[0] == "cancel":
+                out.append((next(counter), "cancel", scope))
             elif op[0] == "cleanup":
                 lab = next(counter)
                 out.append((lab, "cleanup", number(op[1]), number(op[2])))
@@ -239,6 +246,10 @@ class ModelError(Exception):
     """CoroutineError, in the model."""
 
 
+class ModelCancelled(BaseException):
+    """trio.Cancelled, in the model."""
+
+
 class Closing(BaseException):
     """Thrown in to close a coroutine: GeneratorExit is raised where it lands.
 
@@ -293,6 +304,8 @@ class Model(Harness):
         self.main.status = "main"
         self.path = ()           # the scopes open now: (id, ...)
         self.owner = {}          # scope id -> the node that opened it
+        self.cancelled = set()   # scope ids cancelled
+        self.active = {}         # (scope label, node) -> the id of that open scope
         self.cur = self.main
         self.C = [MCo(j) for j in prog["coros"]]
         self.W = [MCo(j) for j in prog["wraps"]]
@@ -576,12 +589,23 @@ class Model(Harness):
     def op_scope(self, lab, ops):
         sid = lab, len(self.owner)
         self.owner[sid] = self.cur
+        self.active[lab, self.cur] = sid
         self.path += (sid,)
         try:
             yield from self.block(ops)
+        except ModelCancelled:
+            # trio: the outermost cancelled scope on the way catches trio.Cancelled
+            if sid not in self.cancelled or self.cancelled.intersection(self.path[:-1]):
+                raise
         finally:
             assert self.path[-1] == sid, "model: scope stack"
             self.path = self.path[:-1]
+            del self.active[lab, self.owner[sid]]
+
+    def op_cancel(self, lab, scope):
+        if self.tick():
+            self.cancelled.add(self.active[scope, self.cur])
+        yield from ()
 
     def op_cleanup(self, lab, ops, final):
         try:
@@ -653,7 +677,8 @@ class Model(Harness):
         yield from ()
 
     def op_sleep(self, lab):
-        self.tick()
+        if self.tick() and self.cancelled.intersection(self.path):
+            raise ModelCancelled()
         yield from ()
 
 
@@ -673,6 +698,7 @@ class Cosched(Harness):
         self.YF = [None] * len(self.S)
         self.made = list(self.C)  # collected coroutines would run their finally blocks
         self.main_cs = []
+        self.active = {}  # (scope label, coroutine or None) -> that open CancelScope
 
     def fn(self, j):
         return functools.partial(self.body, j)
@@ -705,14 +731,21 @@ class Cosched(Harness):
 
     async def op_scope(self, lab, ops):
         in_main = coro.current() is None
-        with trio.CancelScope():
+        key = lab, coro.current()
+        with trio.CancelScope() as scope:
+            self.active[key] = scope
             if in_main:
                 self.main_cs.append(trio.lowlevel.current_task()._cancel_status)
             try:
                 await self.block(ops)
             finally:
+                self.active.pop(key, None)
                 if in_main:
                     self.main_cs.pop()
+
+    async def op_cancel(self, lab, scope):
+        if self.tick():
+            self.active[scope, coro.current()].cancel()
 
     async def op_cleanup(self, lab, ops, final):
         try:
