@@ -288,12 +288,16 @@ raise_exc(PyObject *e)
     PyErr_SetObject((PyObject *)Py_TYPE(e), e);
 }
 
-/* What a return value or StopIteration carried, as an exception to raise in iternext. */
+/* A return value as the StopIteration that send(), throw() and __next__ raise. (Only
+ * tp_iternext may return NULL with no error set; send() is what CPython calls under a
+ * tracer whenever it resumes with a value, and trio resumes with outcomes.) */
 static void
 set_stop_iteration(PyObject *value)
 {
-    if (value == Py_None)
-        return;  /* NULL without an error means StopIteration(None) */
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
     PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
     if (e != NULL) {
         PyErr_SetObject(PyExc_StopIteration, e);
@@ -1117,7 +1121,10 @@ driver_finalize(DriverObject *self)
 static void
 driver_dealloc(DriverObject *self)
 {
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
+    /* Only a driver still forwarding has anything to finalize: the others skip the
+     * finalizer protocol, which costs every switching call from main otherwise. */
+    if (self->state == 1 && self->co != NULL &&
+            PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
         return;  /* resurrected */
     PyObject_GC_UnTrack(self);
     driver_clear(self);

@@ -173,6 +173,37 @@ def test_switches_work_under_a_tracer():
     assert out == [(True, 2), (True, "wait"), "w", ["i"], "suspended"]
 
 
+def test_a_chain_that_awaited_trio_and_ends_with_nothing_works_under_a_tracer():
+    # trio resumes a task with an outcome, not None: under a tracer CPython then
+    # calls the awaitable's send() method, which must raise StopIteration(None)
+    # when the switch returns None.
+    async def main():
+        async def body(*_):
+            await trio.sleep(0)
+
+        async def gen():
+            await trio.sleep(0)
+            await coro.yield_()
+
+        return [await coro.resume(coro.create(body)), await coro.wrap(body)(),
+                await coro.safewrap(body)(), await coro.wrap(gen)(),
+                await coro.transfer(coro.create(transfers_back))]
+
+    async def transfers_back():
+        await trio.sleep(0)
+        await coro.transfer(None)
+
+    def tracer(frame, event, arg):
+        return None
+
+    sys.settrace(tracer)
+    try:
+        out = run(main)
+    finally:
+        sys.settrace(None)
+    assert out == [(True,), None, None, None, None]
+
+
 @needs_c
 def test_coroutine_fields_refuse_deletion_and_the_coroutine_still_works():
     async def main():
