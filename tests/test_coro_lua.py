@@ -23,11 +23,10 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lupa import lua54
 
 from cosched import coro
 from cosched.coro import CoroutineError
-
-lupa = pytest.importorskip("lupa.lua54")
 
 # Where cosched.coro deliberately differs from Lua 5.4, and how this test deals with it.
 DIFFERENCES = {
@@ -264,7 +263,8 @@ POSITION = re.compile(r"^(?:[\w.]+:\d+: )+")  # DIFFERENCES["positions"]
 
 
 def from_lua(x):
-    if lupa.lua_type(x) == "table":
+    """A Lua value of a trace as Python: sequences as lists, errors without positions."""
+    if lua54.lua_type(x) == "table":
         return [from_lua(x[i]) for i in range(1, len(x) + 1)]
     if isinstance(x, str):
         return POSITION.sub("", x)
@@ -272,13 +272,8 @@ def from_lua(x):
 
 
 def run_lua(prog):
-    lua = lupa.LuaRuntime()
-    trace = lua.execute(lua_source(prog), name="=prog")
-    return [tuple(from_lua(event)) for event in from_lua_list(trace)]
-
-
-def from_lua_list(table):
-    return [table[i] for i in range(1, len(table) + 1)]
+    trace = lua54.LuaRuntime().execute(lua_source(prog), name="=prog")
+    return [tuple(event) for event in from_lua(trace)]
 
 
 # ---------------------------------------------------------------------------

@@ -167,21 +167,19 @@ def render(prog):
     out = []
 
     def block(ops, pad):
-        for op in ops:
-            lab, kind, *params = op
+        for lab, kind, *params in ops:
             if kind == "scope":
                 out.append(f"{pad}with CancelScope():  # {lab}")
                 block(params[0], pad + "    ")
-                out.append(f"{pad}    pass") if not params[0] else None
             elif kind == "cleanup":
                 out.append(f"{pad}try:  # {lab}")
                 block(params[0], pad + "    ")
-                out.append(f"{pad}    pass") if not params[0] else None
                 out.append(f"{pad}finally:")
                 block(params[1], pad + "    ")
-                out.append(f"{pad}    pass") if not params[1] else None
             else:
                 out.append(f"{pad}{kind}{tuple(params)}  # {lab}")
+        if not ops:
+            out.append(f"{pad}pass")
 
     for j, (ops, end) in enumerate(prog["bodies"]):
         out.append(f"F{j}:")
