@@ -233,6 +233,8 @@ class Harness:
 def message(e):
     if isinstance(e, (UserError, CoroutineError, ModelError)):
         return str(e)
+    if isinstance(e, (trio.Cancelled, ModelCancelled)):
+        return "Cancelled"
     return f"unexpected {type(e).__name__}: {e}"
 
 
@@ -507,7 +509,7 @@ class Model(Harness):
             elif isinstance(exc, GeneratorExit):
                 exc = None
             return self.deliver(dest, (), exc)
-        co.error = exc if isinstance(exc, Exception) else None
+        co.error = None if isinstance(exc, GeneratorExit) else exc  # close() reports it
         if co.sw is not None:
             caller = co.sw.waiting()
             co.sw.caller = None
@@ -915,6 +917,13 @@ KNOWN = {
          ((("transfer", 0, (7,)),), None)),
         (("resume", 0, ()), ("transfer", 2, ()), ("status", 0), ("status", 2)),
         coros=(0, 1, 2), safewraps=(1,)),
+    # a scope cancels itself; trio.Cancelled kills the coroutine resumed inside it, the
+    # scope catches it; close() later reports what that coroutine died of
+    "cancelled": _prog(
+        (((("sleep",),), None),
+         ((("scope", (("cancel",), ("resume", 1, ()))),), None)),
+        (("resume", 0, ()), ("status", 1), ("close", 1), ("close", 1)),
+        coros=(1, 0)),
 }
 
 
