@@ -372,14 +372,15 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
 def _hold(m: _Chain, co: Coroutine) -> None:
     """co, still running, makes a nesting call inside a scope it opened: note it as a holder.
 
-    Holders nest like the scopes they opened, so the ones whose calls have returned
-    are always the latest: they are dropped here, and all of them when main runs.
+    Holders nest like the scopes they opened, so the ones that no longer hold one
+    (their call returned; they may since wait again, outside their scopes) are
+    the latest: they are dropped here, and all of them when main runs.
     """
     h = m._holders
     if h is None:
         m._holders = [co]
         return
-    while h and h[-1]._state is not _NORMAL:
+    while h and (h[-1]._state is not _NORMAL or h[-1]._call_cs is h[-1]._entry_cs):
         h.pop()
     h.append(co)
 
@@ -401,7 +402,8 @@ def _blocker(m: _Chain, dest):
     if task is not None and task._cancel_status is not dest._call_cs:
         cs = task._cancel_status
         for x in reversed(m._holders or ()):
-            if x._state is _NORMAL and x._call_cs is cs:  # x opened the innermost scope
+            if x._state is _NORMAL and x._call_cs is cs and x._entry_cs is not cs:
+                # x opened the innermost scope and waits under it
                 a = _callee(x)
                 while a is not None and a._state is _NORMAL and a._call_cs is cs:
                     x, a = a, _callee(a)

@@ -2886,6 +2886,40 @@ def test_cancelled_transfer_entered_coroutine_unwinds_to_the_scope_that_was_canc
     run(main)
 
 
+def test_ending_inside_a_scope_is_raised_in_the_chain_of_the_coroutine_that_opened_it():
+    async def main():
+        log = []
+        u = coro.create(lambda: "u returns")
+        t = coro.create(lambda: coro.transfer(u))
+        r = coro.create(lambda: coro.yield_("r"))
+
+        async def q_body():  # entered by transfer inside x's scope
+            with trio.CancelScope():  # q opens a scope of its own around a call...
+                await coro.resume(r)
+            try:  # ...and now waits outside it, under x's scope, not on x's way down
+                await coro.resume(t)
+            except CoroutineError as e:
+                log.append(("q", str(e)))
+
+        q = coro.create(q_body)
+        a = coro.create(lambda: coro.transfer(q))
+
+        async def x_body():
+            with trio.CancelScope():
+                try:
+                    await coro.resume(a)
+                except CoroutineError as e:
+                    log.append(("x", str(e)))
+            return "x done"
+
+        x = coro.create(x_body)
+        assert await coro.resume(x) == (True, "x done")
+        assert log == [("x", ENDED)]
+        assert [coro.status(c) for c in (q, t, u)] == ["normal", "suspended", "dead"]
+
+    run(main)
+
+
 def test_ending_whose_resumer_waits_under_other_scopes_is_raised_in_the_scope_holder():
     async def main():
         log = []
