@@ -563,8 +563,8 @@ class Model(Harness):
         try:
             yield from self.block(ops)
             self.end(term)
-        except Exception as e:
-            self.rec("main-end", False, message(e))
+        except (Exception, ModelCancelled) as e:  # a Cancelled can outlive its scope (see
+            self.rec("main-end", False, message(e))  # Cosched.main)
         else:
             self.rec("main-end", True, "")
         self.rec("final", [self.status_of(c) for c in self.C + self.W] +
@@ -821,7 +821,10 @@ class Cosched(Harness):
         try:
             await self.block(ops)
             self.end(term)
-        except Exception as e:
+        except (Exception, trio.Cancelled) as e:
+            # trio.Cancelled reaches main when a coroutine switched away in a finally
+            # block while it propagated, and was resumed outside its scope: the
+            # contract propagates it (trio would too, from an async generator).
             self.rec("main-end", False, message(e))
         else:
             self.rec("main-end", True, "")
