@@ -3,6 +3,8 @@
 # make bench - run the benchmarks (not part of the tests)
 # make man   - regenerate the man pages in man/ (a test checks they are current)
 # make completions - regenerate the bash and zsh completion scripts
+# make fuzz  - many more random coroutine programs against Lua 5.4 and the model, on both
+#              switch paths (FUZZ_EXAMPLES programs per test and path)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,7 +23,7 @@ $(SSHD):
 	  openssh-server >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }; }
 
-.PHONY: run test bench man completions
+.PHONY: run test bench fuzz man completions
 run: $(BIN)/coschedd
 	$(BIN)/coschedd --config config/coschedd.toml
 
@@ -37,3 +39,9 @@ man: $(BIN)/coschedd
 completions: $(BIN)/coschedd
 	$(BIN)/register-python-argcomplete coschedctl > completions/coschedctl.bash
 	$(BIN)/register-python-argcomplete --shell zsh coschedctl > completions/_coschedctl
+FUZZ_EXAMPLES ?= 5000
+FUZZ_TESTS := --timeout=0 tests/test_coro_lua.py tests/test_coro_model.py -k random_programs
+fuzz: $(BIN)/coschedd
+	COSCHED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider $(FUZZ_TESTS)
+	COSCHED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) COSCHED_PURE_PYTHON=1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider $(FUZZ_TESTS)

@@ -15,7 +15,9 @@ Design principles
 3. **Validate in the caller, transition in the driver.** Each switching call checks
    its arguments synchronously in the caller's frame, then yields exactly one trap;
    the driver performs the transition and the cancel-scope checks, which need the
-   trio task. Misuse raises where it happened and leaves no state behind.
+   trio task. Misuse raises where it happened and leaves no state behind. An
+   ending cannot be refused: when the outcome of a body may not go where the rules
+   send it, it is raised at the pending call ``_blocker`` names instead.
 4. **Status is state.** A coroutine's ``_state`` is its status (``initial`` reads as
    ``suspended``); the switch that changes who runs writes it, nothing recomputes it.
 5. **The switch path is lean.** Traps are preallocated singletons; payloads travel
@@ -86,6 +88,7 @@ _DEAD = "dead"
 _DEAD_MSG = "cannot resume dead coroutine"
 _NONSUSP_MSG = "cannot resume non-suspended coroutine"
 _SELF_TRANSFER_MSG = "cannot transfer to the running coroutine"
+_SW_GONE_MSG = "cannot yield: the safewrap caller is no longer waiting"
 
 
 class _Trap:
@@ -146,7 +149,8 @@ class Coroutine(_speedups.CoroutineBase if _speedups else object):
         "_co",        # the Python coroutine object while started and not dead
         "_state",     # _INITIAL/_SUSPENDED/_RUNNING/_NORMAL/_DEAD: the status, stored once
         "_resumer",   # Coroutine or _Chain that resumed it and still waits for it, else None
-        "_awaits",    # while _NORMAL: the coroutine its pending call waits for
+        "_awaits",    # while _NORMAL: the coroutine its pending call waits for (a
+                      # SafeWrapped for a safewrap call: see _callee)
         "_pending",   # the trap of its pending call (how a delivery is formatted)
         "_entry_cs",  # trio cancel status when it last gained control from a suspension
         "_call_cs",   # trio cancel status its pending nesting call was made under
@@ -192,6 +196,9 @@ class _Chain(_speedups.ChainBase if _speedups else object):
         "args",      # trap payload: the values it passes (cleared once read)
         "_state", "_pending", "_awaits", "_call_cs", "_depth", "_resumer",
         "switches",  # how many times control passed between coroutines (or main) in this task
+        "_holders",  # coroutines waiting in a nesting call made under a scope they opened,
+                     # in call order (None when empty); emptied whenever main gets control,
+                     # since no scope opened inside the chain can be open then
     )
 
     def __init__(self, kind: _Trap, task) -> None:
@@ -206,6 +213,7 @@ class _Chain(_speedups.ChainBase if _speedups else object):
         self._depth = 0
         self._resumer = None
         self.switches = 0
+        self._holders = None
 
 
 _chain: ContextVar[_Chain | None] = ContextVar("cosched_chain", default=None)
@@ -270,11 +278,25 @@ def _body(fn, args):
 # The driver
 
 
+def _callee(node):
+    """The coroutine node's pending nesting call waits for, if any.
+
+    A safewrap call waits for the safewrap: its ``yield_fn`` may be called from
+    whichever coroutine the call resumed, and the call ends however it ends. So
+    ``node._awaits is sw`` says exactly whether node's latest call is to sw and
+    still pending; the coroutine behind it is where sw resumes.
+    """
+    a = node._awaits
+    return a._point if type(a) is SafeWrapped else a
+
+
 def _release(dest) -> None:
     """dest's pending nesting call finishes: the coroutine it waited for loses its link."""
     a = dest._awaits
     if a is not None:
         dest._awaits = None
+        if type(a) is SafeWrapped:  # only the body gets a link, from a call it entered
+            a = a.coroutine
         if a._resumer is dest:
             a._resumer = None
 
@@ -282,6 +304,10 @@ def _release(dest) -> None:
 def _arrive(dest, vals: tuple, err: BaseException | None, ending: bool):
     """Format what dest's pending call receives: (value, None), or (None, exc) to raise there."""
     kind = dest._pending
+    if kind is CLOSE:  # only ever reached by the ending of the coroutine it closes
+        if err is None:
+            return (True,), None
+        return ((False, err), None) if isinstance(err, Exception) else (None, err)
     if err is None:
         if kind is RESUME:
             return (True,) + vals, None
@@ -315,8 +341,10 @@ def _scope_error(m: _Chain, cur, dest, what: str):
 def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
     """cur (a coroutine, or the chain for main) makes a nesting call; return (next, value, exc)."""
     cs = m.task._cancel_status if m.task is not None else None
+    if cur is not m and cs is not cur._entry_cs:  # cur opened a scope around this call
+        _hold(m, cur)
     if kind is SAFECALL or kind is SAFEITER:
-        sw = target
+        sw = awaited = target
         target = sw._point
         sw._caller = cur
         if target._state is _INITIAL:
@@ -324,10 +352,11 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
         if target is sw.coroutine:
             target._resumer = cur
     else:
+        awaited = target
         target._resumer = cur
     cur._state = _NORMAL
     cur._pending = kind
-    cur._awaits = target
+    cur._awaits = awaited
     cur._call_cs = cs
     target._depth = cur._depth + 1
     target._entry_cs = cs
@@ -338,6 +367,52 @@ def _enter(m: _Chain, cur, kind: _Trap, target, args: tuple):
     if target._fn is not None:
         return target, args, None
     return target, _pack(args), None
+
+
+def _hold(m: _Chain, co: Coroutine) -> None:
+    """co, still running, makes a nesting call inside a scope it opened: note it as a holder.
+
+    Holders nest like the scopes they opened, so the ones that no longer hold one
+    (their call returned; they may since wait again, outside their scopes) are
+    the latest: they are dropped here, and all of them when main runs.
+    """
+    h = m._holders
+    if h is None:
+        m._holders = [co]
+        return
+    while h and (h[-1]._state is not _NORMAL or h[-1]._call_cs is h[-1]._entry_cs):
+        h.pop()
+    h.append(co)
+
+
+def _blocker(m: _Chain, dest):
+    """The coroutine an ending must be raised in instead of reaching dest, or None.
+
+    A pending call may get control back only under the scopes it was made in, and
+    a pending close only with the outcome of the coroutine it closes. An ending
+    cannot be refused (there is no one left to raise in), so when the chain ends
+    elsewhere than where it was entered -- a coroutine entered by transfer inside
+    another's scope returns -- its outcome is raised at the innermost pending call
+    made under the current scopes instead: it unwinds those scopes as any
+    exception would, and travels on by the ordinary rules. Likewise an ending that
+    would reach a pending close is raised in the coroutine being closed, as if its
+    cleanup had raised it.
+    """
+    task = m.task
+    if task is not None and task._cancel_status is not dest._call_cs:
+        cs = task._cancel_status
+        for x in reversed(m._holders or ()):
+            if x._state is _NORMAL and x._call_cs is cs and x._entry_cs is not cs:
+                # x opened the innermost scope and waits under it
+                a = _callee(x)
+                while a is not None and a._state is _NORMAL and a._call_cs is cs:
+                    x, a = a, _callee(a)
+                return x
+    if dest._pending is CLOSE:
+        a = dest._awaits
+        if a is not None and a._state is _NORMAL:
+            return a
+    return None
 
 
 def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
@@ -355,7 +430,7 @@ def _leave(m: _Chain, cur, kind: _Trap, dest, vals: tuple):
     if cur is not m:
         cur._state = _SUSPENDED
         cur._pending = kind
-        if dest is m:
+        if dest is m and m.task is not None:
             _handed_off.set(weakref.ref(cur))
     s = dest._state
     if s is _NORMAL:
@@ -380,26 +455,24 @@ def _end(m: _Chain, co: Coroutine, vals: tuple, err: BaseException | None):
     co._co = None
     dest = co._resumer
     co._resumer = None
-    if co._closing:
+    if co._closing:  # close() ran its cleanup: the closer gets (True,) or (False, exc)
         tried = co._error if co._closing == 2 else None
         co._closing = 0
         co._error = None
         if dest is None:  # pragma: no cover - a closer always waits
             dest = m
-        _release(dest)
-        dest._state = _RUNNING if dest is not m else _NORMAL
         if tried is not None:
-            return dest, (False, tried), None
-        if err is None or type(err) is GeneratorExit:
-            return dest, (True,), None
-        if isinstance(err, Exception):
-            return dest, (False, err), None
-        return dest, None, err if dest is m else _Delivery(err)
+            err = tried
+        elif type(err) is GeneratorExit:
+            err = None
+        return _deliver(m, dest, (), err)
     co._error = err if err is not None and type(err) is not GeneratorExit else None
     sw = co._sw
-    if sw is not None and sw._caller is not None:
-        dest = sw._caller
+    if sw is not None:
+        caller = sw._waiting()
         sw._caller = None
+        if caller is not None:
+            dest = caller
     if dest is None:
         dest = m
         if err is None:
@@ -407,6 +480,20 @@ def _end(m: _Chain, co: Coroutine, vals: tuple, err: BaseException | None):
     elif type(dest) is _Chain and dest is not m:
         dest = m
         err = CoroutineError("coroutine ended while its resumer waits in another trio task")
+    return _deliver(m, dest, vals, err)
+
+
+def _deliver(m: _Chain, dest, vals: tuple, err: BaseException | None):
+    """An ending's outcome goes to dest's pending call, or is raised where _blocker says."""
+    x = _blocker(m, dest)
+    if x is not None:
+        if err is None:
+            err = CoroutineError(
+                "coroutine ended while the call waiting for it was made under other trio "
+                "cancel scopes")
+        _release(x)
+        x._state = _RUNNING
+        return x, None, _Delivery(err)
     _release(dest)
     value, exc = _arrive(dest, vals, err, True)
     if dest is m:
@@ -424,10 +511,14 @@ def _drive(kind: _Trap, target, args: tuple):
     call, a raw exception for an event-loop trap, a raw one for main.
     """
     task = _current_task()
-    m = _chain.get()
-    if m is None or m.task is not task or m.current is not None:
+    m = outer = _chain.get()
+    if task is None or m is None or m.task is not task or m.current is not None:
         # First chain of this task (or an inherited variable): one _Chain per task,
         # kept in the context and reused by every later switching call from main.
+        # Outside trio no task owns the context (it may be the thread's own, which
+        # the next trio.run copies, or a finalizer's): the chain is in it only
+        # while this driver runs, and the caller's value comes back whenever
+        # control leaves the driver.
         m = _Chain(kind, task)
         _chain.set(m)
     else:
@@ -470,6 +561,8 @@ def _drive(kind: _Trap, target, args: tuple):
                 continue
             if type(msg) is not _Trap:
                 # An event-loop trap from deep inside co: forward it unchanged.
+                if task is None:
+                    _chain.set(outer)
                 try:
                     value = yield msg
                 except GeneratorExit:
@@ -477,6 +570,8 @@ def _drive(kind: _Trap, target, args: tuple):
                     raise
                 except BaseException as e:  # noqa: BLE001 - thrown in raw, as trio expects
                     err = e
+                if task is None:
+                    _chain.set(m)
                 continue
             args = m.args
             m.args = None
@@ -504,6 +599,8 @@ def _drive(kind: _Trap, target, args: tuple):
             if msg is RESUME or msg is WRAP or msg is ITER:
                 # The other hot path, inlined: start or continue target nested under co.
                 cs = None if task is None else task._cancel_status
+                if cs is not co._entry_cs:  # co opened a scope around this call
+                    _hold(m, co)
                 co._state = _NORMAL
                 co._pending = msg
                 co._awaits = target
@@ -540,7 +637,9 @@ def _drive(kind: _Trap, target, args: tuple):
         return value
     finally:
         m.current = None  # main runs again: the chain stays for the next call, idle
-        m._call_cs = m._awaits = None
+        m._call_cs = m._awaits = m._holders = None
+        if task is None and _chain.get() is m:  # not when closed from a finalizer elsewhere
+            _chain.set(outer)
 
 
 def _abandon(co: Coroutine) -> None:
@@ -552,7 +651,9 @@ def _abandon(co: Coroutine) -> None:
 
 
 def _safe_leave(m: _Chain, co: Coroutine, sw: SafeWrapped, vals: tuple):
-    dest = sw._caller
+    dest = sw._waiting()
+    if dest is None:  # pragma: no cover - yield_fn checked it just before trapping
+        return co, None, _Delivery(CoroutineError(_SW_GONE_MSG))
     nxt, value, exc = _leave(m, co, SAFEYIELD, dest, vals)
     if nxt is not co:
         sw._point = co
@@ -708,7 +809,13 @@ def _closing_switch(cur: Coroutine, what: str) -> CoroutineError:
 def _transfer_refused(target, m: _Chain | None):
     """The error transfer raises for target, or None when the transfer may go ahead."""
     if target is None or target is main:
-        return CoroutineError(_SELF_TRANSFER_MSG) if m is None else None
+        if m is None:
+            return CoroutineError(_SELF_TRANSFER_MSG)
+        if m.current._closing:
+            return _closing_switch(m.current, "transfer")
+        if m._pending is CLOSE:  # main's pending close may only end with that coroutine
+            return CoroutineError("cannot transfer to main while it is closing a coroutine")
+        return None
     if type(target) is not Coroutine:
         return _not_a_coroutine("transfer", target)
     s = target._state
@@ -821,8 +928,18 @@ class SafeWrapped:
         co._sw = self
         self.coroutine = co
         self._point = co       # where the next call resumes: the body, or where yield_fn was called
-        self._caller = None    # the coroutine or chain waiting in the latest call, while it waits
+        self._caller = None    # the coroutine or chain that made the latest call (see _waiting)
         self._yield = self._yield_fn
+
+    def _waiting(self):
+        """The maker of the latest call while that call is pending, else None.
+
+        However the call ended (yield_fn, a plain yield or a transfer back to its
+        maker, an ending, an exception), its maker no longer waits for this
+        safewrap (see _callee).
+        """
+        c = self._caller
+        return c if c is not None and c._state is _NORMAL and c._awaits is self else None
 
     async def _yield_fn(self, *values):
         m = _own_chain()
@@ -830,8 +947,8 @@ class SafeWrapped:
             raise CoroutineError("attempt to yield from outside a coroutine")
         if m.current._closing:
             raise _closing_switch(m.current, "yield")
-        if self._caller is None:
-            raise CoroutineError("attempt to yield from a safewrap that is not being called")
+        if self._waiting() is None:
+            raise CoroutineError(_SW_GONE_MSG)
         m.target = self
         m.args = values
         return await _trap(SAFEYIELD)
@@ -961,7 +1078,7 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
     while obj is not None and seen < 1000:
         seen += 1
         if type(obj) is Coroutine:
-            nxt = obj._awaits if obj._state is _NORMAL else None
+            nxt = _callee(obj) if obj._state is _NORMAL else None
             frames += stack_of(obj._co) if obj._co is not None else []
             obj = nxt
             continue
@@ -972,10 +1089,10 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
             # took control elsewhere.
             if m is None or m.current is None:
                 break
-            head = m._awaits if m._awaits is not None else m.current
+            head = _callee(m) if m._awaits is not None else m.current
             frames += stack_of(head)
             while head is not None and head is not m.current:
-                head = head._awaits if head._state is _NORMAL else None
+                head = _callee(head) if head._state is _NORMAL else None
             if head is None:
                 frames += stack_of(m.current._co)
             break
@@ -1010,7 +1127,7 @@ if _speedups is not None:
         ITER=ITER, Trap=_Trap, Coroutine=Coroutine, Delivery=_Delivery, chain_var=_chain,
         run_context=_TRIO_RUN, Task=_TrioTask, new_chain=_Chain, enter=_enter, leave=_leave, end=_end,
         safe_leave=_safe_leave, abandon=_abandon, body=_body, unpack=_unpack,
-        rejected=_rejected, yield_slow=_py_yield, nest_call=_py_nest_call,
+        rejected=_rejected, yield_slow=_py_yield, nest_call=_py_nest_call, hold=_hold,
     )
     _trap, _drive, yield_ = _speedups.trap, _speedups.drive, _speedups.yield_
     _nest_call, _transfer_call = _speedups.nest_call, _speedups.transfer_call

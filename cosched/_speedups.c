@@ -33,7 +33,7 @@ static PyObject *DeliveryType;      /* _coro._Delivery */
 static PyObject *chain_var;         /* _coro._chain (ContextVar) */
 static PyObject *run_context;       /* trio's GLOBAL_RUN_CONTEXT, or None */
 static PyObject *py_new_chain, *py_enter, *py_leave, *py_end, *py_safe_leave, *py_abandon;
-static PyObject *py_body, *py_unpack, *py_rejected, *py_yield_slow, *py_nest_call;
+static PyObject *py_body, *py_unpack, *py_rejected, *py_yield_slow, *py_nest_call, *py_hold;
 static PyObject *str_task, *str_cancel_status, *str_throw, *str_rundict_key;
 static PyTypeObject *task_type;           /* trio's Task, or NULL */
 static Py_ssize_t cancel_status_offset;   /* where Task keeps _cancel_status, or 0 */
@@ -46,7 +46,7 @@ static Py_ssize_t cancel_status_offset;   /* where Task keeps _cancel_status, or
     PyObject_HEAD \
     PyObject *state;    /* status: _INITIAL/_SUSPENDED/_RUNNING/_NORMAL/_DEAD */ \
     PyObject *pending;  /* trap of its pending call */ \
-    PyObject *awaits;   /* while normal: the coroutine its pending call waits for */ \
+    PyObject *awaits;   /* while normal: what its pending call waits for (see _callee) */ \
     PyObject *call_cs;  /* trio cancel status its pending nesting call was made under */ \
     PyObject *resumer;  /* who resumed it and still waits for it, else None */ \
     Py_ssize_t depth;   /* resume nesting depth (main = 0) */
@@ -70,6 +70,8 @@ typedef struct {
     PyObject *current;  /* the coroutine executing in this chain, None while main runs */
     PyObject *target;   /* trap payload: what the switching call names */
     PyObject *args;     /* trap payload: the values it passes */
+    PyObject *holders;  /* coroutines waiting in a call made inside a scope they opened (see
+                         * _hold), or None; emptied whenever main gets control */
     Py_ssize_t switches;  /* how many times control passed between coroutines (or main) */
 } ChainObject;
 
@@ -137,6 +139,7 @@ static PyGetSetDef chain_getset[] = {
     NODE_FIELDS(ChainObject),
     OBJ_FIELD(ChainObject, "task", task), OBJ_FIELD(ChainObject, "current", current),
     OBJ_FIELD(ChainObject, "target", target), OBJ_FIELD(ChainObject, "args", args),
+    OBJ_FIELD(ChainObject, "_holders", holders),
     INT_FIELD(ChainObject, "switches", switches),
     {NULL}
 };
@@ -167,7 +170,7 @@ chain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     fill_none(self, offsetof(ChainObject, state), offsetof(ChainObject, resumer));
-    fill_none(self, offsetof(ChainObject, task), offsetof(ChainObject, args));
+    fill_none(self, offsetof(ChainObject, task), offsetof(ChainObject, holders));
     return self;
 }
 
@@ -212,6 +215,7 @@ chain_traverse(ChainObject *self, visitproc visit, void *arg)
 {
     VISIT_NODE(self);
     Py_VISIT(self->task); Py_VISIT(self->current); Py_VISIT(self->target); Py_VISIT(self->args);
+    Py_VISIT(self->holders);
     return 0;
 }
 
@@ -220,6 +224,7 @@ chain_clear(ChainObject *self)
 {
     CLEAR_NODE(self);
     Py_CLEAR(self->task); Py_CLEAR(self->current); Py_CLEAR(self->target); Py_CLEAR(self->args);
+    Py_CLEAR(self->holders);
     return 0;
 }
 
@@ -283,12 +288,16 @@ raise_exc(PyObject *e)
     PyErr_SetObject((PyObject *)Py_TYPE(e), e);
 }
 
-/* What a return value or StopIteration carried, as an exception to raise in iternext. */
+/* A return value as the StopIteration that send(), throw() and __next__ raise. (Only
+ * tp_iternext may return NULL with no error set; send() is what CPython calls under a
+ * tracer whenever it resumes with a value, and trio resumes with outcomes.) */
 static void
 set_stop_iteration(PyObject *value)
 {
-    if (value == Py_None)
-        return;  /* NULL without an error means StopIteration(None) */
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
     PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
     if (e != NULL) {
         PyErr_SetObject(PyExc_StopIteration, e);
@@ -573,6 +582,8 @@ typedef struct {
     ChainObject *m;                  /* the chain, once started */
     PyObject *co;                    /* the coroutine that awaits the event loop, while it does */
     PyObject *task;                  /* the trio task (None outside trio) */
+    PyObject *outer;                 /* outside trio: the caller's value of the chain variable,
+                                      * which it gets back whenever control leaves the driver */
     int state;                       /* 0: new; 1: forwarding to the event loop; 2: finished */
 } DriverObject;
 
@@ -589,7 +600,24 @@ driver_finish(DriverObject *self)
         Py_SETREF(m->current, Py_NewRef(Py_None));
         Py_SETREF(m->call_cs, Py_NewRef(Py_None));
         Py_SETREF(m->awaits, Py_NewRef(Py_None));
+        if (m->holders != Py_None)
+            Py_SETREF(m->holders, Py_NewRef(Py_None));
     }
+}
+
+/* Outside trio no task owns the caller's context (it may be the thread's own, which
+ * the next trio.run copies, or a finalizer's): the chain is in it only while the
+ * driver runs. Put it in (entering) or give the caller its value back. */
+static int
+driver_context(DriverObject *self, int entering)
+{
+    if (self->outer == NULL)
+        return 0;
+    PyObject *tok = PyContextVar_Set(chain_var, entering ? (PyObject *)self->m : self->outer);
+    if (tok == NULL)
+        return -1;
+    Py_DECREF(tok);
+    return 0;
 }
 
 /* Set up main's chain and make the first transition: (co, value, err) as owned refs. */
@@ -603,10 +631,14 @@ driver_start(DriverObject *self, PyObject **co, PyObject **value, PyObject **err
         return -1;
     }
     self->task = task;
-    if (m == NULL || !IS_CHAIN(m) || ((ChainObject *)m)->task != task ||
+    if (task == Py_None || m == NULL || !IS_CHAIN(m) || ((ChainObject *)m)->task != task ||
             ((ChainObject *)m)->current != Py_None) {
-        /* First chain of this task (or an inherited variable): one per task. */
-        Py_XDECREF(m);
+        /* First chain of this task (or an inherited variable): one per task. Outside
+         * trio, a chain of its own for this driver (see driver_context). */
+        if (task == Py_None)
+            self->outer = m != NULL ? m : Py_NewRef(Py_None);
+        else
+            Py_XDECREF(m);
         m = PyObject_CallFunctionObjArgs(py_new_chain, self->kind, task, NULL);
         if (m == NULL)
             return -1;
@@ -811,6 +843,16 @@ driver_run(DriverObject *self, PyObject *co, PyObject *value, PyObject *err, PyO
                 goto fail;
             }
             CoroObject *t = CORO(target);
+            if (cs != c->entry_cs) {  /* co opened a scope around this call: note it */
+                PyObject *r = PyObject_CallFunctionObjArgs(py_hold, mobj, co, NULL);
+                if (r == NULL) {
+                    Py_DECREF(cs);
+                    Py_DECREF(target);
+                    Py_DECREF(args);
+                    goto fail;
+                }
+                Py_DECREF(r);
+            }
             Py_SETREF(c->state, Py_NewRef(S_NORMAL));
             Py_SETREF(c->pending, Py_NewRef(kind));
             Py_SETREF(c->awaits, Py_NewRef(target));
@@ -899,6 +941,37 @@ driver_busy(DriverObject *self)
     return 0;
 }
 
+/* driver_run between driver_context calls. */
+static PySendResult
+driver_step(DriverObject *self, PyObject *co, PyObject *value, PyObject *err, PyObject **result)
+{
+    if (self->outer == NULL)
+        return driver_run(self, co, value, err, result);
+    PySendResult st;
+    if (driver_context(self, 1) < 0) {
+        Py_DECREF(co);
+        Py_DECREF(value);
+        Py_XDECREF(err);
+        driver_finish(self);
+        *result = NULL;
+        st = PYGEN_ERROR;
+    }
+    else
+        st = driver_run(self, co, value, err, result);
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (driver_context(self, 0) < 0) {
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        if (st != PYGEN_ERROR)
+            Py_CLEAR(*result);
+        return PYGEN_ERROR;
+    }
+    PyErr_Restore(t, v, tb);
+    return st;
+}
+
 static PySendResult
 driver_am_send(DriverObject *self, PyObject *arg, PyObject **result)
 {
@@ -910,17 +983,22 @@ driver_am_send(DriverObject *self, PyObject *arg, PyObject **result)
             Py_XDECREF(value);
             Py_XDECREF(err);
             driver_finish(self);
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
+            if (driver_context(self, 0) < 0)
+                PyErr_Clear();
+            PyErr_Restore(t, v, tb);
             *result = NULL;
             return PYGEN_ERROR;
         }
         Py_CLEAR(self->target);
         Py_CLEAR(self->args);
-        return driver_run(self, co, value, err, result);
+        return driver_step(self, co, value, err, result);
     }
     if (self->state == 1 && self->co != NULL) {
         co = self->co;
         self->co = NULL;
-        return driver_run(self, co, Py_NewRef(arg), NULL, result);
+        return driver_step(self, co, Py_NewRef(arg), NULL, result);
     }
     *result = NULL;
     if (driver_busy(self))
@@ -990,7 +1068,7 @@ driver_throw(DriverObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *co = self->co;
     self->co = NULL;
     PyObject *r;
-    PySendResult st = driver_run(self, co, Py_NewRef(Py_None), exc, &r);
+    PySendResult st = driver_step(self, co, Py_NewRef(Py_None), exc, &r);
     return method_result(st, r);
 }
 
@@ -1014,7 +1092,7 @@ static int
 driver_traverse(DriverObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->kind); Py_VISIT(self->target); Py_VISIT(self->args);
-    Py_VISIT(self->m); Py_VISIT(self->co); Py_VISIT(self->task);
+    Py_VISIT(self->m); Py_VISIT(self->co); Py_VISIT(self->task); Py_VISIT(self->outer);
     return 0;
 }
 
@@ -1022,13 +1100,32 @@ static int
 driver_clear(DriverObject *self)
 {
     Py_CLEAR(self->kind); Py_CLEAR(self->target); Py_CLEAR(self->args);
-    Py_CLEAR(self->m); Py_CLEAR(self->co); Py_CLEAR(self->task);
+    Py_CLEAR(self->m); Py_CLEAR(self->co); Py_CLEAR(self->task); Py_CLEAR(self->outer);
     return 0;
+}
+
+/* A driver forwarding for its chain when it is collected closes the coroutine it
+ * forwards for, as a Python generator suspended at that yield would be closed. */
+static void
+driver_finalize(DriverObject *self)
+{
+    if (self->state != 1 || self->co == NULL)
+        return;
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (driver_abandon(self) < 0)
+        PyErr_WriteUnraisable((PyObject *)self);
+    PyErr_Restore(t, v, tb);
 }
 
 static void
 driver_dealloc(DriverObject *self)
 {
+    /* Only a driver still forwarding has anything to finalize: the others skip the
+     * finalizer protocol, which costs every switching call from main otherwise. */
+    if (self->state == 1 && self->co != NULL &&
+            PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
+        return;  /* resurrected */
     PyObject_GC_UnTrack(self);
     driver_clear(self);
     PyObject_GC_Del(self);
@@ -1057,6 +1154,7 @@ static PyTypeObject DriverType = {
     .tp_basicsize = sizeof(DriverObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_dealloc = (destructor)driver_dealloc,
+    .tp_finalize = (destructor)driver_finalize,
     .tp_traverse = (traverseproc)driver_traverse,
     .tp_clear = (inquiry)driver_clear,
     .tp_as_async = &driver_as_async,
@@ -1082,6 +1180,7 @@ mod_drive(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     d->m = NULL;
     d->co = NULL;
     d->task = NULL;
+    d->outer = NULL;
     d->state = 0;
     PyObject_GC_Track(d);
     return (PyObject *)d;
@@ -1181,14 +1280,14 @@ static PyObject **const setup_slots[] = {
     &T_YIELD, &T_TRANSFER, &T_SAFEYIELD, &T_RESUME, &T_WRAP, &T_ITER,
     (PyObject **)&TrapType, (PyObject **)&CoroType, &DeliveryType, &chain_var, &run_context,
     &py_new_chain, &py_enter, &py_leave, &py_end, &py_safe_leave, &py_abandon,
-    &py_body, &py_unpack, &py_rejected, &py_yield_slow, &py_nest_call,
+    &py_body, &py_unpack, &py_rejected, &py_yield_slow, &py_nest_call, &py_hold,
 };
 static const char *const setup_names[] = {
     "INITIAL", "SUSPENDED", "RUNNING", "NORMAL",
     "YIELD", "TRANSFER", "SAFEYIELD", "RESUME", "WRAP", "ITER",
     "Trap", "Coroutine", "Delivery", "chain_var", "run_context",
     "new_chain", "enter", "leave", "end", "safe_leave", "abandon",
-    "body", "unpack", "rejected", "yield_slow", "nest_call",
+    "body", "unpack", "rejected", "yield_slow", "nest_call", "hold",
 };
 
 static PyObject *

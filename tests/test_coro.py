@@ -29,6 +29,7 @@ DEAD_TRANSFER = "cannot transfer to a dead coroutine"
 ENDED = "coroutine ended without transferring control"
 CLOSE_RUNNING = "cannot close a running coroutine"
 CLOSE_NORMAL = "cannot close a normal coroutine"
+SW_GONE = "cannot yield: the safewrap caller is no longer waiting"
 
 
 def run(afn, *args):
@@ -1942,6 +1943,81 @@ def test_safewrap_async_for_with_cross_yield():
     run(main)
 
 
+def test_safewrap_yield_fn_after_the_callers_coroutine_ended_raises_where_it_was_called():
+    async def main():
+        log = []
+
+        async def body(yield_fn):
+            await coro.yield_("plain")  # a plain yield: the call of caller_body returns
+            try:
+                await yield_fn("to a caller that is gone")
+            except CoroutineError as e:
+                log.append(str(e))
+            return "body done"
+
+        sw = coro.safewrap(body)
+
+        async def caller_body():
+            return await sw()
+
+        caller = coro.create(caller_body)
+        assert await coro.resume(caller) == (True, "plain")
+        assert coro.status(caller) == "dead"
+        # nothing switches: yield_fn raises in the body, which goes on to return
+        assert await coro.resume(sw.coroutine) == (True, "body done")
+        assert log == [SW_GONE]
+        assert coro.status(sw.coroutine) == "dead"
+
+    run(main)
+
+
+def test_safewrap_yield_fn_after_mains_call_returned_does_not_reach_mains_other_call():
+    async def main():
+        async def body(yield_fn):
+            await coro.yield_("plain")
+            try:
+                await yield_fn("stray")
+            except CoroutineError as e:
+                await coro.yield_("caught", str(e))
+            return "end"
+
+        sw = coro.safewrap(body)
+        assert await sw() == "plain"  # main's sw() call has returned
+        # main's pending call is now a resume: yield_fn must not end it
+        assert await coro.resume(sw.coroutine) == (True, "caught", SW_GONE)
+        assert await coro.resume(sw.coroutine) == (True, "end")
+
+        async def resumes_body():
+            return await coro.resume(sw2.coroutine)
+
+        sw2 = coro.safewrap(body)
+        assert await sw2() == "plain"
+        assert await coro.resume(coro.create(resumes_body)) == (
+            True, True, "caught", SW_GONE)
+
+    run(main)
+
+
+def test_safewrap_yield_fn_called_from_a_coroutine_after_the_call_returned_raises():
+    async def main():
+        leaked = []
+
+        async def body(yield_fn):
+            leaked.append(yield_fn)
+            return "returned at once"
+
+        sw = coro.safewrap(body)
+        assert await sw() == "returned at once"
+
+        async def stray():
+            await leaked[0]("nobody waits")
+
+        ok, err = await coro.resume(coro.create(stray))
+        assert ok is False and is_error(err, SW_GONE)
+
+    run(main)
+
+
 def test_safewrap_coroutine_attribute():
     async def main():
         async def body(yield_fn):
@@ -2153,6 +2229,75 @@ def test_close_cleanup_trying_to_switch_returns_false_and_coroutine_error(how):
         assert isinstance(err, CoroutineError)
         assert coro.status(co) == "dead"
         assert coro.status(other) == "suspended"
+
+    run(main)
+
+
+@pytest.mark.parametrize("target", [None, coro.main], ids=["None", "main"])
+def test_close_cleanup_transferring_to_main_returns_false_and_coroutine_error(target):
+    async def main():
+        async def body():
+            try:
+                await coro.yield_()
+            finally:
+                await coro.transfer(target, "again")
+
+        w = coro.wrap(body)
+        await w()
+        ok, err = await coro.close(w.coroutine)
+        assert ok is False
+        assert is_error(err, "being closed")
+        assert coro.status(w.coroutine) == "dead"
+
+    run(main)
+
+
+def test_close_cleanup_whose_nested_coroutine_transfers_to_main_refuses_it_there():
+    async def main():
+        log = []
+
+        async def nested():
+            try:
+                await coro.transfer(None, "would end main's close")
+            except CoroutineError as e:
+                log.append(str(e))
+            return "nested done"
+
+        async def body():
+            try:
+                await coro.yield_()
+            finally:
+                log.append(await coro.resume(coro.create(nested)))
+
+        co = coro.create(body)
+        await coro.resume(co)
+        assert await coro.close(co) == (True,)
+        assert log == ["cannot transfer to main while it is closing a coroutine",
+                       (True, "nested done")]
+        assert coro.status(co) == "dead"
+
+    run(main)
+
+
+def test_close_cleanup_whose_transfer_entered_coroutine_ends_returns_false_and_the_error():
+    async def main():
+        async def ends():
+            return "no transfer"
+
+        async def nested():
+            await coro.transfer(coro.create(ends))
+
+        async def body():
+            try:
+                await coro.yield_()
+            finally:
+                await coro.resume(coro.create(nested))
+
+        co = coro.create(body)
+        await coro.resume(co)
+        ok, err = await coro.close(co)
+        assert ok is False and is_error(err, ENDED)
+        assert coro.status(co) == "dead"
 
     run(main)
 
@@ -2634,6 +2779,183 @@ def test_safewrap_cross_yield_past_a_scope_opened_in_the_body_raises_inside():
     run(main)
 
 
+def _ends_after_transfer():
+    """c0 transfers to c1, which returns: the chain ends without transferring control."""
+    c1 = coro.create(lambda: "c1 done")
+    c0 = coro.create(lambda: coro.transfer(c1))
+    return c0, c1
+
+
+@pytest.mark.parametrize("how", ["wrap", "safewrap"])
+def test_ending_inside_a_scope_of_a_waiting_coroutine_unwinds_it_before_main_gets_it(how):
+    async def main():
+        log = []
+        scopes = []
+        c0, c1 = _ends_after_transfer()
+
+        async def b0(*_):
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                try:
+                    await coro.resume(c0)
+                finally:
+                    log.append("b0 unwound")
+
+        gen = coro.wrap(b0) if how == "wrap" else coro.safewrap(b0)
+        with trio.CancelScope() as outer:
+            with pytest.raises(CoroutineError, match=ENDED):
+                async for _ in gen:
+                    pass
+            # main is not left inside b0's scope: cancelling it does not reach main
+            scopes[0].cancel()
+            await trio.sleep(0)
+        assert not outer.cancelled_caught
+        assert log == ["b0 unwound"]
+        assert [coro.status(c) for c in (gen.coroutine, c0, c1)] == ["dead", "suspended", "dead"]
+        with pytest.raises(CoroutineError, match=ENDED):  # c0 is free: main may continue it
+            await coro.transfer(c0, "c0 returns this")
+        assert coro.status(c0) == "dead"
+
+    run(main)
+
+
+def test_ending_inside_a_scope_of_a_transfer_entered_coroutine_reaches_main_through_it():
+    async def main():
+        c0, c1 = _ends_after_transfer()
+
+        async def holder():
+            with trio.CancelScope():
+                await coro.resume(c0)
+
+        h = coro.create(holder)
+        with trio.CancelScope() as outer:
+            with pytest.raises(CoroutineError, match=ENDED):
+                await coro.transfer(h)
+            await trio.sleep(0)
+        assert not outer.cancelled_caught
+        assert coro.status(h) == "dead"
+
+    run(main)
+
+
+def test_ending_inside_a_scope_is_raised_at_the_innermost_call_under_it():
+    async def main():
+        c0, c1 = _ends_after_transfer()
+
+        async def middle():  # opens nothing: waits under its resumer's scope
+            await coro.resume(c0)
+            return "not reached"
+
+        async def holder():
+            m = coro.create(middle)
+            with trio.CancelScope():
+                r = await coro.resume(m)
+            await trio.sleep(0)
+            return r, coro.status(m)
+
+        ok, r, status_m = await coro.resume(coro.create(holder))
+        assert ok is True
+        assert r[0] is False and is_error(r[1], ENDED)  # middle died of it
+        assert status_m == "dead"
+
+    run(main)
+
+
+def test_cancelled_transfer_entered_coroutine_unwinds_to_the_scope_that_was_cancelled():
+    async def main():
+        async def c1_body():
+            scope.cancel()
+            await trio.sleep(0)  # trio.Cancelled, for holder's scope
+
+        c1 = coro.create(c1_body)
+        c0 = coro.create(lambda: coro.transfer(c1))
+        scope = None
+
+        async def holder():
+            nonlocal scope
+            with trio.CancelScope() as scope:
+                await coro.resume(c0)
+            return "holder goes on", scope.cancelled_caught
+
+        with trio.CancelScope() as outer:
+            assert await coro.resume(coro.create(holder)) == (True, "holder goes on", True)
+            await trio.sleep(0)
+        assert not outer.cancelled_caught
+        assert (coro.status(c1), coro.status(c0)) == ("dead", "suspended")
+
+    run(main)
+
+
+def test_ending_inside_a_scope_is_raised_in_the_chain_of_the_coroutine_that_opened_it():
+    async def main():
+        log = []
+        u = coro.create(lambda: "u returns")
+        t = coro.create(lambda: coro.transfer(u))
+        r = coro.create(lambda: coro.yield_("r"))
+
+        async def q_body():  # entered by transfer inside x's scope
+            with trio.CancelScope():  # q opens a scope of its own around a call...
+                await coro.resume(r)
+            try:  # ...and now waits outside it, under x's scope, not on x's way down
+                await coro.resume(t)
+            except CoroutineError as e:
+                log.append(("q", str(e)))
+
+        q = coro.create(q_body)
+        a = coro.create(lambda: coro.transfer(q))
+
+        async def x_body():
+            with trio.CancelScope():
+                try:
+                    await coro.resume(a)
+                except CoroutineError as e:
+                    log.append(("x", str(e)))
+            return "x done"
+
+        x = coro.create(x_body)
+        assert await coro.resume(x) == (True, "x done")
+        assert log == [("x", ENDED)]
+        assert [coro.status(c) for c in (q, t, u)] == ["normal", "suspended", "dead"]
+
+    run(main)
+
+
+def test_ending_whose_resumer_waits_under_other_scopes_is_raised_in_the_scope_holder():
+    async def main():
+        log = []
+
+        async def returner():
+            await coro.transfer(None, "parked")  # to main; waiter still waits for it
+            return "values for waiter"
+
+        async def waiter():
+            log.append(await coro.resume(ret))
+            return "waiter done"
+
+        async def holder():
+            c0 = coro.create(lambda: coro.transfer(ret))  # ret ends under holder's scope
+            try:
+                with trio.CancelScope():
+                    await coro.resume(c0)
+            except CoroutineError as e:
+                log.append(str(e))
+            return "holder done"
+
+        ret = coro.create(returner)
+        w = coro.create(waiter)
+        assert await coro.resume(w) == (True, "parked")
+        assert await coro.resume(coro.create(holder)) == (True, "holder done")
+        assert log == ["coroutine ended while the call waiting for it was made under "
+                       "other trio cancel scopes"]
+        assert (coro.status(ret), coro.status(w)) == ("dead", "normal")
+        # waiter's call was made under main's scopes: main may still end it
+        with pytest.raises(CoroutineError, match=ENDED):
+            await coro.transfer(w, "late")
+        assert log[-1] == (True, "late") and coro.status(w) == "dead"
+
+    run(main)
+
+
 def test_scope_opened_and_closed_before_yielding_is_fine():
     async def main():
         async def body():
@@ -2988,6 +3310,127 @@ def test_limits_unreferenced_suspended_coroutine_is_collected_and_its_finally_ru
                                "wrap finally"]
 
     run(main)
+
+
+def test_coroutines_collected_after_trio_run_leave_nothing_to_the_next_run():
+    import cosched._coro as core
+
+    unraisable = []
+    keep = []
+
+    async def first():
+        async def sleeper():
+            await trio.sleep(0)
+
+        async def body():
+            try:
+                await coro.yield_(1)
+            finally:  # runs at collection, outside trio: it cannot await (Python says so)
+                await coro.resume(coro.create(sleeper))
+
+        async def gen():
+            try:
+                await coro.yield_(2)
+            finally:
+                await coro.wrap(sleeper)()
+
+        co = coro.create(body)
+        w = coro.wrap(gen)
+        assert (await coro.resume(co), await w()) == ((True, 1), 2)
+        keep.extend([co, w, keep])  # a cycle: only the collector frees them
+
+    trio.run(first)
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        keep = None
+        gc.collect()
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable  # the finally blocks did try to await
+    assert core._chain.get() is None
+
+    async def second():
+        with pytest.raises(CoroutineError, match=OUTSIDE) as info:
+            await coro.yield_()
+        assert type(info.value) is CoroutineError
+        assert coro.running() == (coro.main, True)
+        assert coro.status(coro.main) == "running" and not coro.isyieldable()
+        co = coro.create(lambda: coro.yield_(5))
+        return await coro.resume(co), coro.status(co)
+
+    assert run(second) == ((True, 5), "suspended")
+
+
+def test_a_driver_outside_trio_keeps_its_chain_out_of_the_callers_context():
+    import types as pytypes
+
+    import cosched._coro as core
+
+    @pytypes.coroutine
+    def event_loop_trap():
+        return (yield "not a cosched trap")
+
+    log = []
+
+    async def body():
+        try:
+            log.append(await event_loop_trap())
+            log.append(coro.current() is co)
+            await coro.yield_("done")
+        finally:
+            log.append("finally")
+
+    co = coro.create(body)
+    driver = coro.resume(co)
+    assert driver.send(None) == "not a cosched trap"  # forwarded to whoever drives main
+    assert core._chain.get() is None and coro.status(co) == "running"
+    with pytest.raises(StopIteration) as stop:
+        driver.send("sent back")
+    assert stop.value.value == (True, "done")
+    assert log == ["sent back", True] and core._chain.get() is None
+
+    # Dropped while it forwards, the driver closes the coroutine it forwards for.
+    co = coro.create(body)
+    driver = coro.resume(co)
+    driver.send(None)
+    del driver
+    gc.collect()
+    assert coro.status(co) == "dead"
+    assert log[-1] == "finally" and core._chain.get() is None
+
+
+def test_a_driver_from_outside_trio_collected_inside_a_chain_leaves_that_chain_alone():
+    import types as pytypes
+
+    @pytypes.coroutine
+    def event_loop_trap():
+        return (yield "not a cosched trap")
+
+    log = []
+
+    async def parked():
+        try:
+            await event_loop_trap()
+        finally:
+            log.append("parked closed")
+
+    stale = [coro.resume(coro.create(parked))]
+    stale[0].send(None)  # outside trio, it now forwards for its coroutine
+
+    async def main():
+        async def body():
+            stale.clear()  # collected while this chain runs, in this task's context
+            gc.collect()
+            await coro.yield_("chain intact")
+            return coro.current() is co
+
+        co = coro.create(body)
+        return await coro.resume(co), await coro.resume(co)
+
+    assert run(main) == ((True, "chain intact"), (True, True))
+    assert log == ["parked closed"]
 
 
 # ---------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def test_pure_python_reference_passes_the_contract_tests():
     env = dict(os.environ, COSCHED_PURE_PYTHON="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_coro.py", "tests/test_seeds.py"],
+         "tests/test_coro.py", "tests/test_seeds.py", "tests/test_coro_lua.py",
+         "tests/test_coro_model.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -170,6 +171,37 @@ def test_switches_work_under_a_tracer():
     finally:
         sys.settrace(None)
     assert out == [(True, 2), (True, "wait"), "w", ["i"], "suspended"]
+
+
+def test_a_chain_that_awaited_trio_and_ends_with_nothing_works_under_a_tracer():
+    # trio resumes a task with an outcome, not None: under a tracer CPython then
+    # calls the awaitable's send() method, which must raise StopIteration(None)
+    # when the switch returns None.
+    async def main():
+        async def body(*_):
+            await trio.sleep(0)
+
+        async def gen():
+            await trio.sleep(0)
+            await coro.yield_()
+
+        return [await coro.resume(coro.create(body)), await coro.wrap(body)(),
+                await coro.safewrap(body)(), await coro.wrap(gen)(),
+                await coro.transfer(coro.create(transfers_back))]
+
+    async def transfers_back():
+        await trio.sleep(0)
+        await coro.transfer(None)
+
+    def tracer(frame, event, arg):
+        return None
+
+    sys.settrace(tracer)
+    try:
+        out = run(main)
+    finally:
+        sys.settrace(None)
+    assert out == [(True,), None, None, None, None]
 
 
 @needs_c
