@@ -299,6 +299,42 @@ def _status_line(sup: Supervisor) -> str:
     return f"{alive} tasks, {len(sup.job_table)} jobs"
 
 
+class _CannotStart(Exception):
+    """Start-up stops before any job runs: the message for stderr, and the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def prepare(config) -> tuple:
+    """What must be in place before trio starts: the runtime folder, the passed control
+    socket, the metrics socket, the state database. Raises _CannotStart."""
+    try:
+        prepare_runtime(config)
+    except Untrusted as e:
+        raise _CannotStart(f"refusing to start: runtime folder: {e}") from None
+    except OSError as e:
+        raise _CannotStart(f"cannot set up the runtime folder: {e}") from None
+    try:
+        control_sock = _passed_socket(config)
+    except activation.ActivationError as e:
+        raise _CannotStart(f"socket activation: {e}") from None
+    metrics_sock = None
+    if config.metrics_listen is not None:
+        try:
+            metrics_sock = httpserve.bind(config.metrics_listen)
+        except httpserve.MetricsAddressError as e:
+            raise _CannotStart(e.strerror, EXIT_FAILED) from None
+    try:
+        state = open_state(config)
+    except Untrusted as e:
+        raise _CannotStart(f"refusing to start: state folder: {e}") from None
+    except StoreError as e:
+        raise _CannotStart(f"cannot open the state database: {e}") from None
+    return control_sock, metrics_sock, state
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -315,33 +351,10 @@ def main(argv=None) -> int:
                     "anyway; for development only")
     set_strict_modes(config.strict_modes)
     try:
-        prepare_runtime(config)
-    except Untrusted as e:
-        print(f"coschedd: refusing to start: runtime folder: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as e:
-        print(f"coschedd: cannot set up the runtime folder: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        control_sock = _passed_socket(config)
-    except activation.ActivationError as e:
-        print(f"coschedd: socket activation: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    metrics_sock = None
-    if config.metrics_listen is not None:
-        try:
-            metrics_sock = httpserve.bind(config.metrics_listen)
-        except httpserve.MetricsAddressError as e:
-            print(f"coschedd: {e.strerror}", file=sys.stderr)
-            return EXIT_FAILED
-    try:
-        state = open_state(config)
-    except Untrusted as e:
-        print(f"coschedd: refusing to start: state folder: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StoreError as e:
-        print(f"coschedd: cannot open the state database: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        control_sock, metrics_sock, state = prepare(config)
+    except _CannotStart as e:
+        print(f"coschedd: {e}", file=sys.stderr)
+        return e.code
     notifier = Notifier()
     try:
         trio.run(run, config, notifier, sink, metrics_sock, control_sock, overrides(args), state)
@@ -354,7 +367,6 @@ def main(argv=None) -> int:
         log.info("coschedd stopped")
         sink.drain(LOG_DRAIN)
     return EXIT_OK
-
 
 if __name__ == "__main__":
     sys.exit(main())

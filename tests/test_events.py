@@ -31,24 +31,35 @@ def make_supervisor(tmp_path: Path, jobs: dict[str, str], extra: str = "") -> Su
     return Supervisor(load_config(tmp_path / "c.toml"))
 
 
+def drive(sup: Supervisor, scenario) -> None:
+    """Run the supervisor, and scenario() beside it within 10 s."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            with trio.fail_after(10):
+                await scenario()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def until(predicate) -> None:
+    while not predicate():
+        await trio.sleep(0.01)
+
+
 def test_a_tasks_life_is_announced_in_order(tmp_path):
     sup = make_supervisor(tmp_path, {"asker": ASKER})
     seen: list[dict] = []
     sup.events.subscribe(seen.append)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sup.run)
-            with trio.fail_after(10):
-                while not any(e["event"] == "suspended" for e in seen):
-                    await trio.sleep(0.01)
-                await sup.resume("asker", ["boom"], 5)          # fails, restarts, asks again
-                while sum(e["event"] == "suspended" for e in seen) < 2:
-                    await trio.sleep(0.01)
-                await sup.resume("asker", ["Ada"], 5)
-            nursery.cancel_scope.cancel()
+    async def scenario():
+        await until(lambda: any(e["event"] == "suspended" for e in seen))
+        await sup.resume("asker", ["boom"], 5)          # fails, restarts, asks again
+        await until(lambda: sum(e["event"] == "suspended" for e in seen) >= 2)
+        await sup.resume("asker", ["Ada"], 5)
 
-    trio.run(main)
+    drive(sup, scenario)
     kinds = [e["event"] for e in seen]
     assert kinds == ["job-loaded", "started", "suspended", "resumed", "failed", "restarting",
                      "started", "suspended", "resumed", "finished"], kinds
@@ -83,16 +94,11 @@ def test_a_stop_is_announced_before_the_tasks_it_kills(tmp_path):
     seen: list[dict] = []
     sup.events.subscribe(seen.append)
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sup.run)
-            with trio.fail_after(10):
-                while not any(e["event"] == "suspended" for e in seen):
-                    await trio.sleep(0.01)
-                assert await sup.stop(5) == []
-            nursery.cancel_scope.cancel()
+    async def scenario():
+        await until(lambda: any(e["event"] == "suspended" for e in seen))
+        assert await sup.stop(5) == []
 
-    trio.run(main)
+    drive(sup, scenario)
     kinds = [e["event"] for e in seen]
     assert kinds[-2:] == ["stopping", "killed"], kinds
     assert seen[-1]["traceback"] is None and seen[-1]["error"] is None
