@@ -17,7 +17,7 @@ CHATTY = """
     import trio
 
     async def main(task):
-        for i in range(200_000):
+        for i in range(40_000):   # 6 MB of lines: more than the 4 MB queue and a pipe hold
             task.log.info("chatter", i=i, pad="x" * 100)
             if i % 1000 == 0:
                 await trio.sleep(0)
