@@ -32,6 +32,7 @@ so that its service manager restarts it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
 import signal
@@ -364,9 +365,27 @@ def main(argv=None) -> int:
     finally:
         state[0].close(LOG_DRAIN)   # (closed already after a clean stop)
         notifier.close()
+        _end_worker_processes()
         log.info("coschedd stopped")
         sink.drain(LOG_DRAIN)
     return EXIT_OK
+
+
+def _end_worker_processes() -> None:
+    """End task.run_in_process's cached worker processes now, as trio-parallel would at
+    exit, but quietly: one that the service manager signalled with the daemon (systemd
+    signals the whole control group) exits nonzero, and that is no error to print."""
+    impl = sys.modules.get("trio_parallel._impl")
+    if impl is None:   # no job used run_in_process
+        return
+    shutdown = getattr(impl, "graceful_default_shutdown", None)
+    if shutdown is None:
+        return
+    atexit.unregister(shutdown)
+    try:
+        shutdown()
+    except Exception as e:  # noqa: BLE001 - BrokenWorkerProcessError and kin, at exit
+        log.info("worker processes ended", note=str(e)[:200])
 
 if __name__ == "__main__":
     sys.exit(main())
