@@ -411,9 +411,13 @@ class _Server:
         except OSError:
             trio_conn.close()
             return
+        try:
+            nursery.start_soon(self.connection, trio_conn, pid, uid, gid, initial)
+        except RuntimeError:   # the server is closing (this runs as a run_sync_soon callback,
+            trio_conn.close()  # where an exception would end the whole run)
+            return
         self.active += 1
         self.per_uid[uid] += 1
-        nursery.start_soon(self.connection, trio_conn, pid, uid, gid, initial)
 
     def may_control(self, conn: stdsocket.socket) -> bool:
         """Whether the peer has control access (for the stall desk's thread)."""

@@ -69,7 +69,8 @@ def info(t: Task, now: float | None = None) -> dict:
     """One task's row. ``now`` (time.monotonic()) may be given once for many rows."""
     state = t._state
     trio_task = t.trio_task
-    if state == "running" and trio_task is not None and trio_task._next_send_fn is None:
+    if state == "running" and trio_task is not None and getattr(
+            trio_task, "_next_send_fn", True) is None:
         state = "waiting"   # running, but blocked in the event loop (see Task.shown_state)
     return {
         "id": t.id, "name": t.name, "job": t.job.name, "state": state,
