@@ -196,17 +196,28 @@ def _signal_all(procs: list[psutil.Process], sig: int) -> None:
 
 
 async def end_processes(procs: list[psutil.Process], grace: float) -> None:
-    """SIGTERM procs, wait up to grace seconds for them to exit, SIGKILL the rest.
+    """SIGTERM procs, wait up to grace seconds for them to exit, SIGKILL the rest, and
+    return once those have died too (at most KILL_WAIT seconds more: SIGKILL takes
+    effect when the kernel next schedules the process, not when kill() returns).
 
     Exits are waited for with pidfds in the event loop, not by polling; without
     pidfd support (Linux < 5.3) the survivors simply get the whole grace period.
     """
     _signal_all(procs, signal.SIGTERM)
-    with trio.move_on_after(grace):
+    await _wait_all(procs, grace)
+    survivors = [p for p in procs if _running(p)]
+    _signal_all(survivors, signal.SIGKILL)
+    await _wait_all(survivors, KILL_WAIT)
+
+
+KILL_WAIT = 2.0   # seconds end_processes waits for SIGKILLed processes to be gone
+
+
+async def _wait_all(procs: list[psutil.Process], timeout: float) -> None:
+    with trio.move_on_after(timeout):
         async with trio.open_nursery() as nursery:
             for p in procs:
-                nursery.start_soon(_wait_exit, p, grace)
-    _signal_all([p for p in procs if _running(p)], signal.SIGKILL)
+                nursery.start_soon(_wait_exit, p, timeout)
 
 
 async def _wait_exit(p: psutil.Process, grace: float) -> None:
