@@ -383,12 +383,7 @@ class _Server:
         return None
 
     async def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno in _ACCEPT_RETRY:
-            return
-        if exc.errno not in _ACCEPT_EXHAUSTED:
-            raise exc
-        log.error("control accept failed; pausing", error=str(exc), pause=ACCEPT_BACKOFF)
-        await trio.sleep(ACCEPT_BACKOFF)
+        await accept_failed(exc, "control")
 
     def _refuse_busy(self, conn: trio.socket.SocketType, uid: int, reason: str) -> None:
         """Answer ``busy`` without waiting: a peer that does not read must not hold up
@@ -629,6 +624,18 @@ async def _close_stream(stream: Any) -> None:
     elif callable(aclose := getattr(stream, "aclose", None)):
         with trio.CancelScope(shield=True):
             await aclose()
+
+
+async def accept_failed(exc: OSError, what: str) -> None:
+    """After a failed accept(): go on at once when the peer alone is to blame, pause
+    when the process is out of descriptors or memory (the listener stays readable, and
+    retrying at once would spin), re-raise anything else."""
+    if exc.errno in _ACCEPT_RETRY:
+        return
+    if exc.errno not in _ACCEPT_EXHAUSTED:
+        raise exc
+    log.error(f"{what} accept failed; pausing", error=str(exc), pause=ACCEPT_BACKOFF)
+    await trio.sleep(ACCEPT_BACKOFF)
 
 
 def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nursery,

@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 import trio
 
+from .control import accept_failed
 from .metrics import CONTENT_TYPE
 from .terminal import escape
 
@@ -89,8 +90,7 @@ async def serve(listener: stdsocket.socket, sup: Any, *,
                 try:
                     conn, _ = await sock.accept()
                 except OSError as e:  # out of descriptors, or a peer gone before accept
-                    log.warning("metrics accept failed", error=str(e))
-                    await trio.sleep(0.1)
+                    await accept_failed(e, "metrics")
                     continue
                 if active >= MAX_CONNECTIONS:
                     _refuse(conn)
