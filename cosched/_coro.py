@@ -1052,6 +1052,18 @@ def last_transfer_to_main() -> Coroutine | None:
     return co if co is not None and co._state is _SUSPENDED else None
 
 
+def resume_call(co, args: tuple):
+    """What ``await resume(co, *args)`` awaits when main calls it: the chain driver.
+
+    For a dispatcher that runs a coroutine as the main of its own trio task (after
+    ``release_chain()``, so no inherited chain is trusted) and awaits the driver
+    directly: a task parked inside ``co`` then keeps no frame of ``resume``, which
+    counts when a daemon holds a million of them. None when ``co`` is not a
+    coroutine that can be resumed; ``resume`` gives the answer then.
+    """
+    return _drive(RESUME, co, args) if _resumable(co) else None
+
+
 def switches_of(trio_task) -> int:
     """How many times control has passed between coroutines (or main) in trio_task."""
     m = trio_task.context.get(_chain)

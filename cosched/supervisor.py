@@ -54,7 +54,7 @@ import trio
 
 from . import __version__, coro, hooks, reconfig, reports, restarts, tasklog, tasktree, whereis
 from . import log as logsetup
-from ._coro import last_transfer_to_main, release_chain, switches_of
+from ._coro import last_transfer_to_main, release_chain, resume_call, switches_of
 from .config import Config, ConfigError, JobPolicy
 from .eventfeed import EventLog
 from .events import Events
@@ -291,44 +291,83 @@ class Supervisor:
         return self.start_task(parent.job, fn, args, parent, name).ctx
 
     async def _supervise(self, t: Task) -> None:
-        """Run t, restarting it as its policy says, until it ends for good."""
-        t.trio_task = trio.lowlevel.current_task()
-        self.reg.by_trio[t.trio_task] = t
-        self.guard.enter(t)  # this first step began before the guard knew the task
-        tasklog.enter(t)     # what this trio task (and those it starts) prints is t's
+        """Run t, restarting it as its policy says, until it ends for good.
+
+        A task parked in its body holds one frame of ours, this one: each life's
+        drive loop is inline and awaits the chain driver itself (a million parked
+        tasks pay for every frame); what runs only while the task is not in its
+        body (parking, a restart delay) has its own methods.
+        """
+        self._adopt(t)
         try:
             while True:
-                if t.policy.restart != "no":
-                    if t.starts is None:
-                        t.starts = deque()
-                    t.starts.append(time.monotonic())
-                await self._run_once(t)
-                if self._restart_now(t):
-                    continue
-                delay = self._restart_delay(t)
-                if t.abandoned:
-                    break
-                self._life_ended(t)
-                if delay is None:
-                    break
-                t.state = "restarting"
-                log.info("restarting task", task=t.name, id=t.id, delay=delay, after=t.error)
-                self.events.task("restarting", t, delay=delay)
+                self._begin_life(t)
                 with trio.CancelScope() as t.scope:
-                    await trio.sleep(delay)
-                if self._restart_now(t):
-                    continue
-                if t.kill_requested or t.scope.cancelled_caught:
+                    try:
+                        call = resume_call(t.root, (t.ctx, *t.args))
+                        while call is not None:
+                            try:
+                                got = await call
+                            except Exception as e:  # a transferred-into chain raised into main
+                                got = (False, e)
+                            call = await self._continuation(t, got)
+                    except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
+                        if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
+                            _clear_frames(exc)   # its traceback's cycles would outlive the task
+                            raise  # a kill, or the daemon stopping: the cancelled scope takes it
+                        self._contain(t, exc)
+                if t.scope.cancelled_caught and t.state not in ("failed", "killed"):
                     t.state = "killed"
-                    self._life_ended(t)
+                    log.info("task killed", task=t.name, id=t.id)
+                if not await self._next_life(t):
                     break
-                t.restarts += 1
         except Exception:  # noqa: BLE001 - a bug of ours ends this task, not the daemon
             log.exception("supervising the task failed", task=t.name, id=t.id)
             t.state, t.error = "failed", t.error or "internal error in coschedd (see its log)"
             self._life_ended(t)
         finally:
             self._finished(t)
+
+    def _adopt(self, t: Task) -> None:
+        """The first step of t's trio task: the daemon learns which trio task runs t."""
+        t.trio_task = trio.lowlevel.current_task()
+        self.reg.by_trio[t.trio_task] = t
+        self.guard.enter(t)  # this first step began before the guard knew the task
+        tasklog.enter(t)     # what this trio task (and those it starts) prints is t's
+
+    def _begin_life(self, t: Task) -> None:
+        if t.policy.restart != "no":
+            if t.starts is None:
+                t.starts = deque()
+            t.starts.append(time.monotonic())
+        t.root = coro.create(t.fn)
+        t.error = t.traceback = t.result = None
+        t.state = "running"
+        self.events.task("started", t, restarts=t.restarts)
+
+    async def _next_life(self, t: Task) -> bool:
+        """A life of t is over: True if another follows (after its restart delay)."""
+        if self._restart_now(t):
+            return True
+        delay = self._restart_delay(t)
+        if t.abandoned:
+            return False
+        self._life_ended(t)
+        if delay is None:
+            return False
+        t.state = "restarting"
+        log.info("restarting task", task=t.name, id=t.id, delay=delay, after=t.error)
+        self.events.task("restarting", t, delay=delay)
+        with trio.CancelScope() as t.scope:
+            await trio.sleep(delay)
+        if self._restart_now(t):
+            return True
+        if t.kill_requested or t.scope.cancelled_caught:
+            t.state = "killed"
+            self._life_ended(t)
+            return False
+        t.restarts += 1
+        return True
 
     def _restart_now(self, t: Task) -> bool:
         """A restart was asked for (``restart``, or a reload that changed its job's
@@ -407,53 +446,30 @@ class Supervisor:
         doublings = min(t.restarts, MAX_BACKOFF_DOUBLINGS)  # 2 ** 1024 overflows a float
         return min(p.restart_delay * 2.0 ** doublings, p.restart_delay_max)
 
-    async def _run_once(self, t: Task) -> None:
-        """One life of t; whatever the job raises ends it here."""
-        t.root = coro.create(t.fn)
-        t.error = t.traceback = t.result = None
+    async def _continuation(self, t: Task, got: tuple):
+        """The root gave control back with ``got``: what to await to continue t, or None
+        once this life is over. A yield (or a transfer to main) parks t at the daemon
+        until it is resumed (then it continues) or killed (then its cleanup runs)."""
+        if coro.status(t.root) == "dead" or not got[0]:
+            self._ended(t, got)
+            return None
+        transfer = coro.status(t.root) != "suspended"
+        target = last_transfer_to_main() if transfer else t.root
+        if target is None:
+            self._ended(t, (False, coro.CoroutineError("no suspended coroutine to continue")))
+            return None
+        self._parked[t.id] = (target, transfer)
+        try:
+            values = await self._park(t, got[1:])
+        finally:
+            del self._parked[t.id]
+        if values is None:  # killed while suspended: run its cleanup
+            await self._close(t, target)
+            return None
         t.state = "running"
-        self.events.task("started", t, restarts=t.restarts)
-        with trio.CancelScope() as t.scope:
-            try:
-                await self._drive(t)
-            except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
-                if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
-                    _clear_frames(exc)   # its traceback's cycles would outlive the task
-                    raise  # a kill, or the daemon stopping: the cancelled scope takes it
-                self._contain(t, exc)
-        if t.scope.cancelled_caught and t.state not in ("failed", "killed"):
-            t.state = "killed"
-            log.info("task killed", task=t.name, id=t.id)
-
-    async def _drive(self, t: Task) -> None:
-        """Drive t's root coroutine, parking it whenever it yields to the daemon."""
-        target, values, transfer = t.root, (t.ctx, *t.args), False
-        while True:
-            try:
-                if transfer:
-                    got = (True, *reports.unpack(await coro.transfer(target, *values)))
-                else:
-                    got = await coro.resume(target, *values)
-            except Exception as e:  # a transferred-into chain raised into main
-                got = (False, e)
-            if coro.status(t.root) == "dead" or not got[0]:
-                self._ended(t, got)
-                return
-            # Suspended at the daemon: the root yielded, or some coroutine transferred to main.
-            transfer = coro.status(t.root) != "suspended"
-            target = last_transfer_to_main() if transfer else t.root
-            if target is None:
-                self._ended(t, (False, coro.CoroutineError("no suspended coroutine to continue")))
-                return
-            self._parked[t.id] = (target, transfer)
-            try:
-                values = await self._park(t, got[1:])
-            finally:
-                del self._parked[t.id]
-            if values is None:  # killed while suspended: run its cleanup
-                await self._close(t, target)
-                return
-            t.state = "running"
+        if transfer:
+            return _transfer_to(target, values)
+        return resume_call(target, values) or coro.resume(target, *values)
 
     def _contain(self, t: Task, exc: BaseException) -> None:
         """A BaseException escaped the job: the task failed (or, if it was being killed,
@@ -726,6 +742,11 @@ class _Loading:
     policy: Any
     id: None = None
     step_began: float = 0.0
+
+
+async def _transfer_to(target, values: tuple) -> tuple:
+    """Continue a coroutine that transferred to main; its answer as resume would give it."""
+    return (True, *reports.unpack(await coro.transfer(target, *values)))
 
 
 def _only_cancelled(exc: BaseException) -> bool:

@@ -120,6 +120,7 @@ class Daemon:
             [daemon]
             jobs_dir = "jobs"
             runtime_dir = "run"
+            state_dir = "state"
             stop_timeout = 60
             [log]
             format = "json"
