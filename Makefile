@@ -28,7 +28,7 @@ run: $(BIN)/coschedd
 	$(BIN)/coschedd --config config/coschedd.toml
 
 test: $(BIN)/coschedd $(SSHD)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(BIN)/coschedd
 	$(BIN)/python tests/bench/bench_coro.py
