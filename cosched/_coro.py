@@ -1085,13 +1085,35 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
     ``coro``). It sees through chain drivers into the coroutine they run, and follows
     a normal coroutine into the one it waits for. Frames of this module are left out.
     """
-    frames = []
-    seen = 0
-    while obj is not None and seen < 1000:
-        seen += 1
+    return [(code.co_filename, line_of(owner), code.co_qualname)
+            for code, owner in points_of(obj)]
+
+
+def line_of(owner) -> int:
+    """The line a coroutine or generator from ``points_of`` is at."""
+    frame = getattr(owner, "cr_frame", None) or getattr(owner, "gi_frame", None)
+    return frame.f_lineno if frame is not None else 0
+
+
+def points_of(obj, _budget: list[int] | None = None):
+    """``(code, owner)`` of each frame of ``stack_of``, lazily: a caller looking for one
+    frame stops there. Nothing here makes a frame object (CPython makes one when a
+    suspended coroutine's ``cr_frame`` is read, and keeps it): ``line_of`` does, for
+    the frames whose line is wanted."""
+    budget = [10_000] if _budget is None else _budget   # a bound, should a chain loop
+    while obj is not None and budget[0] > 0:
+        budget[0] -= 1
+        if type(obj) is types.CoroutineType:   # an async def frame: the common case
+            if not obj.cr_suspended and obj.cr_frame is None:
+                return   # finished
+            if obj.cr_code.co_filename != __file__:
+                yield obj.cr_code, obj
+            obj = obj.cr_await
+            continue
         if type(obj) is Coroutine:
             nxt = _callee(obj) if obj._state is _NORMAL else None
-            frames += stack_of(obj._co) if obj._co is not None else []
+            if obj._co is not None:
+                yield from points_of(obj._co, budget)
             obj = nxt
             continue
         m = _driven_chain(obj)
@@ -1100,22 +1122,20 @@ def stack_of(obj) -> list[tuple[str, int, str]]:
             # coroutines waiting in nested calls, and the running one if a transfer
             # took control elsewhere.
             if m is None or m.current is None:
-                break
+                return
             head = _callee(m) if m._awaits is not None else m.current
-            frames += stack_of(head)
+            yield from points_of(head, budget)
             while head is not None and head is not m.current:
                 head = _callee(head) if head._state is _NORMAL else None
             if head is None:
-                frames += stack_of(m.current._co)
-            break
+                yield from points_of(m.current._co, budget)
+            return
         frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
         if frame is None:
-            break
-        code = frame.f_code
-        if code.co_filename != __file__:
-            frames.append((code.co_filename, frame.f_lineno, code.co_qualname))
+            return
+        if frame.f_code.co_filename != __file__:
+            yield frame.f_code, obj
         obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
-    return frames
 
 
 def _driven_chain(obj):

@@ -117,6 +117,11 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+try:  # optional (the "fast" extra): encodes the rows of a long status about 5x faster
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the standard library's encoder serves then
+    _orjson = None
+
 BAD_REQUEST = "bad-request"
 TOO_LARGE = "too-large"
 UNKNOWN_COMMAND = "unknown-command"
@@ -483,6 +488,11 @@ def _jsonable(value: Any, depth: int, active: set[int]) -> Any:
         active.discard(id(value))
 
 
+def jsonable(value: Any) -> Any:
+    """What ``encode`` puts on the wire for ``value``, as JSON types."""
+    return _jsonable(value, 0, set())
+
+
 def encode(obj: Any) -> bytes:
     """One compact JSON line. Never fails: values JSON cannot hold are rendered with
     ``repr``, non-finite floats become null, cycles and odd keys are replaced."""
@@ -495,6 +505,33 @@ def encode(obj: Any) -> bytes:
         return text.encode("utf-8") + b"\n"
     except UnicodeEncodeError:  # lone surrogates in a string: let JSON escape them
         return _dumps(obj, ascii_only=True).encode("ascii") + b"\n"
+
+
+def encode_plain(obj: Any) -> bytes:
+    """``encode`` of what the daemon built itself from JSON types (dict, list, str,
+    int, float, bool, None): status rows.
+
+    orjson encodes it when installed. What it cannot encode (lone surrogates, ints
+    beyond 64 bits, non-string keys) or would render otherwise than the standard
+    library (subclasses, dataclasses, dates) falls back to ``encode``. Enums and
+    UUIDs it renders by value without asking, so they must not be here: values
+    that come from jobs go through ``jsonable`` first (see ``reports.info``).
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(obj, default=_refuse, option=_ORJSON_OPTIONS)
+        except TypeError:   # orjson.JSONEncodeError is a TypeError
+            pass
+    return encode(obj)
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+_ORJSON_OPTIONS = 0 if _orjson is None else (
+    _orjson.OPT_APPEND_NEWLINE | _orjson.OPT_PASSTHROUGH_SUBCLASS
+    | _orjson.OPT_PASSTHROUGH_DATACLASS | _orjson.OPT_PASSTHROUGH_DATETIME)
 
 
 # -- answers produced in pieces -----------------------------------------------------
@@ -522,7 +559,7 @@ class Chunked:
         cut = opening.rindex(b"[]")   # `key: []` is the last member of the result
         yield opening[:cut + 1]
         for i in range(0, len(self.items), self.size):
-            part = encode(self.render(self.items[i:i + self.size]))
+            part = encode_plain(self.render(self.items[i:i + self.size]))
             yield (b"," if i else b"") + part[1:-2]   # without the brackets and the newline
         closing = encode(self.tail)[1:-2]
         yield b"]" + (b"," + closing if closing else b"") + b"}}\n"

@@ -15,7 +15,8 @@ from typing import Any
 
 import trio
 
-from ._coro import stack_of, switches_of
+from ._coro import line_of, points_of, stack_of, switches_of
+from .protocol import jsonable
 from .registry import Task
 
 __all__ = ["info", "show", "outcome", "stack", "where", "pack", "unpack"]
@@ -61,8 +62,25 @@ def waiting_on(t: Task) -> str | None:
     """Where a waiting task waits; walked once per step (a parked task does not step)."""
     cached = t.where
     if cached is None or cached[0] != t.steps:
-        cached = t.where = (t.steps, where(stack(t)))
+        cached = t.where = (t.steps, _where_waits(t))
     return cached[1]
+
+
+def _where_waits(t: Task) -> str | None:
+    """``where(stack(t))``, walking only down to the first trio frame and reading the
+    line of one: a status of a million parked tasks walks each of them once."""
+    if t.trio_task is None:
+        return None
+    caller = None   # the innermost (code, owner) outside cosched so far: the job's line
+    for code, owner in points_of(t.trio_task.coro):
+        if code.co_filename.startswith(_TRIO_DIR):
+            frames = [(code.co_filename, 0, code.co_qualname)]
+            if caller is not None:
+                frames.insert(0, (caller[0].co_filename, line_of(caller[1]), caller[0].co_qualname))
+            return where(frames)
+        if not code.co_filename.startswith(_PKG_DIR):
+            caller = code, owner
+    return None
 
 
 def info(t: Task, now: float | None = None) -> dict:
@@ -79,9 +97,20 @@ def info(t: Task, now: float | None = None) -> dict:
         "switches": switches_of(trio_task) if trio_task is not None else t.switches,
         "age": round((time.monotonic() if now is None else now) - t.born, 3),
         "restarts": t.restarts,
-        "yielded": list(t.yielded) if t.yielded is not None else None,
+        "yielded": _plain(t.yielded) if t.yielded is not None else None,
         "error": t.error,
     }
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(values: tuple) -> list:
+    """Yielded values as a row shows them: JSON types only (so any encoder renders the
+    row alike), the others as the protocol's encoder would render them."""
+    if all(type(v) in _SCALARS for v in values):
+        return list(values)
+    return jsonable(list(values))
 
 
 def rows(tasks: list[Task]) -> list[dict]:

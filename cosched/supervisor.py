@@ -153,7 +153,7 @@ class Supervisor:
         Returns the tasks whose cleanup was abandoned."""
         self.events.job("stopping", "*")   # what is alive now is interrupted, not killed
         self.guard.stopping(timeout)
-        self.gc.stopping = True
+        self.gc.stop()
         alive = self.reg.alive()
         for t in alive:
             self._request_kill(t)

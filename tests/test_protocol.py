@@ -1,6 +1,10 @@
 """Tests of cosched.protocol: encoding, request validation and the error codes."""
 
+import dataclasses
+import datetime
+import enum
 import json
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -276,3 +280,61 @@ def test_no_line_makes_the_decoder_fail_other_than_with_a_clear_error(line):
         return
     spec = protocol.COMMANDS[request.cmd]
     assert set(request.args) == set(spec.args)
+
+
+# -- encode_plain: status rows, with orjson when it is installed ----------------------
+
+ROWS = [{"id": 1, "name": "a\u00e9", "busy": 1e-05, "age": 3.25, "yielded": [1, "x", None, True],
+         "error": None, "steps": 2**40}]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_encode_plain_is_one_json_line_meaning_what_encode_means(monkeypatch, fast):
+    if not fast:
+        monkeypatch.setattr(protocol, "_orjson", None)
+    elif protocol._orjson is None:
+        pytest.skip("orjson is not installed")
+    data = protocol.encode_plain(ROWS)
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    assert json.loads(data) == json.loads(protocol.encode(ROWS)) == ROWS
+
+
+class Colour(enum.Enum):
+    RED = 1
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+class Name(str):
+    pass
+
+
+ODD = [Point(1), datetime.date(2026, 1, 2), Name("n"), "lone \udc80", 2**70, float("nan"),
+       {1: "int key"}]
+
+
+@pytest.mark.parametrize("value", ODD, ids=lambda v: type(v).__name__)
+def test_encode_plain_renders_odd_values_as_encode_does(value):
+    """orjson would write a dataclass as an object and a date as ISO text, and cannot
+    write the others: the answer must not depend on whether orjson is installed."""
+    assert json.loads(protocol.encode_plain([value])) == json.loads(protocol.encode([value]))
+
+
+def test_jsonable_is_what_encode_puts_on_the_wire():
+    values = [Colour.RED, uuid.UUID(int=7), Point(2), float("inf"), {(1, 2): 3}, "ok"]
+    plain = protocol.jsonable(values)
+    assert json.loads(protocol.encode_plain(plain)) == json.loads(protocol.encode(values))
+    assert plain[0] == repr(Colour.RED) and plain[1] == repr(uuid.UUID(int=7))
+
+
+def test_chunked_pieces_join_into_one_response_line():
+    rows = [{"id": i, "v": [Point(i)] if i == 3 else i} for i in range(7)]
+    answer = protocol.Chunked({"daemon": {"x": 1}}, "tasks", rows, lambda chunk: chunk,
+                              {"job_errors": []}, size=2)
+    line = b"".join(answer.pieces(5))
+    assert line.count(b"\n") == 1
+    assert json.loads(line) == json.loads(protocol.encode(protocol.ok(5, {
+        "daemon": {"x": 1}, "tasks": rows, "job_errors": []})))

@@ -1,0 +1,87 @@
+"""Tests of cosched.reports on a real supervisor: where waiting tasks wait, and rows that
+any encoder renders alike."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from cosched import protocol, reports
+from test_events import drive, make_supervisor
+
+WAITERS = """
+    import enum
+
+    import trio
+
+    from cosched import coro
+
+    class Colour(enum.Enum):
+        RED = 1
+
+    async def sleeper(task):
+        await trio.sleep(1000)
+
+    async def event_waiter(task):
+        await trio.Event().wait()
+
+    async def receiver(task):
+        a, b = trio.socket.socketpair()
+        await a.recv(1)
+
+    async def deep():
+        await trio.sleep(1000)
+
+    async def nested(task):
+        co = coro.create(deep)
+        await coro.resume(co)
+
+    async def yielder(task):
+        await coro.yield_(Colour.RED, 1.5, "text")
+
+    async def main(task):
+        for fn in (sleeper, event_waiter, receiver, nested, yielder):
+            task.spawn(fn, name=fn.__name__)
+        await trio.sleep(1000)
+"""
+
+EXPECTED = {
+    "sleeper": "trio.sleep at waiters.py:12",
+    "event_waiter": "trio.Event.wait at waiters.py:15",
+    "receiver": "await a.recv(1) at waiters.py:19",
+    "nested": "trio.sleep at waiters.py:22",
+}
+
+
+def test_waiting_on_walks_to_the_first_trio_frame_and_agrees_with_the_full_stack(tmp_path):
+    sup = make_supervisor(tmp_path, {"waiters": WAITERS})
+
+    async def scenario():
+        while len(sup.tasks) < 6 or any(t.steps == 0 for t in sup.tasks.values()):
+            await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        by_name = {t.name: t for t in sup.tasks.values()}
+        for name, expected in EXPECTED.items():
+            t = by_name[name]
+            assert reports.info(t)["waiting_on"] == expected, name
+            assert reports.where(reports.stack(t)) == expected, name
+        assert reports.info(by_name["yielder"])["waiting_on"] is None
+
+    drive(sup, scenario)
+
+
+def test_a_row_holds_json_types_only_whatever_a_job_yielded(tmp_path):
+    sup = make_supervisor(tmp_path, {"waiters": WAITERS})
+    rows: list[dict] = []
+
+    async def scenario():
+        while not any(t.state == "suspended" for t in sup.tasks.values()):
+            await trio.sleep(0.01)
+        rows.append(reports.info(next(t for t in sup.tasks.values() if t.state == "suspended")))
+
+    drive(sup, scenario)
+    # The enum is shown as the protocol renders a value JSON cannot hold (its repr), by
+    # every encoder, rather than by its value as orjson would write it unasked.
+    assert rows[0]["yielded"] == ["<Colour.RED: 1>", 1.5, "text"]
+    assert json.loads(protocol.encode_plain(rows[0])) == json.loads(protocol.encode(rows[0]))
