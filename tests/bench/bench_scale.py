@@ -202,7 +202,7 @@ def one_run(n: int, floor_start: float) -> dict:
         began = time.perf_counter()
         ctl(d.sock, "start", "many")
         while True:   # small requests only: a full status would inflate the RSS measured
-            s = ctl_json(d.sock, "status", "many")
+            s = ctl_json(d.sock, "status", "--state", "suspended")   # (the children are "many"'s)
             if s["daemon"]["num_tasks"] >= n + 1 and "spawn_seconds" in (
                     ctl_json(d.sock, "show", "many").get("task_state") or {}):
                 break
@@ -211,7 +211,7 @@ def one_run(n: int, floor_start: float) -> dict:
         spawn = ctl_json(d.sock, "show", "many")["task_state"]["spawn_seconds"]
         time.sleep(0.5)
         rss = d.ps.memory_info().rss - base
-        start_gc = max(ctl_json(d.sock, "status", "many")["daemon"]["gc"]["longest_pause"])
+        start_gc = max(ctl_json(d.sock, "status", "--state", "suspended")["daemon"]["gc"]["longest_pause"])
         table = min(ctl(d.sock, "status")[0] for _ in range(3))
         raw, data = None, None
         for _ in range(3):
