@@ -111,7 +111,6 @@ validation and the encoding helpers. It does no I/O.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable
@@ -358,6 +357,7 @@ def _check_arg(cmd: str, name: str, arg: Arg, args: dict[str, Any]) -> Any:
         if arg.required:
             raise ControlError(BAD_REQUEST, f"{cmd!r} needs argument {name!r} "
                                             f"({_expected(arg)})")
+        import copy  # here, not at the top: coschedctl never needs it (its start-up)
         return copy.deepcopy(arg.default)
     value = args[name]
     if not _is_instance(value, arg.types) or (arg.valid is not None and not arg.valid(value)):
@@ -417,12 +417,13 @@ def err(id: int | str | None, code: str, message: str) -> dict:
     return {"id": id, "ok": False, "error": {"code": code, "message": message}}
 
 
-def decode_response(line: bytes) -> Response:
+def decode_response(line: bytes, loads: Callable[[bytes], Any] | None = None) -> Response:
     """Parse a response line: a ``Response`` on success, ``ControlError`` on an error answer.
+    ``loads`` reads the JSON (default: the standard library's).
 
     Raises ``ValueError`` when the line is not a well-formed response.
     """
-    obj = json.loads(line.decode("utf-8"))
+    obj = json.loads(line.decode("utf-8")) if loads is None else loads(line)
     if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
         raise ValueError("response is not an object with a boolean 'ok'")
     if obj["ok"]:
