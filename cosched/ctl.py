@@ -101,11 +101,17 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 from . import __version__, fastjson, protocol
 from .protocol import ControlError
 from .terminal import escape, escape_json, escape_lines
+
+# typing costs a small coschedctl command 4-5 ms to import (cosched.records)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from .records import NamedTuple
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
