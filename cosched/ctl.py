@@ -3,12 +3,16 @@
 Control a running coschedd through its unix socket, on this host or over SSH.
 
 Commands:
-  status [TASK] [--job JOB] [--state STATE]
+  status [TASK] [--job JOB] [--state STATE] [--sort FIELD] [--reverse] [--limit N]
                           the daemon (pid, uptime, memory, CPU), a table of the
                           tasks, and the jobs that failed to load; or one task;
                           --job and --state keep the tasks of one job, or in one
                           state (starting, running, waiting, suspended,
-                          restarting, finished, failed, killed)
+                          restarting, finished, failed, killed); --sort orders
+                          the tasks by id, name, job or state, or largest first
+                          by busy, steps, switches, age or restarts; --reverse
+                          the other way; --limit: only the first N (also with
+                          --json; sorting and limiting are done by coschedctl)
   show TASK               one task in detail: state, yielded values, stack, traceback
   resume TASK [VALUE...]  resume a suspended task with values and wait until it
                           yields, ends, or the daemon stops waiting (5 seconds
