@@ -33,12 +33,13 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from . import socketpath
 from .envconfig import EnvError, overrides, variable
 from .schedules import ScheduleError, check_cron, check_timezone, parse_every
 from .strictmodes import Untrusted, read_trusted
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "coschedd.toml"
-SYSTEM_CONFIG = Path("/etc/cosched/coschedd.toml")
+REPO_CONFIG = Path(socketpath.REPO_CONFIG)
+SYSTEM_CONFIG = Path(socketpath.SYSTEM_CONFIG)
 SYSTEM_STATE_DIR = Path("/var/lib/cosched")
 SOCKET_PATH_MAX = 107  # sizeof(sun_path) on Linux minus the terminating NUL
 RESERVED_CONNECTIONS = 4  # of control.max_connections, kept for root and the daemon's user
@@ -439,17 +440,7 @@ def _alias_warnings(data: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _path(base: Path, p: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(base / p))  # normalise "..", but keep symlinks as given
-
-
-def _runtime_dir(value: str, base: Path, environ: Mapping[str, str]) -> Path:
-    if value:
-        return _path(base, value)
-    if systemd := environ.get("RUNTIME_DIRECTORY"):
-        return _path(base, systemd.split(":")[0])  # several RuntimeDirectory= are ":"-joined
-    if xdg := environ.get("XDG_RUNTIME_DIR"):
-        return _path(base, xdg) / "cosched"
-    return _path(base, "../.run")
+    return Path(socketpath.resolve(base, p))  # normalise "..", but keep symlinks as given
 
 
 def _state_dir(value: str, base: Path, environ: Mapping[str, str]) -> Path:
@@ -489,10 +480,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
     daemon, control, log, history = v["daemon"], v["control"], v["log"], v["history"]
     _check_control(control)
     _check_timing(jobs)
-    runtime_dir = _runtime_dir(daemon["runtime_dir"], base_dir, environ)
-    socket = runtime_dir / "coschedd.sock"
-    if control["socket"]:
-        socket = _path(base_dir, control["socket"])
+    # the rules coschedctl follows too, reading only these two keys (cosched.socketpath)
+    runtime_dir = Path(socketpath.runtime_dir(daemon["runtime_dir"], base_dir, environ))
+    socket = Path(socketpath.socket_path(os.fspath(runtime_dir), control["socket"], base_dir))
     if len(os.fsencode(socket)) > SOCKET_PATH_MAX:  # bind() would fail much later, less clearly
         raise ConfigError(f"control.socket: {socket} is longer than the {SOCKET_PATH_MAX} bytes "
                           "a unix socket path may have")
@@ -519,9 +509,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, *, path: Path | None =
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
     """$COSCHED_CONFIG, else /etc/cosched/coschedd.toml if present, else the repo's copy."""
-    if env := environ.get("COSCHED_CONFIG"):
-        return Path(env)
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else REPO_CONFIG
+    return Path(socketpath.config_path(environ))
 
 
 def load_config(path: str | os.PathLike | None = None,

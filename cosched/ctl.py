@@ -3,12 +3,16 @@
 Control a running coschedd through its unix socket, on this host or over SSH.
 
 Commands:
-  status [TASK] [--job JOB] [--state STATE]
+  status [TASK] [--job JOB] [--state STATE] [--sort FIELD] [--reverse] [--limit N]
                           the daemon (pid, uptime, memory, CPU), a table of the
                           tasks, and the jobs that failed to load; or one task;
                           --job and --state keep the tasks of one job, or in one
                           state (starting, running, waiting, suspended,
-                          restarting, finished, failed, killed)
+                          restarting, finished, failed, killed); --sort orders
+                          the tasks by id, name, job or state, or largest first
+                          by busy, steps, switches, age or restarts; --reverse
+                          the other way; --limit: only the first N (also with
+                          --json; sorting and limiting are done by coschedctl)
   show TASK               one task in detail: state, yielded values, stack, traceback
   resume TASK [VALUE...]  resume a suspended task with values and wait until it
                           yields, ends, or the daemon stops waiting (5 seconds
@@ -91,20 +95,27 @@ control characters escaped (\\n, \\x1b, ...) and bytes that are not UTF-8 as
 
 from __future__ import annotations
 
+import _socket
 import argparse
+import gc
 import json
 import os
 import re
-import socket
 import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
-from . import __version__, protocol
+from . import __version__, fastjson, protocol
 from .protocol import ControlError
 from .terminal import escape, escape_json, escape_lines
+
+# typing costs a small coschedctl command 4-5 ms to import (cosched.records)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from .records import NamedTuple
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -124,38 +135,55 @@ class Unreachable(Exception):
 # -- where the daemon is ----------------------------------------------------------
 
 def default_socket_path(environ: dict[str, str] | None = None) -> str:
-    """$COSCHED_SOCKET, else the socket of the default configuration, else
-    $XDG_RUNTIME_DIR/cosched/coschedd.sock."""
+    """$COSCHED_SOCKET, else the socket of the default configuration (only the keys
+    that place it are read: cosched.socketpath), else $XDG_RUNTIME_DIR/cosched/coschedd.sock."""
     env = os.environ if environ is None else environ
     if env.get("COSCHED_SOCKET"):
         return env["COSCHED_SOCKET"]
     try:
-        from .config import load_config
-        return os.fspath(load_config(None).socket)
+        from .socketpath import from_config
+        return from_config(env)
     except Exception:
         runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
         return os.path.join(runtime, "cosched", "coschedd.sock")
 
 
 # -- the client -------------------------------------------------------------------
+# The C module _socket, not socket: socket.py builds its enums at import, which costs
+# a small command more than its whole conversation with the daemon.
+
+_CHUNK = 1 << 20   # bytes per recv: a status of 100,000 tasks is some 40 MB
+
 
 def call(path: str, cmd: str, args: dict[str, Any], timeout: float) -> Any:
     """Send one request and return its result. Raises ``ControlError`` when the daemon
     answers with an error and ``Unreachable`` when it cannot be asked."""
+    return decode(call_line(path, cmd, args, timeout))
+
+
+def call_line(path: str, cmd: str, args: dict[str, Any], timeout: float) -> bytes:
+    """Send one request and return its answer line, undecoded. Raises ``Unreachable``."""
     deadline = time.monotonic() + timeout
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            _connect(sock, path, timeout)
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
-            line = _read_line(sock, deadline)
+        _connect(sock, path, timeout)
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
+        return _read_line(sock, deadline)
     except TimeoutError:
         raise Unreachable(f"no answer within {timeout:g}s") from None
     except OSError as exc:
         raise Unreachable(exc.strerror or str(exc)) from None
+    finally:
+        sock.close()
+
+
+def decode(line: bytes) -> Any:
+    """The result of an answer line; raises ``ControlError`` for an error answer and
+    ``Unreachable`` for one that is not a response."""
     try:
-        return protocol.decode_response(line).result
-    except ValueError as exc:
+        return protocol.decode_response(line, fastjson.loads).result
+    except (ValueError, RecursionError) as exc:
         raise Unreachable(f"unreadable answer: {exc}") from None
 
 
@@ -165,38 +193,41 @@ def follow(path: str, cmd: str, args: dict[str, Any], timeout: float,
     and return the final result. ``timeout`` bounds the connection and the first line;
     then lines may be as far apart as the followed thing is quiet. Raises like ``call``."""
     deadline = time.monotonic() + timeout
-    reader = None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            _connect(sock, path, timeout)
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
-            reader = _Lines(sock)
-            while True:
-                line = reader.next(deadline)
-                deadline = None  # the first line came: from now on, wait as long as it takes
-                try:
-                    response = protocol.decode_response(line)
-                except ValueError as exc:
-                    raise Unreachable(f"unreadable answer: {exc}") from None
-                if not response.item:
-                    return response.result
-                on_item(response.result)
+        _connect(sock, path, timeout)
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
+        reader = _Lines(sock)
+        while True:
+            line = reader.next(deadline)
+            deadline = None  # the first line came: from now on, wait as long as it takes
+            try:
+                response = protocol.decode_response(line, fastjson.loads)
+            except (ValueError, RecursionError) as exc:
+                raise Unreachable(f"unreadable answer: {exc}") from None
+            if not response.item:
+                return response.result
+            on_item(response.result)
     except TimeoutError:
         raise Unreachable(f"no answer within {timeout:g}s") from None
     except OSError as exc:
         raise Unreachable(exc.strerror or str(exc)) from None
+    finally:
+        sock.close()
 
 
 class _Lines:
     """Response lines from a socket, one at a time."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
+        self.scanned = 0  # buf[:scanned] holds no newline: a long line is searched once
 
     def next(self, deadline: float | None) -> bytes:
-        while b"\n" not in self.buf:
+        while (end := self.buf.find(b"\n", self.scanned)) < 0:
+            self.scanned = len(self.buf)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -204,24 +235,24 @@ class _Lines:
                 self.sock.settimeout(remaining)
             else:
                 self.sock.settimeout(None)
-            data = self.sock.recv(65536)
+            data = self.sock.recv(_CHUNK)
             if not data:
                 raise Unreachable("the daemon closed the connection")
             self.buf += data
-        end = self.buf.index(b"\n")
         line = bytes(self.buf[:end])
         del self.buf[:end + 1]
+        self.scanned = 0
         return line
 
 
-def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+def _connect(sock: _socket.socket, path: str, timeout: float) -> None:
     """Connect, waiting while the daemon's listen queue is full. A non-blocking (or
     timed) connect to a unix socket fails at once with EAGAIN then, so a burst of
     connections from anyone would make us fail; a blocking one sleeps in the kernel
     until there is room, for at most SO_SNDTIMEO."""
     usec = max(1, int(min(timeout, MAX_TIMEOUT) * 1e6))  # a zero timeval would mean forever
     sock.settimeout(None)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,
                     struct.pack("@ll", usec // 1_000_000, usec % 1_000_000))
     try:
         sock.connect(path)
@@ -229,25 +260,30 @@ def _connect(sock: socket.socket, path: str, timeout: float) -> None:
         raise Unreachable(f"its listen queue stayed full for {timeout:g}s") from None
 
 
-def _send_request(sock: socket.socket, data: bytes) -> None:
+def _send_request(sock: _socket.socket, data: bytes) -> None:
     try:
         sock.sendall(data)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon may have answered and hung up already (busy, forbidden)
 
 
-def _read_line(sock: socket.socket, deadline: float) -> bytes:
-    buf = bytearray()
-    while b"\n" not in buf:
+def _read_line(sock: _socket.socket, deadline: float) -> bytes:
+    """The first line, without its newline; each piece is searched once (a long
+    answer comes in hundreds of pieces)."""
+    pieces = []
+    while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
         sock.settimeout(remaining)
-        data = sock.recv(65536)
+        data = sock.recv(_CHUNK)
         if not data:
             raise Unreachable("the daemon closed the connection without answering")
-        buf += data
-    return bytes(buf[:buf.index(b"\n")])
+        end = data.find(b"\n")
+        if end >= 0:
+            pieces.append(data[:end])
+            return b"".join(pieces)
+        pieces.append(data)
 
 
 # -- argument parsing -------------------------------------------------------------
@@ -282,7 +318,7 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_AGE = r"(\d+(?:\.\d+)?)([smhdw])"
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -290,7 +326,7 @@ def since_arg(text: str) -> float:
     """--since: an age ("15m": that long ago), seconds since the epoch, or an ISO date/time
     (local time unless it says otherwise); as seconds since the epoch."""
     value = text.strip()
-    if m := _AGE.fullmatch(value):
+    if m := re.fullmatch(_AGE, value):
         return max(0.0, time.time() - float(m[1]) * _AGE_UNITS[m[2]])
     try:
         seconds = float(value)
@@ -327,8 +363,9 @@ def _is_number(value: Any) -> bool:
 
 def fmt_duration(seconds: Any) -> str:
     """0.2ms, 350ms, 1.2s, 3m04s, 2h05m, 3d04h; '-' for a missing value."""
-    if not _is_number(seconds):
-        return _text(seconds)
+    kind = type(seconds)
+    if (kind is not float and kind is not int or seconds != seconds) and not _is_number(seconds):
+        return _text(seconds)  # (the exact types first: a table calls this for every row)
     if seconds < 0.0095:
         return "0s" if seconds == 0 else f"{seconds * 1000:.1f}ms"
     if round(seconds, 3) < 1:
@@ -343,6 +380,16 @@ def fmt_duration(seconds: Any) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+def _durations(values: list[Any]) -> list[str]:
+    """fmt_duration of each value, each distinct number formatted once (the ages of
+    tasks started together repeat, and so do short busy times). Only when every value
+    is a number or null: True == 1 would share 1's entry."""
+    if set(map(type, values)) <= {float, int, type(None)}:
+        texts = {v: fmt_duration(v) for v in dict.fromkeys(values)}
+        return list(map(texts.__getitem__, values))
+    return [fmt_duration(v) for v in values]
 
 
 def fmt_bytes(count: Any) -> str:
@@ -378,9 +425,31 @@ def _plain(value: Any) -> str:
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """Left-aligned columns two spaces apart; the last column is not padded."""
-    cells = [headers] + [[_text(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    columns = ([_cells(list(col)) for col in zip(*rows, strict=True)] if rows
+               else [[] for _ in headers])
+    return table_of_columns(headers, columns)
+
+
+def _cells(values: list[Any]) -> list[str]:
+    """_text of each value, with one check for all of them when they are printable
+    ASCII (nearly always: then none needs escaping)."""
+    cells = list(map(str, values))
+    if None in values:
+        cells = ["-" if v is None else c for v, c in zip(values, cells, strict=True)]
+    joined = "".join(cells)
+    if joined.isascii() and joined.isprintable():
+        return cells
+    return [escape(c) for c in cells]
+
+
+def table_of_columns(headers: list[str], columns: list[list[str]]) -> str:
+    """``table`` of columns of cells that are safe to print already: each row is one
+    str.format call, so 100,000 rows take a fraction of a second."""
+    widths = [max(len(h), max(map(len, col), default=0))
+              for h, col in zip(headers, columns, strict=True)]
+    template = "  ".join([*(f"{{:<{w}}}" for w in widths[:-1]), "{}"])
+    return "\n".join([template.format(*headers).rstrip(),
+                      *map(str.rstrip, map(template.format, *columns))])
 
 
 def _job_errors(errors: list[dict]) -> list[str]:
@@ -401,15 +470,23 @@ def render_status(result: dict) -> str:
         f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}"
         f"  switch path {_text(d.get('switch_path'))}",
         "",
-        table(["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
-              [[t.get("id"), t.get("name"), t.get("state"), t.get("waiting_on"),
-                fmt_duration(t.get("busy")), t.get("steps"), fmt_duration(t.get("age"))]
-               for t in tasks]) if tasks else "no tasks to list",
+        _task_table(tasks) if tasks else "no tasks to list",
     ]
     errors = result.get("job_errors") or []
     if errors:
         lines += ["", "job errors:", *_job_errors(errors)]
     return "\n".join(lines)
+
+
+def _task_table(tasks: list[dict]) -> str:
+    """The tasks' table, built a column at a time (a status may list a million)."""
+    def column(key: str) -> list[Any]:
+        return [t.get(key) for t in tasks]
+    return table_of_columns(
+        ["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
+        [_cells(column("id")), _cells(column("name")), _cells(column("state")),
+         _cells(column("waiting_on")), _durations(column("busy")), _cells(column("steps")),
+         _durations(column("age"))])
 
 
 def _started_at(value: Any) -> str:
@@ -666,6 +743,10 @@ class Cmd(NamedTuple):
     run: Callable[[argparse.Namespace, str], int] | None = None
     local_help: str = ""
     method: str | None = None  # the protocol command, when not ``name``
+    # What of the result to print, decided here (status --sort/--limit): None to print
+    # it as it came, else a function of the result giving (the result to print, a note
+    # for humans under it).
+    view: Callable[[argparse.Namespace], Callable[[Any], tuple[Any, str]] | None] | None = None
 
     @property
     def help(self) -> str:
@@ -687,6 +768,44 @@ def _run_top(ns: argparse.Namespace, path: str) -> int:
     return top.main(path, ns.timeout, as_json=ns.json)
 
 
+# status --sort FIELD: True for the fields listed largest first (busiest, oldest, ...).
+SORT_FIELDS = {"id": False, "name": False, "job": False, "state": False, "busy": True,
+               "steps": True, "switches": True, "age": True, "restarts": True}
+MAX_ROWS = 999_999_999
+
+
+def _rows(text: str) -> int:
+    if re.fullmatch(r"[0-9]{1,9}", text) and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"not a number of tasks from 1 to {MAX_ROWS}: {text!r}")
+
+
+def _sort_key(field: str) -> Callable[[Any], Any]:
+    """Numbers by value, other fields as text; a task without the field sorts last."""
+    if field in ("name", "job", "state"):
+        return lambda t: (t.get(field) is None, str(t.get(field)))
+    missing = -float("inf") if SORT_FIELDS[field] else float("inf")
+    return lambda t: v if type(v := t.get(field)) is int or type(v) is float else missing
+
+
+def _status_view(ns: argparse.Namespace) -> Callable[[Any], tuple[Any, str]] | None:
+    """status --sort, --reverse and --limit, done here: the daemon sends every task."""
+    if ns.sort is None and ns.rows is None and not ns.reverse:
+        return None
+
+    def view(result: Any) -> tuple[Any, str]:
+        tasks = result.get("tasks") or []
+        if ns.sort is not None:
+            tasks = sorted(tasks, key=_sort_key(ns.sort), reverse=SORT_FIELDS[ns.sort] != ns.reverse)
+        elif ns.reverse:
+            tasks = tasks[::-1]
+        shown = tasks[:ns.rows]
+        note = (f"\n({len(shown)} of {len(tasks)} tasks listed: --limit {ns.rows})"
+                if len(shown) < len(tasks) else "")
+        return {**result, "tasks": shown}, note
+    return view
+
+
 _TASK = ("task", {"type": task_arg, "metavar": "TASK"})
 _TASK_OR_JOB = ("task", {"type": task_arg, "metavar": "TASK|JOB"})
 _LINES = ("-n", {"dest": "lines", "type": _count, "default": 10, "metavar": "N"})
@@ -695,9 +814,12 @@ _FOLLOW = ("-f", {"dest": "follow", "action": "store_true"})
 COMMANDS: tuple[Cmd, ...] = (
     Cmd("status", (("task", {"type": task_arg, "metavar": "TASK", "nargs": "?"}),
                    ("--job", {"metavar": "JOB"}),
-                   ("--state", {"metavar": "STATE", "choices": protocol.TASK_STATES})),
+                   ("--state", {"metavar": "STATE", "choices": protocol.TASK_STATES}),
+                   ("--sort", {"metavar": "FIELD", "choices": tuple(SORT_FIELDS)}),
+                   ("--reverse", {"action": "store_true"}),
+                   ("--limit", {"dest": "rows", "type": _rows, "metavar": "N"})),
         lambda ns: {k: v for k in ("task", "job", "state") if (v := getattr(ns, k)) is not None},
-        render_status),
+        render_status, view=_status_view),
     Cmd("show", (_TASK,), lambda ns: {"task": ns.task}, render_show),
     Cmd("resume", (_TASK, ("values", {"type": value_arg, "metavar": "VALUE", "nargs": "*",
                                       "default": []})),
@@ -762,6 +884,40 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+class _Trial(Exception):
+    """A parser of one command could not parse the arguments: ask the whole parser."""
+
+
+class _TrialParser(_Parser):
+    def error(self, message: str) -> None:
+        raise _Trial(message)
+
+
+def _columns() -> int:
+    """The terminal's width for argparse's messages, as shutil.get_terminal_size finds it
+    (argparse asks shutil at every add_argument; importing shutil costs milliseconds)."""
+    global _COLUMNS
+    if _COLUMNS is None:
+        try:
+            _COLUMNS = int(os.environ.get("COLUMNS", "0"))
+        except ValueError:
+            _COLUMNS = 0
+        if _COLUMNS <= 0:
+            try:
+                _COLUMNS = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            except (AttributeError, ValueError, OSError):
+                _COLUMNS = 0
+        _COLUMNS = _COLUMNS or 80
+    return _COLUMNS
+
+
+_COLUMNS: int | None = None
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=_columns())
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The global options; on the subcommands (``suppress``) they override only when given."""
     def default(value: Any) -> Any:
@@ -784,12 +940,17 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         parser.add_argument("--version", action="version", version=f"coschedctl {__version__}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="coschedctl", usage=USAGE, add_help=False)
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; or (``only``) of that one alone ("": of none),
+    which raises _Trial on any error: a fraction of the work (see _parse)."""
+    cls = _Parser if only is None else _TrialParser
+    parser = cls(prog="coschedctl", usage=USAGE, add_help=False, formatter_class=_formatter)
     _add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="coschedctl")
     for cmd in COMMANDS:
-        p = sub.add_parser(cmd.name, help=cmd.help, add_help=False)
+        if only is not None and cmd.name != only:
+            continue
+        p = sub.add_parser(cmd.name, help=cmd.help, add_help=False, formatter_class=_formatter)
         _add_global_options(p, suppress=True)
         for name, kwargs in cmd.args:
             p.add_argument(name, **kwargs)
@@ -835,11 +996,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     as_json = "--json" in argv
     _Parser.last_error = None
-    parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:
-        _autocomplete(parser)
+        _autocomplete(build_parser())
     try:
-        ns = parser.parse_args(argv)
+        ns = _parse(argv)
     except SystemExit as exc:  # argparse: --help or --version (0), or a usage error (2)
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         if code == EXIT_USAGE and as_json:
@@ -875,6 +1035,21 @@ def main(argv: list[str] | None = None) -> int:
         return fail(ns.json, exc.code, exc.message, EXIT_REFUSED)
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse with the parser of the command the arguments seem to name; should that
+    fail, or find another command (the word was an option's value), parse again
+    with the whole parser, which prints the error. One parser and its checks either
+    way: a command line the one parser takes, the whole parser takes the same way."""
+    guess = next((arg for arg in argv if arg in _BY_NAME), "")  # "": no command (--version)
+    try:
+        ns = build_parser(only=guess).parse_args(argv)
+        if ns.command == (guess or None):
+            return ns
+    except _Trial:
+        pass
+    return build_parser().parse_args(argv)
+
+
 def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
     """The command on ns.host through ssh (cosched.remote); its result rendered here."""
     from . import remote
@@ -889,12 +1064,56 @@ def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
 
 
 def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
-    return _print_result(ns, cmd, call(path, cmd.method or cmd.name, cmd.build(ns), ns.timeout))
+    line = call_line(path, cmd.method or cmd.name, cmd.build(ns), ns.timeout)
+    # A big answer is a million objects and no cycles: the cyclic collector would walk
+    # them again and again while they are made, for nothing (coschedctl exits next).
+    gc.disable()
+    view = cmd.view(ns) if cmd.view is not None else None
+    if ns.json and view is None and (raw := result_text(line)) is not None:
+        _write_raw(raw)
+        return EXIT_OK
+    return _print_result(ns, cmd, decode(line), view)
 
 
-def _print_result(ns: argparse.Namespace, cmd: Cmd, result: Any) -> int:
+_OK_PREFIX = b'{"id":1,"ok":true,"result":'   # how coschedd answers request 1 (compact)
+
+
+def result_text(line: bytes) -> bytes | None:
+    """The result of a success answer as the daemon wrote it, when --json can print
+    it as it came: the line is the usual envelope around it, it is JSON, and it is
+    ASCII without DEL (so nothing in it needs escaping for a terminal, and any
+    output encoding carries it). That is what json_text would write, byte for byte,
+    without decoding and encoding 40 MB again. None: decode and encode."""
+    if not (line.startswith(_OK_PREFIX) and line.endswith(b"}")):
+        return None
+    raw = line[len(_OK_PREFIX):-1]
+    if not raw.isascii() or b"\x7f" in raw:
+        return None
     try:
-        print(json_text(result, sys.stdout.encoding) if ns.json else cmd.render(result))
+        fastjson.check(raw)
+    except (ValueError, RecursionError):
+        return None   # decode() says what is wrong with it
+    return raw
+
+
+def _write_raw(raw: bytes) -> None:
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:   # a text-only stdout
+        print(raw.decode("ascii"))
+        return
+    sys.stdout.flush()
+    out.write(raw)
+    out.write(b"\n")
+    out.flush()
+
+
+def _print_result(ns: argparse.Namespace, cmd: Cmd, result: Any,
+                  view: Callable[[Any], tuple[Any, str]] | None = None) -> int:
+    try:
+        note = ""
+        if view is not None:
+            result, note = view(result)
+        print(json_text(result, sys.stdout.encoding) if ns.json else cmd.render(result) + note)
     except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
         print(f"coschedctl: the daemon's answer has an unexpected shape ({type(exc).__name__}); "
               "--json prints it as it came", file=sys.stderr)
@@ -941,11 +1160,12 @@ def json_text(result: Any, encoding: str | None) -> str:
     """The result as compact JSON (the C encoder: fast for a million rows): exact, and
     safe on a terminal (see cosched.terminal); all ASCII when the output's encoding
     cannot carry the text otherwise."""
-    text = escape_json(json.dumps(result, separators=_COMPACT, ensure_ascii=False))
-    try:
-        text.encode(encoding or "utf-8")
-    except (UnicodeEncodeError, LookupError):
-        return json.dumps(result, separators=_COMPACT)  # ensure_ascii: \uNNNN escapes only
+    text = escape_json(fastjson.dumps(result))
+    if not text.isascii():
+        try:
+            text.encode(encoding or "utf-8")
+        except (UnicodeEncodeError, LookupError):
+            return json.dumps(result, separators=_COMPACT)  # ensure_ascii: \uNNNN escapes only
     return text
 
 
@@ -954,12 +1174,7 @@ _COMPACT = (",", ":")
 
 def json_line(result: Any, encoding: str | None) -> str:
     """Like json_text, on one line (a streamed item)."""
-    text = escape_json(json.dumps(result, separators=_COMPACT, ensure_ascii=False))
-    try:
-        text.encode(encoding or "utf-8")
-    except (UnicodeEncodeError, LookupError):
-        return json.dumps(result, separators=_COMPACT)
-    return text
+    return json_text(result, encoding)
 
 
 if __name__ == "__main__":

@@ -111,16 +111,20 @@ validation and the encoding helpers. It does no I/O.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
-try:  # optional (the "fast" extra): encodes the rows of a long status about 5x faster
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - the standard library's encoder serves then
-    _orjson = None
+# typing costs a small coschedctl command 4-5 ms to import (cosched.records)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from .records import NamedTuple
+
+# orjson (the optional "fast" extra) encodes the rows of a long status about 5x faster.
+# Looked for on first use, as coschedctl imports this module and never needs it here.
+_orjson: Any = False   # the module; None: not installed; False: not looked for yet
 
 BAD_REQUEST = "bad-request"
 TOO_LARGE = "too-large"
@@ -363,6 +367,7 @@ def _check_arg(cmd: str, name: str, arg: Arg, args: dict[str, Any]) -> Any:
         if arg.required:
             raise ControlError(BAD_REQUEST, f"{cmd!r} needs argument {name!r} "
                                             f"({_expected(arg)})")
+        import copy  # here, not at the top: coschedctl never needs it (its start-up)
         return copy.deepcopy(arg.default)
     value = args[name]
     if not _is_instance(value, arg.types) or (arg.valid is not None and not arg.valid(value)):
@@ -422,12 +427,13 @@ def err(id: int | str | None, code: str, message: str) -> dict:
     return {"id": id, "ok": False, "error": {"code": code, "message": message}}
 
 
-def decode_response(line: bytes) -> Response:
+def decode_response(line: bytes, loads: Callable[[bytes], Any] | None = None) -> Response:
     """Parse a response line: a ``Response`` on success, ``ControlError`` on an error answer.
+    ``loads`` reads the JSON (default: the standard library's).
 
     Raises ``ValueError`` when the line is not a well-formed response.
     """
-    obj = json.loads(line.decode("utf-8"))
+    obj = json.loads(line.decode("utf-8")) if loads is None else loads(line)
     if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
         raise ValueError("response is not an object with a boolean 'ok'")
     if obj["ok"]:
@@ -517,21 +523,31 @@ def encode_plain(obj: Any) -> bytes:
     UUIDs it renders by value without asking, so they must not be here: values
     that come from jobs go through ``jsonable`` first (see ``reports.info``).
     """
-    if _orjson is not None:
+    fast = _orjson if _orjson is not False else orjson_module()
+    if fast is not None:
         try:
-            return _orjson.dumps(obj, default=_refuse, option=_ORJSON_OPTIONS)
+            return fast.dumps(obj, default=_refuse, option=fast.OPT_APPEND_NEWLINE
+                              | fast.OPT_PASSTHROUGH_SUBCLASS | fast.OPT_PASSTHROUGH_DATACLASS
+                              | fast.OPT_PASSTHROUGH_DATETIME)
         except TypeError:   # orjson.JSONEncodeError is a TypeError
             pass
     return encode(obj)
 
 
+def orjson_module() -> Any:
+    """orjson, or None where it is not installed."""
+    global _orjson
+    if _orjson is False:
+        try:
+            import orjson
+        except ImportError:
+            orjson = None
+        _orjson = orjson
+    return _orjson
+
+
 def _refuse(value: Any) -> Any:
     raise TypeError(type(value).__name__)
-
-
-_ORJSON_OPTIONS = 0 if _orjson is None else (
-    _orjson.OPT_APPEND_NEWLINE | _orjson.OPT_PASSTHROUGH_SUBCLASS
-    | _orjson.OPT_PASSTHROUGH_DATACLASS | _orjson.OPT_PASSTHROUGH_DATETIME)
 
 
 # -- answers produced in pieces -----------------------------------------------------

@@ -21,7 +21,6 @@ which would hang a script; an unknown host key is an error (exit 3).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -29,6 +28,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import fastjson
 from .terminal import escape
 
 __all__ = ["RemoteError", "check_host", "remote_argv", "strip_host", "run_remote"]
@@ -107,7 +107,7 @@ def run_remote(host: str, args: Sequence[str], timeout: float,
     result = None
     if proc.returncode == 0:
         try:
-            result = json.loads(proc.stdout)
+            result = fastjson.loads(proc.stdout)   # orjson for a big answer, if installed
         except ValueError:
             raise RemoteError(f"unreadable answer from coschedctl on {host}: not JSON") from None
     return proc.returncode, result, err

@@ -26,8 +26,10 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # only the newlines of its own layout.
 _UNSAFE_IN_JSON = ("\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
                    "\ud800-\udfff")
-_UNSAFE_JSON = re.compile(f"[{_UNSAFE_IN_JSON}]")
-_UNSAFE = re.compile(f"[\x00-\x1f{_UNSAFE_IN_JSON}]")  # and C0
+_UNSAFE_JSON = f"[{_UNSAFE_IN_JSON}]"
+_UNSAFE = f"[\x00-\x1f{_UNSAFE_IN_JSON}]"  # and C0
+# The patterns are compiled on first use (re's cache): most of coschedctl's output
+# takes the fast paths below, and compiling them costs a small command 1-2 ms.
 
 
 def _one(match: re.Match) -> str:
@@ -44,7 +46,7 @@ def escape(text: str) -> str:
     """``text`` with every unsafe character replaced by a visible escape."""
     if text.isascii() and text.isprintable():   # the common case, at C speed
         return text
-    return _UNSAFE.sub(_one, text)
+    return re.sub(_UNSAFE, _one, text)
 
 
 def escape_lines(text: str) -> str:
@@ -55,4 +57,6 @@ def escape_lines(text: str) -> str:
 def escape_json(text: str) -> str:
     """JSON text with unsafe characters written as ``\\uNNNN``: the same JSON value,
     safe to print. (json.dumps already escapes C0 and keeps lone surrogates raw.)"""
-    return _UNSAFE_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if text.isascii() and "\x7f" not in text:   # the common case, at C speed
+        return text
+    return re.sub(_UNSAFE_JSON, lambda m: f"\\u{ord(m.group()):04x}", text)

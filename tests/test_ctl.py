@@ -27,6 +27,20 @@ TASK = {"id": 7, "name": "ticker", "job": "ticker", "state": "suspended",
         "age": 184.0, "restarts": 0, "yielded": [1, "x"], "error": None}
 
 
+# status --job NAME of these answers with many tasks: (how many, a name to put in one)
+MANY = {"some": (30, None), "big": (12_000, None), "big-unicode": (12_000, "t\u00e2che\u202e")}
+
+
+def many_tasks(n, odd_name=None):
+    """n tasks with names, busy times and steps in an order unlike their ids'."""
+    tasks = [dict(TASK, id=i, name=f"t{(i * 7919) % n:05d}", busy=((i * 31) % 97) / 1000,
+                  steps=(i * 13) % 50, age=100.0 + i % 3) for i in range(n)]
+    tasks[3]["busy"] = None   # a task without a figure sorts last
+    if odd_name is not None:
+        tasks[n // 2]["name"] = odd_name
+    return tasks
+
+
 class Backend:
     """Answers like the supervisor; records calls. Task "missing" does not exist;
     resuming task "done", "broken" or "slow" finishes, fails or keeps running."""
@@ -44,6 +58,8 @@ class Backend:
         self.calls.append(("status", task) if job is None and state is None
                           else ("status", task, job, state))
         tasks = [TASK] if task is None else [self._task(task)]
+        if job in MANY:
+            tasks = many_tasks(*MANY[job])
         return {
             "daemon": {"pid": 4321, "uptime": 3700.0, "rss": 12 * 1024 * 1024,
                        "cpu_time": 1.25, "cpu_percent": 0.5, "num_tasks": 1,
@@ -531,3 +547,146 @@ def test_jobs_shows_schedule_next_and_last_run_of_timed_jobs(daemon):
     assert lines[1].split()[:5] == ["poll", "loaded", "-", "every", "30s"]
     assert lines[1].split()[-1] == "/j/poll.py" and lines[1].count(":") == 4   # two times
     assert lines[2].split() == ["plain", "loaded", "3", "-", "-", "-", "/j/plain.py"]
+
+
+# -- status --sort, --reverse, --limit ----------------------------------------------
+
+def _table_rows(stdout):
+    lines = stdout.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("ID "))
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    return [line.split() for line in lines[start + 1:end] if not line.startswith("(")]
+
+
+def test_status_sorts_and_limits_the_tasks_here(daemon):
+    tasks = many_tasks(*MANY["some"])
+    proc = at(daemon, "status", "--job", "some", "--sort", "busy", "--limit", "3")
+    assert proc.returncode == 0, proc.stderr
+    busiest = sorted((t for t in tasks if t["busy"] is not None), key=lambda t: -t["busy"])[:3]
+    assert [int(row[0]) for row in _table_rows(proc.stdout)] == [t["id"] for t in busiest]
+    assert proc.stdout.rstrip("\n").endswith("(3 of 30 tasks listed: --limit 3)")
+    assert "3 listed" in proc.stdout
+    # the filters went to the daemon; sorting and limiting did not
+    assert daemon.backend.calls[-1] == ("status", None, "some", None)
+
+    proc = at(daemon, "--json", "status", "--job", "some", "--sort", "name", "--reverse",
+              "--limit", "2")
+    names = sorted(t["name"] for t in tasks)
+    assert [t["name"] for t in json.loads(proc.stdout)["tasks"]] == names[::-1][:2]
+
+    proc = at(daemon, "--json", "status", "--job", "some", "--sort", "busy", "--reverse")
+    shown = json.loads(proc.stdout)["tasks"]
+    assert shown[0]["busy"] is None and len(shown) == 30   # missing first when reversed
+    assert [t["busy"] for t in shown[1:]] == sorted(t["busy"] for t in tasks if t["busy"] is not None)
+
+    proc = at(daemon, "--json", "status", "--job", "some", "--sort", "id")
+    assert [t["id"] for t in json.loads(proc.stdout)["tasks"]] == list(range(30))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--limit", "0"), "not a number of tasks from 1 to 999999999: '0'"),
+    (("--limit", "x"), "not a number of tasks from 1 to 999999999: 'x'"),
+    (("--sort", "colour"), "invalid choice: 'colour'"),
+])
+def test_bad_sort_or_limit_is_a_usage_error(daemon, args, message):
+    proc = at(daemon, "status", *args)
+    assert proc.returncode == ctl.EXIT_USAGE and message in proc.stderr
+    assert daemon.backend.calls == []
+
+
+# -- big answers: the same with and without orjson ----------------------------------
+
+@pytest.mark.parametrize("job", ["big", "big-unicode"])
+def test_a_big_status_prints_the_same_with_orjson_or_the_standard_library(daemon, job):
+    """12,000 tasks: over fastjson.ORJSON_FROM, so orjson reads the answer when installed;
+    COSCHED_PURE_PYTHON=1 makes it the standard library. The --json text is what the
+    standard library writes, byte for byte (an ASCII answer is printed as it came)."""
+    expected = Backend("x").status(None, job=job)
+    expected["daemon"]["socket"] = str(daemon.path)
+    want = escape_json_text(expected)
+    outputs = {}
+    for pure in ("", "1"):
+        env = {"COSCHED_PURE_PYTHON": pure}
+        json_proc = coschedctl("--socket", daemon.path, "--json", "status", "--job", job, env=env)
+        table_proc = coschedctl("--socket", daemon.path, "status", "--job", job, env=env)
+        assert json_proc.returncode == table_proc.returncode == 0, json_proc.stderr
+        assert json_proc.stdout == want + "\n"
+        outputs[pure] = table_proc.stdout
+    assert outputs[""] == outputs["1"]
+    rows = _table_rows(outputs[""])
+    assert len(rows) == 12_000 and rows[5][:2] == ["5", expected["tasks"][5]["name"]]
+    if job == "big-unicode":
+        assert "t\u00e2che\\u202e" in outputs[""]   # escaped in the table as everywhere
+
+
+def escape_json_text(value):
+    from cosched.terminal import escape_json
+    return escape_json(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def test_json_prints_the_answer_as_it_came_only_when_nothing_needs_changing():
+    ok = b'{"id":1,"ok":true,"result":'
+    assert ctl.result_text(ok + b'{"a":[1,2.5,"x"]}}') == b'{"a":[1,2.5,"x"]}'
+    assert ctl.result_text(ok + b'{"a":"\xc3\xa2"}}') is None          # not ASCII
+    assert ctl.result_text(ok + b'{"a":"\x7f"}}') is None              # DEL
+    assert ctl.result_text(ok + b'{"a":[1,}}') is None                 # not JSON
+    assert ctl.result_text(ok + b'{"a":1},"more":2}') is None          # not the envelope
+    assert ctl.result_text(b'{"ok":true,"id":1,"result":{}}') is None  # another layout
+    with pytest.raises(ctl.Unreachable, match="unreadable answer"):
+        ctl.decode(ok + b'{"a":[1,}}')
+
+
+# -- fast rendering gives what the plain definitions give -----------------------------
+
+def test_a_column_of_durations_is_each_value_formatted():
+    values = [0.25, 0.25, 1, 1.0, True, False, 0, None, "x\n", [1], 90061.0, 0.0004, 59.96]
+    expected = [ctl.fmt_duration(v) for v in values]
+    assert ctl._durations(values) == expected
+    assert ctl._durations([1, 1.0, 0.0, 0]) == ["1.0s", "1.0s", "0s", "0s"]
+    assert expected[4:6] == ["True", "False"] and expected[8] == "x\\n"
+
+
+def test_table_pads_escapes_and_strips_like_the_plain_layout():
+    rows = [[1, "a", None], [22, "b\x1b[2J", "end  "], [3, "", ""]]
+    assert ctl.table(["ID", "NAME", "LAST"], rows).split("\n") == [
+        "ID  NAME      LAST", "1   a         -", "22  b\\x1b[2J  end", "3"]
+    assert ctl.table(["A", "B"], []) == "A  B"
+    with pytest.raises(ValueError):
+        ctl.table(["A", "B"], [[1, 2], [3]])
+
+
+# -- start-up: what a small command imports -------------------------------------------
+
+# Modules a small command must not load (beyond what `python -c pass` has loaded):
+# each costs milliseconds to import, the command's budget is twice an empty interpreter.
+HEAVY = {"trio", "cosched.coro", "cosched._coro", "cosched.config", "typing", "socket",
+         "shutil", "dataclasses", "orjson", "datetime", "copy", "subprocess", "selectors",
+         "tomllib", "pwd", "grp", "zoneinfo", "cronsim"}
+# Finding the socket in the config file reads TOML (tomllib brings typing and datetime).
+HEAVY_WITH_CONFIG = HEAVY - {"tomllib", "typing", "datetime"}
+
+
+def _loaded_by(args, env=None):
+    code = ("import json, sys; before = set(sys.modules); from cosched import ctl; "
+            "code = ctl.main(sys.argv[1:]); "
+            "print(json.dumps(sorted(set(sys.modules) - before)), file=sys.stderr); "
+            "sys.exit(code)")
+    environ = {k: v for k, v in os.environ.items() if k not in ("COSCHED_SOCKET", "COSCHED_CONFIG")}
+    environ.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=environ,
+                          capture_output=True, text=True, timeout=WAIT)
+    return proc, set(json.loads(proc.stderr.strip().splitlines()[-1]))
+
+
+def test_small_commands_import_nothing_heavy(daemon, tmp_path):
+    proc, loaded = _loaded_by(["--version"])
+    assert proc.returncode == 0 and proc.stdout.startswith("coschedctl ")
+    assert not loaded & HEAVY, sorted(loaded & HEAVY)
+    proc, loaded = _loaded_by(["--socket", daemon.path, "ping"])
+    assert proc.returncode == 0 and proc.stdout.startswith("pong from coschedd pid ")
+    assert not loaded & HEAVY, sorted(loaded & HEAVY)
+    config = tmp_path / "coschedd.toml"
+    config.write_text(f'[control]\nsocket = "{daemon.path.name}"\n')
+    proc, loaded = _loaded_by(["ping"], env={"COSCHED_CONFIG": str(config)})
+    assert proc.returncode == 0 and "pong" in proc.stdout, proc.stderr
+    assert "tomllib" in loaded and not loaded & HEAVY_WITH_CONFIG, sorted(loaded & HEAVY_WITH_CONFIG)

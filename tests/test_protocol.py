@@ -292,7 +292,7 @@ ROWS = [{"id": 1, "name": "a\u00e9", "busy": 1e-05, "age": 3.25, "yielded": [1, 
 def test_encode_plain_is_one_json_line_meaning_what_encode_means(monkeypatch, fast):
     if not fast:
         monkeypatch.setattr(protocol, "_orjson", None)
-    elif protocol._orjson is None:
+    elif protocol.orjson_module() is None:
         pytest.skip("orjson is not installed")
     data = protocol.encode_plain(ROWS)
     assert data.endswith(b"\n") and data.count(b"\n") == 1
