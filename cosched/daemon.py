@@ -55,7 +55,7 @@ from .logsink import LogSink
 from .recorder import Recorder
 from .store import Initial, Store, StoreError
 from .strictmodes import Untrusted, check_folder
-from .supervisor import Supervisor
+from .supervisor import NAMED, Supervisor
 from .systemd import Notifier
 from .timers import Timers
 from .watch import DirWatcher, WatchError, wait_for_folder
@@ -132,8 +132,8 @@ async def run(config, notifier: Notifier, sink: LogSink | None = None,
                 with trio.move_on_after(2):
                     await server_closed.wait()   # the server has removed its socket file
                 log.error("coschedd stopped; cleanup of these tasks was abandoned",
-                          tasks=[f"{t.name} (#{t.id})" for t in abandoned],
-                          timeout=config.stop_timeout)
+                          tasks=[f"{t.name} (#{t.id})" for t in abandoned[:NAMED]],
+                          more=max(0, len(abandoned) - NAMED), timeout=config.stop_timeout)
                 notifier.close()
                 _exit_now(sink, EXIT_OK)
             nursery.cancel_scope.cancel()

@@ -85,6 +85,7 @@ log = structlog.get_logger("cosched.supervisor")
 MAX_TRACEBACK = 64 * 1024   # characters of a failed task's traceback kept
 MAX_BACKOFF_DOUBLINGS = 64  # restart_delay * 2**n is capped long before this
 STATUS_CHUNK = 500          # task rows rendered per piece of a long status answer
+NAMED = 20                  # abandoned tasks named in the log one by one at a stop
 
 
 class Supervisor:
@@ -161,8 +162,11 @@ class Supervisor:
             for t in alive:
                 await t.wait_ended()
         left = [t for t in alive if not t.done]
-        for t in left:
-            self._abandon(t, timeout)
+        for i, t in enumerate(left):
+            self._abandon(t, timeout, quiet=i >= NAMED)
+        if len(left) > NAMED:   # one line for the rest: a million tasks are a million lines
+            log.error("tasks abandoned", more=len(left) - NAMED,
+                      error=f"cleanup did not finish within {timeout:g} s")
         return left
 
     # ---------------------------------------------------------------- jobs
@@ -420,12 +424,13 @@ class Supervisor:
         self.task_logs.ended(t)
         hooks.on_failure(self, t)
 
-    def _abandon(self, t: Task, timeout: float) -> None:
+    def _abandon(self, t: Task, timeout: float, quiet: bool = False) -> None:
         """Cleanup overran: t ends in the registry now; its trio task ends when it can."""
         t.abandoned = True
         t.state = "killed"
         t.error = f"cleanup did not finish within {timeout:g} s"
-        log.error("task abandoned", task=t.name, id=t.id, error=t.error)
+        if not quiet:
+            log.error("task abandoned", task=t.name, id=t.id, error=t.error)
         self._life_ended(t)
         self._retire(t)
 

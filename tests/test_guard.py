@@ -213,6 +213,40 @@ def test_sigterm_abandons_cleanup_that_never_ends(daemon):
     assert not d.socket.exists()
 
 
+MANY_STUCK = """
+    import trio
+
+    async def stuck(task):
+        try:
+            await trio.sleep(1000)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1000)
+
+    async def main(task):
+        for _ in range(30):
+            task.spawn(stuck)
+        await trio.sleep(1000)
+"""
+
+
+def test_a_stop_that_abandons_many_tasks_names_twenty_and_counts_the_rest(daemon):
+    d = daemon(jobs={"many": MANY_STUCK},
+               config={"daemon": {"stop_timeout": 1}, "jobs": {"restart": "no"}})
+    d.wait_task("many", lambda t: t["state"] == "waiting", "waiting")
+    d.wait_status(lambda s: sum(t["state"] == "waiting" for t in s["tasks"]) == 31, "31 waiting")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0, d.log_tail()
+    records = d.log_records()
+    final = next(r for r in records if r.get("event", "").startswith(
+        "coschedd stopped; cleanup of these tasks was abandoned"))
+    assert len(final["tasks"]) == 20 and final["more"] == 10, final   # "many" itself ends
+    named = [r for r in records if r.get("event") == "task abandoned"]
+    assert len(named) == 20, named
+    summary = next(r for r in records if r.get("event") == "tasks abandoned")
+    assert summary["more"] == 10, summary
+
+
 OFFLOADED = """
     import os
     import time
