@@ -31,15 +31,17 @@ from __future__ import annotations
 import gc
 import time
 
-__all__ = ["GcPacer", "BURST"]
+__all__ = ["GcPacer", "BURST", "RENDER_BURST"]
 
 BURST = 1_000   # task starts after which the population is frozen
+RENDER_BURST = 50_000   # status rows after which the population is frozen
 
 
 class GcPacer:
     def __init__(self, count_alive) -> None:
         self.count_alive = count_alive
         self.started = 0          # task starts since the last freeze
+        self.rendered = 0         # status rows rendered since the last freeze for them
         self.frozen_tasks = 0     # tasks alive when the population was last frozen
         self.ended = 0            # tasks ended since then
         self.stopping = False     # the daemon stops: keep everything frozen, collect nothing
@@ -74,12 +76,24 @@ class GcPacer:
             gc.unfreeze()
             self.frozen_tasks = self.ended = 0
 
+    def rendering(self, rows: int) -> None:
+        """A long status rendered ``rows`` rows: the first time a task is shown it keeps
+        what was found for it (where it waits, a frame object), a million at the first
+        status of a million tasks; they are frozen like a burst of starts."""
+        self.rendered += rows
+        if self.rendered >= RENDER_BURST:
+            self.rendered = 0
+            self._freeze()
+
     def freeze(self) -> None:
         self.started = 0
+        self._freeze()
+        self.frozen_tasks, self.ended = self.count_alive(), 0
+
+    def _freeze(self) -> None:
         gc.collect(1)   # young garbage goes now, not into the permanent generation
         gc.freeze()
         self.freezes += 1
-        self.frozen_tasks, self.ended = self.count_alive(), 0
 
     def report(self) -> dict:
         # Tasks, not gc.get_freeze_count(), which walks every frozen object (0.1 s at 100k tasks).

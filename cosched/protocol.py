@@ -111,9 +111,10 @@ validation and the encoding helpers. It does no I/O.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 # typing costs a small coschedctl command 4-5 ms to import (cosched.records)
 TYPE_CHECKING = False
@@ -559,12 +560,13 @@ class Chunked:
     **tail}}``. The server writes the pieces that ``pieces`` yields one by one, letting
     the event loop run between them, so a status of a million tasks neither stalls the
     loop nor holds the whole answer in memory, and a peer that stops reading is dropped
-    after the send timeout with at most one chunk buffered.
+    after the send timeout with at most one chunk buffered. ``items`` is taken lazily,
+    ``size`` at a time (an iterator may filter as it goes).
     """
 
     __slots__ = ("head", "key", "items", "render", "tail", "size")
 
-    def __init__(self, head: dict, key: str, items: list, render: Callable[[Any], Any],
+    def __init__(self, head: dict, key: str, items: Iterable, render: Callable[[Any], Any],
                  tail: dict, size: int = 500) -> None:
         self.head, self.key, self.items, self.render = head, key, items, render
         self.tail, self.size = tail, size
@@ -574,8 +576,10 @@ class Chunked:
         opening = encode(ok(request_id, {**self.head, self.key: []}))
         cut = opening.rindex(b"[]")   # `key: []` is the last member of the result
         yield opening[:cut + 1]
-        for i in range(0, len(self.items), self.size):
-            part = encode_plain(self.render(self.items[i:i + self.size]))
-            yield (b"," if i else b"") + part[1:-2]   # without the brackets and the newline
+        items, sep = iter(self.items), b""
+        while chunk := list(itertools.islice(items, self.size)):
+            part = encode_plain(self.render(chunk))
+            yield sep + part[1:-2]   # without the brackets and the newline
+            sep = b","
         closing = encode(self.tail)[1:-2]
         yield b"]" + (b"," + closing if closing else b"") + b"}}\n"

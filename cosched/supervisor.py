@@ -39,12 +39,13 @@ and ``cosched.tasktree`` answer ``show`` and ``tree``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -555,15 +556,23 @@ class Supervisor:
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         if task is not None:
             t = self.find(task)
-            tasks = [t] if (job is None or t.job.name == job) and (
-                state is None or t.shown_state() == state) else []
+            tasks: Iterator[Task] = iter([t] if (job is None or t.job.name == job) and (
+                state is None or t.shown_state() == state) else [])
         else:
-            tasks = self.reg.select(job, state)
+            tasks = self.reg.matching(job, state)
+        first = list(itertools.islice(tasks, STATUS_CHUNK + 1))
         head = {"daemon": self._daemon_info()}
         tail = {"job_errors": self._job_errors()}
-        if len(tasks) <= STATUS_CHUNK:
-            return {**head, "tasks": reports.rows(tasks), **tail}
-        return Chunked(head, "tasks", tasks, reports.rows, tail, STATUS_CHUNK)
+        if len(first) <= STATUS_CHUNK:
+            return {**head, "tasks": reports.rows(first), **tail}
+        return Chunked(head, "tasks", itertools.chain(first, tasks), self._rows, tail,
+                       STATUS_CHUNK)
+
+    def _rows(self, tasks: list[Task]) -> list[dict]:
+        """A chunk of a long status. Its first rendering leaves objects behind in each
+        task (where it waits, a frame object): the collector pacer hears of them."""
+        self.gc.rendering(len(tasks))
+        return reports.rows(tasks)
 
     async def show(self, task: str | int) -> dict:
         try:

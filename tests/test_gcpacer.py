@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from cosched.gcpacer import BURST, GcPacer
+from cosched.gcpacer import BURST, RENDER_BURST, GcPacer
 
 
 def test_every_burst_of_starts_freezes_the_population_and_the_report_counts_tasks():
@@ -70,3 +70,23 @@ def test_a_collector_disabled_before_the_stop_stays_disabled():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_long_status_freezes_what_it_left_without_postponing_the_turnover():
+    alive = [10]
+    pacer = GcPacer(lambda: alive[0])
+    try:
+        pacer.freeze()
+        for _ in range(5):
+            pacer.task_ended()
+        pacer.rendering(RENDER_BURST - 1)
+        assert pacer.report()["freezes"] == 1
+        pacer.rendering(1)
+        assert pacer.report()["freezes"] == 2
+        assert pacer.report()["frozen_tasks"] == 10
+        for _ in range(15):             # 20 ended since the task freeze: handed back
+            pacer.task_ended()
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        pacer.close()

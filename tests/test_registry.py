@@ -72,3 +72,30 @@ def test_ended_tasks_are_forgotten_beyond_the_bound_and_pruned_from_parents():
         assert len(reg.tasks) == ENDED_KEPT + 2   # the parent, the alive kid, ENDED_KEPT ended
         assert kids[0].id not in reg.tasks
     trio.run(run)
+
+
+def test_matching_is_in_id_order_and_takes_each_task_as_it_is_when_taken():
+    reg = Registry()
+    tasks = [make(reg) for _ in range(6)]
+    for t in reversed(tasks):          # the suspended index fills in reverse id order
+        t.state = "suspended"
+    assert [t.id for t in reg.matching(state="suspended")] == [t.id for t in tasks]
+    taken = reg.matching(state="suspended")
+    first = next(taken)
+    tasks[1].state = "running"         # changed after the call, before it is taken
+    end(reg, tasks[2])
+    assert [first.id] + [t.id for t in taken] == [tasks[0].id] + [t.id for t in tasks[3:]]
+
+
+def test_matching_by_job_and_state_uses_the_smaller_index():
+    reg = Registry()
+    other = SimpleNamespace(name="other")
+    mine = [make(reg) for _ in range(3)]
+    theirs = Task(reg.new_id(), reg.free_name("x"), other, None, None, (), None)
+    reg.add(theirs)
+    theirs.state = mine[1].state = "suspended"
+    assert list(reg.matching(job="job", state="suspended")) == [mine[1]]
+    assert list(reg.matching(job="other")) == [theirs]
+    assert list(reg.matching(job="nobody")) == []
+    assert list(reg.matching()) == [*mine, theirs]
+    assert list(reg.matching(state="killed")) == []
