@@ -117,7 +117,7 @@ class StepGuard(trio.abc.Instrument):
     """Times every step of the daemon's tasks and interrupts those that run away.
 
     ``tasks`` maps trio tasks to the daemon's Task objects (which carry ``busy``,
-    ``steps``, ``longest_step``, ``step_began`` and ``policy.step_limit``).
+    ``steps``, ``longest_step`` and ``policy.step_limit``); the step running began at ``began``.
     """
 
     def __init__(self, tasks: dict[Any, Any], *, step_warning: float,
@@ -191,7 +191,7 @@ class StepGuard(trio.abc.Instrument):
         """A step of t begins (also called by a task's first step, which began before
         the task was registered)."""
         self.serial += 1
-        self.began = t.step_began = time.perf_counter()
+        self.began = time.perf_counter()
         self.current = t
 
     def after_task_step(self, task) -> None:
@@ -201,7 +201,7 @@ class StepGuard(trio.abc.Instrument):
         t = self.tasks.get(task)
         if t is None:
             return
-        dt = time.perf_counter() - t.step_began
+        dt = time.perf_counter() - self.began   # steps do not nest: began is t's
         t.busy += dt
         t.steps += 1
         if dt > t.longest_step:
@@ -216,7 +216,7 @@ class StepGuard(trio.abc.Instrument):
         file's top level, run while loading it) like a step of ``owner``."""
         outer = self.current, self.began
         self.serial += 1
-        self.began = owner.step_began = time.perf_counter()
+        self.began = time.perf_counter()
         self.current = owner
         try:
             yield

@@ -40,7 +40,7 @@ class Task:
         "_index",        # the registry's by-state index, or None before the task is added
         "started_at", "born", "restarts",
         "starts",        # monotonic start times within the start-limit window (None: no restarts)
-        "busy", "steps", "longest_step", "step_began",
+        "busy", "steps", "longest_step",
         "switches",      # coroutine switches in its trio task, taken from the chain when it ends
         "yielded",       # values of the latest suspension, while suspended
         "result", "error", "traceback",
@@ -67,7 +67,7 @@ class Task:
         self.born = time.monotonic()
         self.restarts = 0
         self.starts: deque[float] | None = None
-        self.busy = self.longest_step = self.step_began = 0.0
+        self.busy = self.longest_step = 0.0
         self.steps = self.switches = 0
         self.yielded = self.result = self.error = self.traceback = None
         self.root = self.trio_task = self.scope = None

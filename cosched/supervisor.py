@@ -107,6 +107,7 @@ class Supervisor:
         self.events = Events()
         self.gc = GcPacer(self.reg.count_alive)
         self._child_policies: dict[str, JobPolicy] = {}   # cleared when the config changes
+        self._spawner = self._spawn   # one bound method for every task, not one each
         self.overrides: dict[str, Any] = {}  # the command line's config overrides; a reload keeps them
         self.task_logs = TaskLogs(config.task_lines, lambda tid: self.reg.tasks.get(tid))
         self.event_log = EventLog(self.events, config.events_kept)
@@ -275,7 +276,7 @@ class Supervisor:
             durable["state"] = state
         name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
         t = Task(tid, name, job, policy, fn or job.main, args, parent)
-        t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawn,
+        t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawner,
                             threads=self.threads, trigger=trigger, **durable)
         self.reg.add(t)
         self.gc.task_started()
@@ -394,7 +395,7 @@ class Supervisor:
 
     def _finished(self, t: Task) -> None:
         # This last step ends after the task is unregistered: account for it here.
-        t.busy += time.perf_counter() - t.step_began
+        t.busy += time.perf_counter() - self.guard.began
         t.steps += 1
         t.switches = switches_of(t.trio_task)
         release_chain()
@@ -755,7 +756,6 @@ class _Loading:
     name: str
     policy: Any
     id: None = None
-    step_began: float = 0.0
 
 
 async def _transfer_to(target, values: tuple) -> tuple:

@@ -41,14 +41,13 @@ class TaskFailed(Exception):
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("name", "id", "_log", "config", "state", "trigger", "restored", "_spawner",
+    __slots__ = ("name", "id", "_log", "config", "_state", "trigger", "restored", "_spawner",
                  "_threads", "_done", "_outcome", "_key", "_checkpointer")
 
     name: str                 # the task's name, unique among alive tasks
     id: int                   # the task's id, unique for the daemon's lifetime
     config: dict[str, Any]    # the [job.<name>] config table (a fresh copy per start of a
                               # top-level task; spawned children share their parent's)
-    state: dict[str, Any]     # kept across restarts of this task
 
     def __init__(self, name: str, id: int, log: Any, config: dict[str, Any],
                  state: dict[str, Any] | None = None,
@@ -61,7 +60,7 @@ class TaskContext:
         self.id = id
         self._log = log   # a logger, or a function (name, id) -> logger called on first use
         self.config = config
-        self.state = {} if state is None else state   # kept across restarts of this task
+        self._state = state   # kept across restarts of this task; None: empty, made on first use
         self.trigger = trigger   # what started it, for a task a hook started (cosched.hooks)
         self.restored = restored   # state came from an earlier task of the job (saved on disk)
         self._key = key            # the state's key in the database; None: not kept there
@@ -70,6 +69,18 @@ class TaskContext:
         self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
         self._done: trio.Event | None = None  # made by join(); set once the task has ended
         self._outcome: tuple[str, Any] | None = None  # ("finished", value) | ("failed"/"killed", message)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The task's state: kept across restarts, saved in the state database."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
 
     @property
     def log(self) -> Any:

@@ -124,3 +124,14 @@ def test_join_reports_failure():
             await t.join()
 
     run(main)
+
+
+def test_state_is_one_dict_made_on_first_use_or_the_one_given():
+    task = ctx()
+    assert task._state is None             # a task that never uses its state holds no dict
+    task.state["n"] = 1
+    assert task.state == {"n": 1} and task.state is task._state
+    given = {"kept": True}
+    assert ctx(state=given).state is given
+    task.state = {"replaced": 1}
+    assert task.state == {"replaced": 1}
