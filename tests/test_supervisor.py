@@ -338,3 +338,32 @@ def test_a_refused_file_is_tried_again_at_reload(daemon):
     assert "inner" in report["loaded"], report
     d.wait_task("inner", lambda t: t["state"] == "waiting", "runs")
     bystander_ok(d, by)
+
+
+def test_a_client_that_stops_reading_a_long_status_is_dropped_and_others_go_on(daemon):
+    """The answer is produced a piece at a time as the socket takes it: a client that
+    reads nothing holds one piece, is disconnected after control.send_timeout, and the
+    loop answers everyone else meanwhile."""
+    import json
+    import socket
+    import time
+
+    n = 5000   # an answer of about a megabyte: more than the socket buffers hold
+    d = daemon(jobs={"many": MANY},
+               config={**NO_RESTART, "control": {"send_timeout": 2},
+                       "job": {"many": {"config": {"n": n}}}})
+    d.wait_status(lambda s: s["daemon"]["num_tasks"] == n + 1, "all started")
+    full = len(json.dumps(d.ok("status"), separators=(",", ":")))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(str(d.socket))
+        sock.sendall(b'{"id": 1, "cmd": "status"}\n')
+        began = time.monotonic()
+        while time.monotonic() - began < 3:   # not reading; the daemon goes on
+            assert d.ok("ping")["pong"] is True
+        sock.settimeout(30)
+        got = b""
+        while chunk := sock.recv(1 << 16):   # what was buffered, then the end
+            got += chunk
+    assert len(got) < full and not got.endswith(b"\n"), len(got)
+    assert d.ok("status", "--state", "waiting")["daemon"]["num_tasks"] == n + 1
