@@ -20,7 +20,9 @@ What is exported:
   (lowest ids first): cardinality stays bounded however many tasks run, and
   ``cosched_task_series_omitted`` says how many were left out;
 - the daemon: CPU seconds, resident memory, start time, uptime, open control
-  connections, dropped log lines, and which switch path runs (C or Python).
+  connections, dropped log lines, the event loop's longest stall and how many
+  stalls of 20 ms or more it had (``cosched.looplag``), and which switch path
+  runs (C or Python).
 
 Label values come from job authors (job and task names): they are escaped for
 terminals first (``cosched.terminal``) and then for the text format, so the
@@ -188,6 +190,11 @@ class Collector:
             ("cosched_log_lines_dropped_total", "counter",
              "Log lines lost because the log output was full or failed",
              sup.log_sink.dropped if sup.log_sink is not None else 0),
+            ("cosched_loop_longest_batch_seconds", "gauge",
+             "Longest run of the event loop between two I/O waits (a stall everyone felt)",
+             sup.loop.longest),
+            ("cosched_loop_long_batches_total", "counter",
+             "Runs of the event loop between two I/O waits of 20 ms or more", sup.loop.long),
         ):
             family = Family(name, kind, help)
             family.add(value)

@@ -62,6 +62,7 @@ from .events import Events
 from .gcpacer import GcPacer
 from .guard import StepGuard, StepTimeout, TaskInterrupted
 from .loader import Job, JobLoadError, job_files, load_job, signature
+from .looplag import LoopLag
 from .metrics import CONTENT_TYPE, Collector, JobTotals, switch_path
 from .protocol import (
     BUSY,
@@ -106,6 +107,7 @@ class Supervisor:
         self.log_sink = log_sink
         self.events = Events()
         self.gc = GcPacer(self.reg.count_alive)
+        self.loop = LoopLag()   # the event loop's stalls, whatever causes them
         self._child_policies: dict[str, JobPolicy] = {}   # cleared when the config changes
         self._spawner = self._spawn   # one bound method for every task, not one each
         self.overrides: dict[str, Any] = {}  # the command line's config overrides; a reload keeps them
@@ -127,6 +129,7 @@ class Supervisor:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the jobs folder, start what autostarts, and supervise until cancelled."""
         trio.lowlevel.add_instrument(self.guard)
+        trio.lowlevel.add_instrument(self.loop)
         self.guard.start()
         self.task_logs.start()
         logsetup.set_capture(self.task_logs.capture)
@@ -143,6 +146,7 @@ class Supervisor:
             logsetup.set_capture(None)
             self.event_log.close()
             trio.lowlevel.remove_instrument(self.guard)
+            trio.lowlevel.remove_instrument(self.loop)
             self.guard.close()
             self.gc.close()
             figures = self.gc.report()
@@ -726,7 +730,7 @@ class Supervisor:
                 "num_tasks": self.reg.count_alive(), "version": __version__,
                 "jobs_dir": str(self.config.jobs_dir), "socket": str(self.config.socket),
                 "dropped_log_lines": self.log_sink.dropped if self.log_sink is not None else 0,
-                "gc": self.gc.report(), "switch_path": switch_path(),
+                "gc": self.gc.report(), "loop": self.loop.report(), "switch_path": switch_path(),
                 **({"state_db": self.durable.store.stats()} if self.durable else {})}
 
     def _job_errors(self) -> list[dict]:

@@ -297,6 +297,7 @@ def test_a_long_status_arrives_whole_in_one_line_and_filters_use_indexes(daemon)
         t["state"] == "waiting" for t in s["tasks"]), "all waiting")
     assert [t["id"] for t in s["tasks"]] == sorted(t["id"] for t in s["tasks"])
     assert s["daemon"]["num_tasks"] == n + 2 and s["job_errors"] == []
+    assert set(s["daemon"]["loop"]) == {"longest_batch", "long_batches", "recent_long"}
     with socket.socket(socket.AF_UNIX) as sock:   # a raw client: one response line
         sock.settimeout(30)
         sock.connect(str(d.socket))
