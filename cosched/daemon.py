@@ -200,9 +200,11 @@ async def watch_jobs(sup: Supervisor) -> None:
                 log.error("cannot watch the jobs folder; use SIGHUP or coschedctl reload",
                           error=str(e))
                 return
-            sup.rescan()
             continue
         with watcher:
+            # What changed before the watch was on (since the start's scan, or while the
+            # folder was missing) is seen now; unchanged files are not loaded again.
+            sup.rescan()
             async for batch in watcher.changes():
                 for change in batch:
                     if change.kind == "rescan":
@@ -211,7 +213,6 @@ async def watch_jobs(sup: Supervisor) -> None:
                         sup.sync_file(change.path)
         if not folder.is_dir() and not await _wait_for_jobs_folder(folder, "it is gone"):
             return
-        sup.rescan()
 
 
 async def _wait_for_jobs_folder(folder: Path, why: str) -> bool:
