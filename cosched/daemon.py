@@ -204,7 +204,7 @@ async def watch_jobs(sup: Supervisor) -> None:
         with watcher:
             # What changed before the watch was on (since the start's scan, or while the
             # folder was missing) is seen now; unchanged files are not loaded again.
-            sup.rescan()
+            sup.rescan(retry_refused=False)
             async for batch in watcher.changes():
                 for change in batch:
                     if change.kind == "rescan":

@@ -177,8 +177,9 @@ class Supervisor:
 
     # ---------------------------------------------------------------- jobs
 
-    def rescan(self) -> dict:
-        """Bring the job table in line with the folder: load new and changed files, drop removed ones."""
+    def rescan(self, retry_refused: bool = True) -> dict:
+        """Bring the job table in line with the folder: load new and changed files, drop
+        removed ones, and (a reload) try refused files again."""
         folder = self.config.jobs_dir
         try:
             files = job_files(folder)
@@ -190,7 +191,7 @@ class Supervisor:
             self._remove_job(name)
             report["removed"].append(name)
         for path in files.values():
-            self.sync_file(path, report)
+            self.sync_file(path, report if retry_refused else None)
         return report
 
     def sync_file(self, path: Path, report: dict | None = None) -> None:

@@ -226,3 +226,18 @@ def test_a_configmap_update_reloads_its_jobs(daemon):
     d.wait_status(lambda s: any(t["state"] == "finished" and t["name"] == "sayer"
                                 and d.ok("show", t["id"])["result"] == "v2"
                                 for t in s["tasks"]), "v2 after the ..data swap")
+
+
+def test_a_file_refused_at_start_is_reported_once(daemon):
+    """The watch rescans the folder once it is on (files written in between count), but a
+    refused file is tried again only by a reload: its error is not logged twice."""
+    d = daemon(jobs={"sleeper": SLEEPER, "broken": "async def not_main(task):\n    pass\n"})
+    d.wait_task("sleeper", lambda t: t["state"] == "waiting", "waiting")
+    write_job(d.jobs_dir, "later", SLEEPER)   # loaded through the watch: it is on by now
+    d.wait_task("later", lambda t: t["state"] == "waiting", "loaded by the watch")
+    refusals = [r for r in d.log_records()
+                if r.get("event") == "job failed to load" and r.get("job") == "broken"]
+    assert len(refusals) == 1, refusals
+    d.ok("reload")
+    assert len([r for r in d.log_records() if r.get("event") == "job failed to load"
+                and r.get("job") == "broken"]) == 2
