@@ -63,6 +63,7 @@ log = structlog.get_logger("cosched.control")
 SEND_TIMEOUT = 30.0  # a peer that does not take its response within this is dropped
 PROBE_TIMEOUT = 2.0  # connecting to an existing socket file to see whether it is live
 ACCEPT_BACKOFF = 0.1  # pause of the accept loop when the process is out of descriptors
+ACCEPT_BURST = 256    # connections taken from the listen queue before other tasks run
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 since Linux 5.4)
 RECV_CHUNK = 65536
 REFUSAL_LOG_INTERVAL = 10.0  # each kind of refusal is logged at most this often
@@ -131,7 +132,7 @@ def user_in_group(uid: int, gid: int) -> bool:
         return False
 
 
-def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
+def peer_credentials(sock: stdsocket.socket | trio.socket.SocketType) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of a connected unix socket."""
     raw = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, _CREDENTIALS.size)
     return _CREDENTIALS.unpack(raw)
@@ -348,25 +349,37 @@ class _Server:
     def ping(self) -> dict:
         return {"pong": True, "pid": os.getpid()}
 
-    async def accept_loop(self, listener: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+    async def accept_loop(self, listener: stdsocket.socket, nursery: trio.Nursery) -> None:
+        """Take connections a burst at a time: everything queued (up to ACCEPT_BURST)
+        is accepted and admitted or refused before other tasks run again. Queued
+        connections are what a flood fills the listen queue with; emptying it in one
+        go is what lets a blocked connect (root's ``coschedctl``) in."""
         while True:
-            try:
-                conn, _ = await listener.accept()
-            except OSError as exc:
-                await self._accept_failed(exc)
-                continue
-            try:
-                pid, uid, gid = peer_credentials(conn)
-            except OSError:
-                conn.close()
-                continue
-            reason = self._over_limit(uid)
-            if reason is not None:
-                self._refuse_busy(conn, uid, reason)
-                continue
-            self.active += 1
-            self.per_uid[uid] += 1
-            nursery.start_soon(self.connection, conn, pid, uid, gid)
+            await trio.lowlevel.wait_readable(listener)
+            for _ in range(ACCEPT_BURST):
+                try:
+                    raw, _ = listener.accept()   # non-blocking: trio made it so
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    await self._accept_failed(exc)
+                    break
+                self._admit(raw, nursery)
+            await trio.lowlevel.checkpoint()
+
+    def _admit(self, raw: stdsocket.socket, nursery: trio.Nursery) -> None:
+        try:
+            pid, uid, gid = peer_credentials(raw)
+        except OSError:
+            raw.close()
+            return
+        reason = self._over_limit(uid)
+        if reason is not None:
+            self._refuse_busy(raw, uid, reason)
+            return
+        self.active += 1
+        self.per_uid[uid] += 1
+        nursery.start_soon(self.connection, trio.socket.from_stdlib_socket(raw), pid, uid, gid)
 
     def _over_limit(self, uid: int) -> str | None:
         """Why a new connection of ``uid`` is refused, or None to admit it."""
@@ -385,13 +398,13 @@ class _Server:
     async def _accept_failed(self, exc: OSError) -> None:
         await accept_failed(exc, "control")
 
-    def _refuse_busy(self, conn: trio.socket.SocketType, uid: int, reason: str) -> None:
+    def _refuse_busy(self, raw: stdsocket.socket, uid: int, reason: str) -> None:
         """Answer ``busy`` without waiting: a peer that does not read must not hold up
         the accept loop."""
         self.refusals.warning("control connection refused: busy", reason=reason, uid=uid,
                               active=self.active)
         data = protocol.encode(protocol.err(None, protocol.BUSY, reason))
-        with stdsocket.socket(fileno=conn.detach()) as raw:
+        with raw:
             try:
                 raw.send(data, stdsocket.MSG_DONTWAIT | stdsocket.MSG_NOSIGNAL)
             except OSError:
@@ -673,11 +686,11 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
         mode |= 0o006
     if passed is None:
         await _remove_stale(path)
-        listener = trio.socket.from_stdlib_socket(_bind(path, mode, access.socket_group()))
+        raw = _bind(path, mode, access.socket_group())
         st = os.lstat(path)
     else:  # systemd's (cosched.activation): its file, mode and group are the unit's
-        listener = trio.socket.from_stdlib_socket(passed)
-        st = None
+        raw, st = passed, None
+    listener = trio.socket.from_stdlib_socket(raw)   # (and non-blocking)
     server = _Server(backend, access, limits, max_line)
     if connections is not None:
         connections(lambda: server.active)
@@ -692,7 +705,7 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
                 if guard is not None:
                     guard.desk = _desk(server, listener, nursery, max_line)
                 task_status.started(path)
-                await server.accept_loop(listener, nursery)
+                await server.accept_loop(raw, nursery)
     finally:
         if guard is not None and guard.desk is not None:
             guard.desk, desk = None, guard.desk
