@@ -27,9 +27,10 @@ D-Bus system bus does. Either way every request is checked against its level.
 
 No lock-out (``Limits``): unprivileged peers share ``max_connections`` minus a few
 slots kept for root and the daemon's user, each uid holds at most ``per_user``,
-idle connections are closed, refusals never wait on the refused peer, and the
-listen backlog is large, so a flood of connects from one user cannot keep root's
-``coschedctl`` out.
+idle connections are closed, refusals never wait on the refused peer, the listen
+queue is large and emptied a burst at a time; and root's ``coschedctl`` goes in
+through a second, private socket (mode 0600, ``bind_private``) that no one else can
+fill, so a flood of connects from one user cannot keep it out.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -651,10 +652,11 @@ async def accept_failed(exc: OSError, what: str) -> None:
     await trio.sleep(ACCEPT_BACKOFF)
 
 
-def _desk(server: _Server, listener: trio.socket.SocketType, nursery: trio.Nursery,
+def _desk(server: _Server, listeners: list[stdsocket.socket], nursery: trio.Nursery,
           max_line: int) -> StallDesk:
     token = trio.lowlevel.current_trio_token()
-    return StallDesk(listener.fileno(), may_control=server.may_control, pid=os.getpid(),
+    return StallDesk([sock.fileno() for sock in listeners], may_control=server.may_control,
+                     pid=os.getpid(),
                      max_line=max_line,
                      hand_over=lambda conn, data: token.run_sync_soon(
                          server.adopt, conn, data, nursery))
@@ -664,7 +666,7 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
                 access: Access | None = None, limits: Limits | Callable[[], Limits] = Limits(),
                 task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
                 guard: Any = None, connections: Callable[[Callable[[], int]], None] | None = None,
-                passed: stdsocket.socket | None = None) -> None:
+                passed: stdsocket.socket | None = None, private: Path | None = None) -> None:
     """Serve the control protocol on a unix socket at ``path`` until cancelled.
 
     A stale socket file is replaced; a live one raises ``OSError`` ("another coschedd
@@ -678,7 +680,8 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
     ``connections``, if given, is handed a function that tells how many connections
     are open (for the metrics). ``passed`` is a listening socket that the service
     manager created (socket activation): it is served as it is, and its file is
-    never removed, so clients queue in it while the daemon restarts.
+    never removed, so clients queue in it while the daemon restarts. ``private``: a
+    second socket served alike, mode 0600 (see ``bind_private``).
     """
     path = Path(path)
     access = Access() if access is None else access
@@ -691,20 +694,24 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
     else:  # systemd's (cosched.activation): its file, mode and group are the unit's
         raw, st = passed, None
     listener = trio.socket.from_stdlib_socket(raw)   # (and non-blocking)
+    extra = await bind_private(private) if private is not None else None
     server = _Server(backend, access, limits, max_line)
     if connections is not None:
         connections(lambda: server.active)
     try:
-        with listener:
+        with listener, _closing(extra):
             if st is not None:
                 log.info("control socket listening", path=str(path), mode=f"{mode:04o}",
                          group=st.st_gid)
             else:
                 log.info("control socket passed by the service manager", path=str(path))
             async with trio.open_nursery() as nursery:
+                raws = [raw] if extra is None else [raw, extra[0]]
                 if guard is not None:
-                    guard.desk = _desk(server, listener, nursery, max_line)
+                    guard.desk = _desk(server, raws, nursery, max_line)
                 task_status.started(path)
+                if extra is not None:
+                    nursery.start_soon(server.accept_loop, extra[0], nursery)
                 await server.accept_loop(raw, nursery)
     finally:
         if guard is not None and guard.desk is not None:
@@ -712,4 +719,33 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
             desk.close()
         if st is not None:
             _remove_if_ours(path, (st.st_dev, st.st_ino))
+        if extra is not None:
+            _remove_if_ours(private, extra[1])
         log.info("control socket closed", path=str(path))
+
+
+async def bind_private(path: Path) -> tuple[stdsocket.socket, tuple[int, int]] | None:
+    """The private socket: mode 0600, so only root and the daemon's own user can
+    connect, and nobody else can fill its listen queue (a connect flood on the shared
+    socket keeps no one out of this one; coschedctl tries it first). None, with a
+    warning, when it cannot be made (its path too long for a unix socket, a live or
+    foreign file in the way): the shared socket serves everyone then."""
+    try:   # (a path too long for a unix socket fails in bind)
+        await _remove_stale(path)
+        raw = _bind(path, 0o600, None)
+        st = os.lstat(path)
+    except OSError as e:
+        log.warning("no private control socket; the shared one serves root too",
+                    path=str(path), error=e.strerror or str(e))
+        return None
+    trio.socket.from_stdlib_socket(raw)   # makes it non-blocking, as the accept loop needs
+    return raw, (st.st_dev, st.st_ino)
+
+
+@contextmanager
+def _closing(extra: tuple[stdsocket.socket, Any] | None):
+    try:
+        yield
+    finally:
+        if extra is not None:
+            extra[0].close()

@@ -164,9 +164,9 @@ def call(path: str, cmd: str, args: dict[str, Any], timeout: float) -> Any:
 def call_line(path: str, cmd: str, args: dict[str, Any], timeout: float) -> bytes:
     """Send one request and return its answer line, undecoded. Raises ``Unreachable``."""
     deadline = time.monotonic() + timeout
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock = None
     try:
-        _connect(sock, path, timeout)
+        sock = _connected(path, timeout)
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
         return _read_line(sock, deadline)
@@ -175,7 +175,8 @@ def call_line(path: str, cmd: str, args: dict[str, Any], timeout: float) -> byte
     except OSError as exc:
         raise Unreachable(exc.strerror or str(exc)) from None
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
 
 
 def decode(line: bytes) -> Any:
@@ -193,9 +194,9 @@ def follow(path: str, cmd: str, args: dict[str, Any], timeout: float,
     and return the final result. ``timeout`` bounds the connection and the first line;
     then lines may be as far apart as the followed thing is quiet. Raises like ``call``."""
     deadline = time.monotonic() + timeout
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock = None
     try:
-        _connect(sock, path, timeout)
+        sock = _connected(path, timeout)
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
         reader = _Lines(sock)
@@ -214,7 +215,8 @@ def follow(path: str, cmd: str, args: dict[str, Any], timeout: float,
     except OSError as exc:
         raise Unreachable(exc.strerror or str(exc)) from None
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
 
 
 class _Lines:
@@ -243,6 +245,25 @@ class _Lines:
         del self.buf[:end + 1]
         self.scanned = 0
         return line
+
+
+def _connected(path: str, timeout: float) -> _socket.socket:
+    """A socket connected to the daemon: through its private socket beside ``path``
+    when we may (root, the daemon's user: no one else can fill that one's queue),
+    else through ``path``."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        _connect(sock, protocol.private_path(path), timeout)
+        return sock
+    except OSError:   # none there, not ours to use (EACCES), or a stale file
+        sock.close()
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        _connect(sock, path, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _connect(sock: _socket.socket, path: str, timeout: float) -> None:

@@ -52,6 +52,7 @@ from .forks import ForkWatch
 from .guard import EXIT_STUCK
 from .loader import set_strict_modes
 from .logsink import LogSink
+from .protocol import private_path
 from .recorder import Recorder
 from .store import Initial, Store, StoreError
 from .strictmodes import Untrusted, check_folder
@@ -148,7 +149,7 @@ async def _serve(scope: trio.CancelScope, closed: trio.Event, config, sup: Super
                         limits=lambda: Limits.from_config(sup.config), task_status=task_status,
                         guard=sup.guard,
                         connections=lambda count: setattr(sup.collector, "connections", count),
-                        passed=passed)
+                        passed=passed, private=Path(private_path(str(config.socket))))
     finally:
         closed.set()
 

@@ -514,6 +514,13 @@ def encode(obj: Any) -> bytes:
         return _dumps(obj, ascii_only=True).encode("ascii") + b"\n"
 
 
+def private_path(socket: str) -> str:
+    """The private socket beside the control socket ``socket``: mode 0600, so only root
+    and the daemon's user may connect and no one else can fill its listen queue;
+    coschedctl tries it first."""
+    return socket + ".private"
+
+
 def encode_plain(obj: Any) -> bytes:
     """``encode`` of what the daemon built itself from JSON types (dict, list, str,
     int, float, bool, None): status rows.

@@ -2,8 +2,8 @@
 
 While a job's step runs away the event loop cannot accept connections, so an
 operator's ``coschedctl kill`` would wait for the very step it means to end.
-The step guard's watchdog thread therefore looks after the listening socket
-during a stall (and only then: it is not in the loop's way otherwise). For
+The step guard's watchdog thread therefore looks after the listening sockets
+(the shared one and root's private one) during a stall (and only then: it is not in the loop's way otherwise). For
 each connection it reads the first request line and:
 
 - answers ``ping`` itself (the daemon is alive; only its loop is busy);
@@ -38,25 +38,26 @@ READ_TIMEOUT = 1.0   # a peer gets this long to send its first line while the lo
 
 
 class StallDesk:
-    def __init__(self, listener_fd: int, *, may_control: Callable[[socket.socket], bool],
+    def __init__(self, listener_fds: list[int], *, may_control: Callable[[socket.socket], bool],
                  hand_over: Callable[[socket.socket, bytes], None], pid: int,
                  max_line: int) -> None:
-        self._listener = socket.socket(fileno=os.dup(listener_fd))
+        self._listeners = [socket.socket(fileno=os.dup(fd)) for fd in listener_fds]
         self._may_control = may_control
         self._hand_over = hand_over   # thread-safe: schedules the adoption on the loop
         self._pid = pid
         self._max_line = max_line
 
     def close(self) -> None:
-        self._listener.close()
+        for listener in self._listeners:
+            listener.close()
 
     def serve_once(self, timeout: float, stalled: Any, interrupt: Callable[[Any], None]) -> None:
         """Wait up to ``timeout`` for a connection and deal with it (watchdog thread)."""
-        ready, _, _ = select.select([self._listener], [], [], timeout)
+        ready, _, _ = select.select(self._listeners, [], [], timeout)
         if not ready:
             return
         try:
-            conn, _ = self._listener.accept()
+            conn, _ = ready[0].accept()
         except OSError:  # EAGAIN: someone else took it; or out of descriptors
             return
         try:

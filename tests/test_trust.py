@@ -477,6 +477,47 @@ def test_a_connect_flood_from_one_user_cannot_keep_root_out(start):
     assert ctl_json(d, "ping")["pong"] is True
 
 
+CONNECT = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+
+
+def test_root_has_a_private_socket_that_no_one_else_can_reach(start):
+    """Like systemd's private bus socket: mode 0600 beside the shared one, tried first by
+    coschedctl, so a flood on the shared socket never stands between root and the daemon."""
+    import stat
+
+    d = start(config={"control": {"read_users": [READER]}})
+    private = Path(f"{d.socket}.private")
+    st = private.lstat()
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    assert st.st_uid == os.geteuid()
+    probe = subprocess.run([*as_user(READER), sys.executable, "-c", CONNECT, str(private)],
+                           capture_output=True, text=True, timeout=CTL_TIMEOUT, env=ENV)
+    assert "PermissionError" in probe.stderr, probe.stderr
+    assert ctl_json(d, "ping", who=as_user(READER))["pong"] is True   # the shared socket
+    moved = d.socket.with_name("moved-away.sock")
+    os.rename(d.socket, moved)   # now only the private socket is where coschedctl looks
+    try:
+        assert ctl_json(d, "ping")["pong"] is True
+        assert ctl(d, "ping", who=as_user(READER)).returncode == 3   # unreachable
+    finally:
+        os.rename(moved, d.socket)
+    d.stop()
+    assert not private.exists() and not d.socket.exists()
+
+
+def test_a_file_in_the_private_sockets_place_is_kept_and_the_shared_socket_serves(start):
+    def squat(root: Path) -> None:
+        (root / "run").mkdir(mode=0o755)
+        (root / "run" / "coschedd.sock.private").write_text("not a socket")
+
+    d = start(before=squat)
+    private = Path(f"{d.socket}.private")
+    assert ctl_json(d, "ping")["pong"] is True
+    assert private.read_text() == "not a socket"
+    assert any(r.get("event", "").startswith("no private control socket")
+               and "not a socket" in r.get("error", "") for r in d.log_records())
+
+
 # -- enabled = false ----------------------------------------------------------------
 
 def test_disabled_job_is_started_only_with_force(start):
