@@ -368,3 +368,39 @@ def test_a_client_that_stops_reading_a_long_status_is_dropped_and_others_go_on(d
             got += chunk
     assert len(got) < full and not got.endswith(b"\n"), len(got)
     assert d.ok("status", "--state", "waiting")["daemon"]["num_tasks"] == n + 1
+
+
+def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
+    """trio holds a pending cancellation per cancelled task until it runs: the stop
+    keeps at most STOP_BURST kills in flight, newest tasks (children) first."""
+    import trio
+
+    from cosched import supervisor
+    from test_events import drive, make_supervisor, until
+
+    monkeypatch.setattr(supervisor, "STOP_BURST", 3)
+    sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
+    in_flight: list[int] = []
+    killed: list[int] = []
+    request_kill = sup._request_kill
+
+    def counting(t):
+        killed.append(t.id)
+        in_flight.append(sum(x.kill_requested and not x.done for x in sup.tasks.values()) + 1)
+        request_kill(t)
+
+    monkeypatch.setattr(sup, "_request_kill", counting)
+
+    async def scenario():
+        await until(lambda: len(sup.tasks) == 11 and all(
+            t.shown_state() == "waiting" for t in sup.tasks.values()))
+        parent = next(t for t in sup.tasks.values() if t.parent is None)
+        left = await sup.stop(10)
+        assert left == []
+        assert all(t.state == "killed" for t in sup.tasks.values())
+        assert max(in_flight) <= 3, in_flight
+        first = list(dict.fromkeys(killed))   # (a parent ending asks again for its children)
+        assert first == sorted(first, reverse=True) and first[-1] == parent.id, killed
+        await trio.sleep(0)
+
+    drive(sup, scenario)
