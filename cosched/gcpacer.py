@@ -34,7 +34,7 @@ import time
 __all__ = ["GcPacer", "BURST", "RENDER_BURST"]
 
 BURST = 1_000   # task starts after which the population is frozen
-RENDER_BURST = 50_000   # status rows after which the population is frozen
+RENDER_BURST = 10_000   # status rows after which the population is frozen (no collection)
 
 
 class GcPacer:
@@ -83,15 +83,16 @@ class GcPacer:
         self.rendered += rows
         if self.rendered >= RENDER_BURST:
             self.rendered = 0
-            self._freeze()
+            self._freeze(collect=False)   # the young garbage here is rows: refcounting frees it
 
     def freeze(self) -> None:
         self.started = 0
         self._freeze()
         self.frozen_tasks, self.ended = self.count_alive(), 0
 
-    def _freeze(self) -> None:
-        gc.collect(1)   # young garbage goes now, not into the permanent generation
+    def _freeze(self, collect: bool = True) -> None:
+        if collect:   # young garbage goes now, not into the permanent generation
+            gc.collect(1)
         gc.freeze()
         self.freezes += 1
 

@@ -99,3 +99,18 @@ def test_matching_by_job_and_state_uses_the_smaller_index():
     assert list(reg.matching(job="nobody")) == []
     assert list(reg.matching()) == [*mine, theirs]
     assert list(reg.matching(state="killed")) == []
+
+
+def test_all_tasks_in_id_order_dense_or_sparse_and_not_those_added_meanwhile():
+    reg = Registry()
+    tasks = [make(reg) for _ in range(10)]
+    end(reg, tasks[3])
+    del reg.tasks[tasks[5].id]             # a gap, as pruning leaves
+    listed = reg.matching()                 # dense: the ids are walked
+    first = next(listed)
+    late = make(reg)                        # added after the call: not taken
+    assert [first.id] + [t.id for t in listed] == [t.id for t in tasks if t is not tasks[5]]
+    for _ in range(3 * ENDED_KEPT):         # ended tasks forgotten: more ids than tasks, sparse
+        end(reg, make(reg, "churn"))
+    assert reg.next_id - next(iter(reg.tasks)) > 2 * len(reg.tasks)
+    assert [t.id for t in reg.matching()] == sorted(reg.tasks) and late in reg.matching()
