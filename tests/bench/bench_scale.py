@@ -267,7 +267,7 @@ def bench_size(n: int, runs: int, floor_start: float) -> None:
     ratio_line("status (table)", [o["table"] for o in ours], [o["floor"] for o in ours], "ms", 1e3)
     ratio_line("status --json", [o["json"] for o in ours], [o["floor"] for o in ours], "ms", 1e3)
     ratio_line("ping", [o["ping"] for o in ours], [floor_start] * runs, "ms", 1e3)
-    plain_line("start (wall)", [o["start"] for o in ours], "s", 1)
+    ratio_line("start (wall)", [o["start"] for o in ours], [p[0] for p in plain], "s", 1)
     plain_line("stop (SIGTERM)", [o["stop"] for o in ours], "s", 1)
     plain_line("longest gc, start", [o["start_gc"] for o in ours], "ms", 1e3)
     plain_line("longest gc, stop", [o["stop_gc"] for o in ours], "ms", 1e3)
