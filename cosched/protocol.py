@@ -568,7 +568,8 @@ class Chunked:
     the event loop run between them, so a status of a million tasks neither stalls the
     loop nor holds the whole answer in memory, and a peer that stops reading is dropped
     after the send timeout with at most one chunk buffered. ``items`` is taken lazily,
-    ``size`` at a time (an iterator may filter as it goes).
+    ``size`` at a time; a None in it is an item looked at and not taken, so an
+    iterator that filters as it goes bounds each piece's work by what it looked at.
     """
 
     __slots__ = ("head", "key", "items", "render", "tail", "size")
@@ -584,7 +585,11 @@ class Chunked:
         cut = opening.rindex(b"[]")   # `key: []` is the last member of the result
         yield opening[:cut + 1]
         items, sep = iter(self.items), b""
-        while chunk := list(itertools.islice(items, self.size)):
+        while looked := list(itertools.islice(items, self.size)):
+            chunk = [item for item in looked if item is not None]
+            if not chunk:
+                yield b""   # nothing taken: the loop runs before the next look
+                continue
             part = encode_plain(self.render(chunk))
             yield sep + part[1:-2]   # without the brackets and the newline
             sep = b","

@@ -207,13 +207,20 @@ class Registry:
         return [t for t in self.of_job(job).values() if t.alive and t.parent is None]
 
     def matching(self, job: str | None = None, state: str | None = None) -> Iterator[Task]:
-        """The listed tasks of a job and/or in a shown state, in id order, lazily.
+        """The listed tasks of a job and/or in a shown state, in id order, lazily."""
+        return (t for t in self.scan(job, state) if t is not None)
+
+    def scan(self, job: str | None = None,
+             state: str | None = None) -> Iterator[Task | None]:
+        """``matching``, with a None for each task looked at and not taken.
 
         What is done at once is at C speed: a copy of the smaller index's ids (sorted:
         a state's index is in order of arrival, nearly sorted already). Each task is
-        looked at when it is taken, so a caller taking them a chunk at a time, the
-        event loop running in between, never holds the loop for long, even for a
-        million; a task that changed meanwhile is taken as it is then.
+        looked at when it is taken, and the Nones let a caller bound the work of each
+        step by what it looked at, not by what it found (running and waiting tasks
+        share an index: ``--state running`` among a million waiting tasks finds
+        nothing, slowly), so a caller taking them a chunk at a time never holds the
+        loop for long; a task that changed meanwhile is taken as it is then.
         """
         stored = {"waiting": "running"}.get(state, state)
         if job is None and stored is None:
@@ -227,7 +234,7 @@ class Registry:
         ids = list(pool) if pool is of_job else sorted(pool)   # a job's: added in id order
         return self._taken(ids, job, state, stored)
 
-    def _all(self) -> Iterator[Task]:
+    def _all(self) -> Iterator[Task | None]:
         """Every listed task, in id order. Ids are added in increasing order, so when
         they are dense (the usual case: ended tasks are forgotten beyond a bound) the
         ids themselves are walked and nothing is copied up front (a copy of a million
@@ -237,24 +244,20 @@ class Registry:
             return iter(())
         first, last = next(iter(self.tasks)), self.next_id - 1
         if last - first < 2 * len(self.tasks):
-            return self._existing(range(first, last + 1))
+            tasks = self.tasks
+            return map(tasks.get, range(first, last + 1))   # None where an id is gone
         return iter(list(self.tasks.values()))
 
-    def _existing(self, ids: range) -> Iterator[Task]:
-        tasks = self.tasks
-        for tid in ids:
-            t = tasks.get(tid)
-            if t is not None:
-                yield t
-
     def _taken(self, ids: list[int], job: str | None, state: str | None,
-               stored: str | None) -> Iterator[Task]:
+               stored: str | None) -> Iterator[Task | None]:
         tasks = self.tasks
         for tid in ids:
             t = tasks.get(tid)
             if t is not None and (job is None or t.job.name == job) and (
                     state is None or t._state == stored and t.shown_state() == state):
                 yield t
+            else:
+                yield None
 
     def find(self, ref: str | int) -> Task:
         """A task by id (an int, or a string of ASCII digits) or by name; the alive one

@@ -590,15 +590,15 @@ class Supervisor:
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         if task is not None:
             t = self.find(task)
-            tasks: Iterator[Task] = iter([t] if (job is None or t.job.name == job) and (
+            tasks: Iterator[Task | None] = iter([t] if (job is None or t.job.name == job) and (
                 state is None or t.shown_state() == state) else [])
         else:
-            tasks = self.reg.matching(job, state)
+            tasks = self.reg.scan(job, state)   # (None: looked at, not taken)
         first = list(itertools.islice(tasks, STATUS_CHUNK + 1))
         head = {"daemon": self._daemon_info()}
         tail = {"job_errors": self._job_errors()}
-        if len(first) <= STATUS_CHUNK:
-            return {**head, "tasks": reports.rows(first), **tail}
+        if len(first) <= STATUS_CHUNK:   # all looked at already
+            return {**head, "tasks": reports.rows([t for t in first if t is not None]), **tail}
         return Chunked(head, "tasks", itertools.chain(first, tasks), self._rows, tail,
                        STATUS_CHUNK)
 

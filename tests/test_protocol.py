@@ -332,7 +332,8 @@ def test_jsonable_is_what_encode_puts_on_the_wire():
 
 def test_chunked_pieces_join_into_one_response_line():
     rows = [{"id": i, "v": [Point(i)] if i == 3 else i} for i in range(7)]
-    answer = protocol.Chunked({"daemon": {"x": 1}}, "tasks", rows, lambda chunk: chunk,
+    looked = [None, None, None, *rows[:3], None, None, *rows[3:], None]   # None: not taken
+    answer = protocol.Chunked({"daemon": {"x": 1}}, "tasks", looked, lambda chunk: chunk,
                               {"job_errors": []}, size=2)
     line = b"".join(answer.pieces(5))
     assert line.count(b"\n") == 1

@@ -114,3 +114,19 @@ def test_all_tasks_in_id_order_dense_or_sparse_and_not_those_added_meanwhile():
         end(reg, make(reg, "churn"))
     assert reg.next_id - next(iter(reg.tasks)) > 2 * len(reg.tasks)
     assert [t.id for t in reg.matching()] == sorted(reg.tasks) and late in reg.matching()
+
+
+def test_scan_marks_each_task_looked_at_and_not_taken():
+    """So a caller bounds its work by what it looked at: running and waiting tasks share
+    an index, and a filter may find nothing among many."""
+    reg = Registry()
+    tasks = [make(reg) for _ in range(5)]
+    for t in tasks:
+        t.state = "running"                 # shown "running": not in the event loop
+    assert list(reg.scan(state="waiting")) == [None] * 5
+    scan = reg.scan(state="running")
+    assert next(scan) is tasks[0]
+    tasks[2].state = "suspended"            # changed after the look began
+    assert list(scan) == [tasks[1], None, tasks[3], tasks[4]]
+    del reg.tasks[tasks[1].id]              # a gap in the ids: looked at, nothing there
+    assert list(reg.scan()) == [tasks[0], None, tasks[2], tasks[3], tasks[4]]

@@ -314,6 +314,7 @@ def test_a_long_status_arrives_whole_in_one_line_and_filters_use_indexes(daemon)
     waiting = d.ok("status", "--state", "waiting")["tasks"]
     assert len(waiting) == n + 2
     assert d.ok("status", "--state", "suspended")["tasks"] == []
+    assert d.ok("status", "--state", "running")["tasks"] == []   # looked at n + 2, took none
     assert len(d.ok("status", "--job", "many")["tasks"]) == n + 1
     d.ok("kill", "bystander")
     killed = d.ok("status", "--state", "killed")["tasks"]
