@@ -104,7 +104,8 @@ import re
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from . import __version__, fastjson, protocol
 from .protocol import ControlError
@@ -164,12 +165,21 @@ def call(path: str, cmd: str, args: dict[str, Any], timeout: float) -> Any:
 def call_line(path: str, cmd: str, args: dict[str, Any], timeout: float) -> bytes:
     """Send one request and return its answer line, undecoded. Raises ``Unreachable``."""
     deadline = time.monotonic() + timeout
+    with _asking(path, cmd, args, timeout, deadline) as sock:
+        return _read_line(sock, deadline)
+
+
+@contextmanager
+def _asking(path: str, cmd: str, args: dict[str, Any], timeout: float,
+            deadline: float) -> Iterator[_socket.socket]:
+    """A connection on which the request was sent; what goes wrong with it, there or
+    while the caller reads the answer, is raised as ``Unreachable``."""
     sock = None
     try:
         sock = _connected(path, timeout)
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
-        return _read_line(sock, deadline)
+        yield sock
     except TimeoutError:
         raise Unreachable(f"no answer within {timeout:g}s") from None
     except OSError as exc:
@@ -193,13 +203,10 @@ def follow(path: str, cmd: str, args: dict[str, Any], timeout: float,
     """Send a request answered by a stream; call ``on_item`` with each item as it comes
     and return the final result. ``timeout`` bounds the connection and the first line;
     then lines may be as far apart as the followed thing is quiet. Raises like ``call``."""
-    deadline = time.monotonic() + timeout
-    sock = None
-    try:
-        sock = _connected(path, timeout)
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        _send_request(sock, protocol.encode(protocol.make_request(1, cmd, args)))
+    first_line_by = time.monotonic() + timeout
+    with _asking(path, cmd, args, timeout, first_line_by) as sock:
         reader = _Lines(sock)
+        deadline: float | None = first_line_by
         while True:
             line = reader.next(deadline)
             deadline = None  # the first line came: from now on, wait as long as it takes
@@ -210,13 +217,6 @@ def follow(path: str, cmd: str, args: dict[str, Any], timeout: float,
             if not response.item:
                 return response.result
             on_item(response.result)
-    except TimeoutError:
-        raise Unreachable(f"no answer within {timeout:g}s") from None
-    except OSError as exc:
-        raise Unreachable(exc.strerror or str(exc)) from None
-    finally:
-        if sock is not None:
-            sock.close()
 
 
 class _Lines:
