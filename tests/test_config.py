@@ -571,12 +571,11 @@ def test_state_dir_in_the_file_wins_then_systemd_then_root_then_xdg(tmp_path, mo
         == tmp_path / "etc" / "st"
     assert load(tmp_path, "", STATE_DIRECTORY="/var/lib/cosched:/var/lib/other").state_dir == \
         Path("/var/lib/cosched")
+    xdg = tmp_path / "home" / ".local" / "state"
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert load(tmp_path, "", XDG_STATE_HOME="/home/u/.local/state").state_dir == \
-        Path("/var/lib/cosched")
+    assert load(tmp_path, "", XDG_STATE_HOME=str(xdg)).state_dir == Path("/var/lib/cosched")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert load(tmp_path, "", XDG_STATE_HOME="/home/u/.local/state").state_dir == \
-        Path("/home/u/.local/state/cosched")
+    assert load(tmp_path, "", XDG_STATE_HOME=str(xdg)).state_dir == xdg / "cosched"
     assert load(tmp_path, "").state_dir == tmp_path / ".state"
 
 
