@@ -46,7 +46,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -693,27 +693,29 @@ async def serve(path: Path, mode: int, backend: Any, *, max_line: int,
         st = os.lstat(path)
     else:  # systemd's (cosched.activation): its file, mode and group are the unit's
         raw, st = passed, None
-    listener = trio.socket.from_stdlib_socket(raw)   # (and non-blocking)
-    extra = await bind_private(private) if private is not None else None
+    raw.setblocking(False)   # the accept loops wait until it is readable, then accept
+    socks, extra = [raw], None
     server = _Server(backend, access, limits, max_line)
     if connections is not None:
         connections(lambda: server.active)
     try:
-        with listener, _closing(extra):
-            if st is not None:
-                log.info("control socket listening", path=str(path), mode=f"{mode:04o}",
-                         group=st.st_gid)
-            else:
-                log.info("control socket passed by the service manager", path=str(path))
-            async with trio.open_nursery() as nursery:
-                raws = [raw] if extra is None else [raw, extra[0]]
-                if guard is not None:
-                    guard.desk = _desk(server, raws, nursery, max_line)
-                task_status.started(path)
-                if extra is not None:
-                    nursery.start_soon(server.accept_loop, extra[0], nursery)
-                await server.accept_loop(raw, nursery)
+        if private is not None and (extra := await bind_private(private)) is not None:
+            socks.append(extra[0])
+        if st is not None:
+            log.info("control socket listening", path=str(path), mode=f"{mode:04o}",
+                     group=st.st_gid)
+        else:
+            log.info("control socket passed by the service manager", path=str(path))
+        async with trio.open_nursery() as nursery:
+            if guard is not None:
+                guard.desk = _desk(server, socks, nursery, max_line)
+            task_status.started(path)
+            for sock in socks[1:]:
+                nursery.start_soon(server.accept_loop, sock, nursery)
+            await server.accept_loop(raw, nursery)
     finally:
+        for sock in socks:
+            sock.close()
         if guard is not None and guard.desk is not None:
             guard.desk, desk = None, guard.desk
             desk.close()
@@ -738,14 +740,5 @@ async def bind_private(path: Path) -> tuple[stdsocket.socket, tuple[int, int]] |
         log.warning("no private control socket; the shared one serves root too",
                     path=str(path), error=e.strerror or str(e))
         return None
-    trio.socket.from_stdlib_socket(raw)   # makes it non-blocking, as the accept loop needs
+    raw.setblocking(False)   # as the accept loop needs
     return raw, (st.st_dev, st.st_ino)
-
-
-@contextmanager
-def _closing(extra: tuple[stdsocket.socket, Any] | None):
-    try:
-        yield
-    finally:
-        if extra is not None:
-            extra[0].close()
