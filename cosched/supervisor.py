@@ -38,6 +38,7 @@ and ``cosched.tasktree`` answer ``show`` and ``tree``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -53,7 +54,7 @@ import psutil
 import structlog
 import trio
 
-from . import __version__, coro, hooks, reconfig, reports, restarts, tasklog, tasktree, whereis
+from . import __version__, cancels, coro, hooks, reconfig, reports, restarts, tasklog, tasktree, whereis
 from . import log as logsetup
 from ._coro import last_transfer_to_main, release_chain, resume_call, switches_of
 from .config import Config, ConfigError, JobPolicy
@@ -89,6 +90,7 @@ MAX_BACKOFF_DOUBLINGS = 64  # restart_delay * 2**n is capped long before this
 STATUS_CHUNK = 500          # task rows rendered per piece of a long status answer
 NAMED = 20                  # abandoned tasks named in the log one by one at a stop
 STOP_BURST = 1000           # tasks being killed at once while the daemon stops
+_NO_SCOPE = contextlib.nullcontext()   # a life's `with` where kills splice their scope in
 
 
 class Supervisor:
@@ -339,7 +341,8 @@ class Supervisor:
         try:
             while True:
                 self._begin_life(t)
-                with trio.CancelScope() as t.scope:
+                killed = False
+                with t.scope or _NO_SCOPE:
                     try:
                         call = resume_call(t.root, (t.ctx, *t.args))
                         while call is not None:
@@ -351,9 +354,16 @@ class Supervisor:
                     except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
                         if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
                             _clear_frames(exc)   # its traceback's cycles would outlive the task
-                            raise  # a kill, or the daemon stopping: the cancelled scope takes it
-                        self._contain(t, exc)
-                if t.scope.cancelled_caught and t.state not in ("failed", "killed"):
+                            if not self._kill_caught(t):
+                                raise   # the daemon stopping (or a kill its own scope takes)
+                            killed = True
+                        else:
+                            self._contain(t, exc)
+                if cancels.SPLICE:
+                    self._kill_caught(t)   # a kill the job swallowed: the task leaves its scope
+                else:
+                    killed = t.scope.cancelled_caught
+                if killed and t.state not in ("failed", "killed"):
                     t.state = "killed"
                     log.info("task killed", task=t.name, id=t.id)
                 if not await self._next_life(t):
@@ -381,6 +391,11 @@ class Supervisor:
         t.error = t.traceback = t.result = None
         t.state = "running"
         self.events.task("started", t, restarts=t.restarts)
+        # A life runs inside a scope of its own only where trio cannot have one spliced
+        # in when a kill comes (see cosched.cancels): a million parked tasks pay for it.
+        t.scope = None if cancels.SPLICE else trio.CancelScope()
+        if t.kill_requested:   # killed before its first step
+            self._cancel(t)
 
     async def _next_life(self, t: Task) -> bool:
         """A life of t is over: True if another follows (after its restart delay)."""
@@ -574,8 +589,23 @@ class Supervisor:
         t.kill_requested = True
         if t.state == "suspended" and t.wake is not None:
             t.wake.set()
-        elif t.scope is not None:
+        else:
+            self._cancel(t)
+
+    def _cancel(self, t: Task) -> None:
+        if t.scope is not None:   # its own scope, or one spliced in by an earlier kill
             t.scope.cancel()
+        elif t.trio_task is not None:   # (not adopted yet: its life begins killed)
+            t.scope = cancels.cancel_task(t.trio_task)
+
+    def _kill_caught(self, t: Task) -> bool:
+        """A Cancelled reached t's root: True if it is t's kill (the scope a kill spliced
+        in is left here), False if the daemon is stopping (it goes on to the nursery)."""
+        if t.scope is None or not cancels.SPLICE:
+            return False
+        cancels.leave(t.trio_task, t.scope)
+        t.scope = None
+        return trio.current_effective_deadline() != -math.inf
 
     # ---------------------------------------------------------------- control backend
 
