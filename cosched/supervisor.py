@@ -342,7 +342,7 @@ class Supervisor:
             while True:
                 self._begin_life(t)
                 killed = False
-                with t.scope or _NO_SCOPE:
+                with _NO_SCOPE if cancels.SPLICE else t.scope:
                     try:
                         call = resume_call(t.root, (t.ctx, *t.args))
                         while call is not None:

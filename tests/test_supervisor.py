@@ -405,3 +405,66 @@ def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
         await trio.sleep(0)
 
     drive(sup, scenario)
+
+
+KILLABLE = """
+    import trio
+
+    async def child(task):
+        task.state["began"] = True
+        await trio.sleep(0)
+        task.state["past its first checkpoint"] = True
+        await trio.sleep(1000)
+
+    async def shielded(task):
+        try:
+            await trio.sleep(1000)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.2)
+                task.state["cleanup"] = "done"
+
+    async def swallower(task):
+        try:
+            await trio.sleep(1000)
+        except trio.Cancelled:
+            task.state["swallowed"] = True
+        await trio.sleep(0)   # the kill is still on: cancelled here
+        task.state["never"] = True
+
+    async def main(task):
+        await trio.sleep(1000)
+"""
+
+
+def test_kills_reach_tasks_that_hold_no_scope_of_their_own(tmp_path):
+    """A parked task holds no cancel scope; a kill splices one in, wherever the task is:
+    before its first step, asleep, in a shielded cleanup, after swallowing the kill."""
+    import trio
+
+    from cosched import cancels
+    from test_events import drive, make_supervisor, until
+
+    sup = make_supervisor(tmp_path, {"killable": KILLABLE})
+
+    async def scenario():
+        await until(lambda: len(sup.tasks) == 1)
+        parent = next(iter(sup.tasks.values()))
+        mod = parent.job.module
+        early = sup.start_task(parent.job, mod.child, (), parent)
+        sup._request_kill(early)   # before its trio task has taken a step
+        others = [sup.start_task(parent.job, fn, (), parent) for fn in (mod.shielded, mod.swallower)]
+        await until(lambda: all(t.shown_state() == "waiting" for t in others))
+        assert all(t.scope is None for t in [parent, *others]) == cancels.SPLICE
+        for t in others:
+            sup._request_kill(t)
+        await until(lambda: all(t.done for t in [early, *others]))
+        assert [t.state for t in [early, *others]] == ["killed"] * 3
+        assert early.ctx.state == {"began": True}
+        assert others[0].ctx.state == {"cleanup": "done"}
+        assert others[1].ctx.state == {"swallowed": True}
+        assert parent.shown_state() == "waiting"   # the bystander: untouched
+        assert (parent.scope is None) == cancels.SPLICE
+        await trio.sleep(0)
+
+    drive(sup, scenario)
