@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
@@ -116,13 +117,17 @@ class _Interrupt:
 class StepGuard(trio.abc.Instrument):
     """Times every step of the daemon's tasks and interrupts those that run away.
 
-    ``tasks`` maps trio tasks to the daemon's Task objects (which carry ``busy``,
-    ``steps``, ``longest_step`` and ``policy.step_limit``); the step running began at ``began``.
+    ``owner`` is the context variable that holds, in a daemon task's trio task, its
+    Task object (which carries ``trio_task``, ``busy``, ``steps``, ``longest_step``
+    and ``policy.step_limit``): the Task is found in the trio task's own context, with
+    no table beside it (a million parked tasks pay for every entry); trio tasks a job
+    starts itself share the variable but are not the Task's ``trio_task``, and are not
+    timed. The step running began at ``began``.
     """
 
-    def __init__(self, tasks: dict[Any, Any], *, step_warning: float,
+    def __init__(self, owner: ContextVar, *, step_warning: float,
                  on_stuck: Callable[[int], None] = os._exit) -> None:
-        self.tasks = tasks
+        self._owner = owner
         self.step_warning = step_warning
         self.stall = step_warning or 0.5   # a step this long stalls the loop: signals interrupt it
         self._on_stuck = on_stuck
@@ -183,8 +188,8 @@ class StepGuard(trio.abc.Instrument):
     # ---------------------------------------------------------------- instrument hooks
 
     def before_task_step(self, task) -> None:
-        t = self.tasks.get(task)
-        if t is not None:
+        t = task.context.get(self._owner)
+        if t is not None and t.trio_task is task:
             self.enter(t)
 
     def enter(self, t: Any) -> None:
@@ -197,9 +202,9 @@ class StepGuard(trio.abc.Instrument):
     def after_task_step(self, task) -> None:
         if self.forked_child:
             os._exit(0)
-        self.current = None   # always: a task's last step ends after it left `tasks`
-        t = self.tasks.get(task)
-        if t is None:
+        self.current = None   # always: a task's last step ends after it let go of its trio task
+        t = task.context.get(self._owner)
+        if t is None or t.trio_task is not task:
             return
         dt = time.perf_counter() - self.began   # steps do not nest: began is t's
         t.busy += dt

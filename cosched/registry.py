@@ -1,7 +1,7 @@
 """The task registry: every task the daemon knows, and the indexes over them.
 
 A ``Task`` is one instance of a job and everything operators may ask about it.
-The ``Registry`` finds tasks by id, by name and by trio task, hands out unique
+The ``Registry`` finds tasks by id and by name, hands out unique
 names in O(1) amortised time, and forgets ended tasks beyond a bound, so a
 daemon that runs millions of short tasks holds only what it lists.
 """
@@ -127,11 +127,10 @@ class Task:
 
 
 class Registry:
-    """Tasks by id, by live name and by trio task; ended tasks kept up to ENDED_KEPT."""
+    """Tasks by id and by live name; ended tasks kept up to ENDED_KEPT."""
 
     def __init__(self) -> None:
         self.tasks: dict[int, Task] = {}
-        self.by_trio: dict[Any, Task] = {}       # trio task -> Task, while it runs
         # Indexes, so that filters cost what they match: state -> id -> Task (every listed
         # task is in exactly the dict of its state), job -> id -> Task (listed tasks).
         self.by_state: dict[str, dict[int, Task]] = {s: {} for s in STATES}

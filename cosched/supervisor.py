@@ -38,7 +38,6 @@ and ``cosched.tasktree`` answer ``show`` and ``tree``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -90,7 +89,6 @@ MAX_BACKOFF_DOUBLINGS = 64  # restart_delay * 2**n is capped long before this
 STATUS_CHUNK = 500          # task rows rendered per piece of a long status answer
 NAMED = 20                  # abandoned tasks named in the log one by one at a stop
 STOP_BURST = 1000           # tasks being killed at once while the daemon stops
-_NO_SCOPE = contextlib.nullcontext()   # a life's `with` where kills splice their scope in
 
 
 class Supervisor:
@@ -104,7 +102,7 @@ class Supervisor:
         self.tasks = self.reg.tasks
         self.started = time.monotonic()
         self.nursery: trio.Nursery | None = None
-        self.guard = StepGuard(self.reg.by_trio, step_warning=config.step_warning,
+        self.guard = StepGuard(tasklog.CURRENT_TASK, step_warning=config.step_warning,
                                on_stuck=on_stuck)
         self.threads = trio.CapacityLimiter(config.worker_threads)
         self.log_sink = log_sink
@@ -342,27 +340,30 @@ class Supervisor:
             while True:
                 self._begin_life(t)
                 killed = False
-                with _NO_SCOPE if cancels.SPLICE else t.scope:
-                    try:
-                        call = resume_call(t.root, (t.ctx, *t.args))
-                        while call is not None:
-                            try:
-                                got = await call
-                            except Exception as e:  # a transferred-into chain raised into main
-                                got = (False, e)
-                            call = await self._continuation(t, got)
-                    except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
-                        if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
-                            _clear_frames(exc)   # its traceback's cycles would outlive the task
-                            if not self._kill_caught(t):
-                                raise   # the daemon stopping (or a kill its own scope takes)
-                            killed = True
-                        else:
-                            self._contain(t, exc)
-                if cancels.SPLICE:
-                    self._kill_caught(t)   # a kill the job swallowed: the task leaves its scope
-                else:
-                    killed = t.scope.cancelled_caught
+                scope = None if cancels.SPLICE else t.scope   # (no `with`: a parked task
+                if scope is not None:                          # would hold its __exit__)
+                    scope.__enter__()
+                try:
+                    call = resume_call(t.root, (t.ctx, *t.args))
+                    while call is not None:
+                        try:
+                            got = await call
+                        except Exception as e:  # a transferred-into chain raised into main
+                            got = (False, e)
+                        call = await self._continuation(t, got)
+                except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
+                    if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
+                        _clear_frames(exc)   # its traceback's cycles would outlive the task
+                        scope, exiting = None, scope
+                        killed = self._kill_caught(t) or (
+                            exiting is not None and exiting.__exit__(type(exc), exc, exc.__traceback__))
+                        if not killed:
+                            raise   # the daemon stopping: the nursery takes it
+                    else:
+                        self._contain(t, exc)
+                if scope is not None:
+                    scope.__exit__(None, None, None)
+                self._kill_caught(t)   # a kill the job swallowed: the task leaves its scope
                 if killed and t.state not in ("failed", "killed"):
                     t.state = "killed"
                     log.info("task killed", task=t.name, id=t.id)
@@ -378,9 +379,9 @@ class Supervisor:
     def _adopt(self, t: Task) -> None:
         """The first step of t's trio task: the daemon learns which trio task runs t."""
         t.trio_task = trio.lowlevel.current_task()
-        self.reg.by_trio[t.trio_task] = t
         self.guard.enter(t)  # this first step began before the guard knew the task
-        tasklog.enter(t)     # what this trio task (and those it starts) prints is t's
+        tasklog.enter(t)     # what this trio task (and those it starts) prints is t's, and
+                             # the guard finds t there
 
     def _begin_life(self, t: Task) -> None:
         if t.policy.restart != "no":
@@ -445,7 +446,6 @@ class Supervisor:
         t.steps += 1
         t.switches = switches_of(t.trio_task)
         release_chain()
-        del self.reg.by_trio[t.trio_task]
         t.trio_task = t.root = None
         if t.abandoned:
             log.info("abandoned task has ended at last", task=t.name, id=t.id)
