@@ -38,7 +38,8 @@ class Task:
         "_state",        # starting|running|suspended|restarting|finished|failed|killed ("waiting"
                          # is derived); assigned through `state`, which keeps the index current
         "_index",        # the registry's by-state index, or None before the task is added
-        "started_at", "born", "restarts",
+        "born",          # time.monotonic() at its creation (started_at is derived from it)
+        "restarts",
         "starts",        # monotonic start times within the start-limit window (None: no restarts)
         "busy", "steps", "longest_step",
         "switches",      # coroutine switches in its trio task, taken from the chain when it ends
@@ -63,7 +64,6 @@ class Task:
         self.ctx = None
         self._state = "starting"
         self._index: dict[str, dict[int, Task]] | None = None
-        self.started_at = time.time()
         self.born = time.monotonic()
         self.restarts = 0
         self.starts: deque[float] | None = None
@@ -85,6 +85,12 @@ class Task:
             del index[self._state][self.id]
             index[new][self.id] = self
         self._state = new
+
+    @property
+    def started_at(self) -> float:
+        """When it was created, by the wall clock (as it reads now: a monotonic time is
+        kept, not a second float per task)."""
+        return time.time() - (time.monotonic() - self.born)
 
     @property
     def alive(self) -> bool:
@@ -148,17 +154,32 @@ class Registry:
 
     def free_name(self, base: str) -> str:
         """``base``, or ``base.N`` with the smallest N not tried before for this base."""
-        if base not in self._live:
+        if not self._name_taken(base):
             return base
         n = self._suffix.get(base, 2)
-        while f"{base}.{n}" in self._live:
+        while self._name_taken(f"{base}.{n}"):
             n += 1
         self._suffix[base] = n + 1
         return f"{base}.{n}"
 
+    def _name_taken(self, name: str) -> bool:
+        return name in self._live or self._implied(name) is not None
+
+    def _implied(self, name: str) -> Task | None:
+        """The alive task of that name if its name is the one its id implies: a child
+        called ``<parent's name>.<its id>`` (the usual name of a spawned task) is found
+        through its id, and not kept in ``_live`` (a million children, a million
+        entries fewer)."""
+        _, dot, tail = name.rpartition(".")
+        if not dot or not (tail.isascii() and tail.isdigit()) or len(tail) > 19:
+            return None
+        t = self.tasks.get(int(tail))
+        return t if t is not None and t.name == name and t.alive else None
+
     def add(self, t: Task) -> None:
         self.tasks[t.id] = t
-        self._live[t.name] = t
+        if t.parent is None or t.name != f"{t.parent.name}.{t.id}":   # (see _implied)
+            self._live[t.name] = t
         t._index = self.by_state
         self.by_state[t.state][t.id] = t
         self.by_job.setdefault(t.job.name, {})[t.id] = t
@@ -269,7 +290,7 @@ class Registry:
             if t is not None:
                 return t
         if isinstance(ref, str):
-            t = self._live.get(ref)
+            t = self._live.get(ref) or self._implied(ref)
             if t is not None:
                 return t
             t = self._ended_names.get(ref)

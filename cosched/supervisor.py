@@ -339,10 +339,6 @@ class Supervisor:
         try:
             while True:
                 self._begin_life(t)
-                killed = False
-                scope = None if cancels.SPLICE else t.scope   # (no `with`: a parked task
-                if scope is not None:                          # would hold its __exit__)
-                    scope.__enter__()
                 try:
                     call = resume_call(t.root, (t.ctx, *t.args))
                     while call is not None:
@@ -354,19 +350,11 @@ class Supervisor:
                 except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
                     if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
                         _clear_frames(exc)   # its traceback's cycles would outlive the task
-                        scope, exiting = None, scope
-                        killed = self._kill_caught(t) or (
-                            exiting is not None and exiting.__exit__(type(exc), exc, exc.__traceback__))
-                        if not killed:
+                        if not self._kill_caught(t, exc):
                             raise   # the daemon stopping: the nursery takes it
                     else:
                         self._contain(t, exc)
-                if scope is not None:
-                    scope.__exit__(None, None, None)
-                self._kill_caught(t)   # a kill the job swallowed: the task leaves its scope
-                if killed and t.state not in ("failed", "killed"):
-                    t.state = "killed"
-                    log.info("task killed", task=t.name, id=t.id)
+                self._leave_scope(t)
                 if not await self._next_life(t):
                     break
         except Exception:  # noqa: BLE001 - a bug of ours ends this task, not the daemon
@@ -394,7 +382,11 @@ class Supervisor:
         self.events.task("started", t, restarts=t.restarts)
         # A life runs inside a scope of its own only where trio cannot have one spliced
         # in when a kill comes (see cosched.cancels): a million parked tasks pay for it.
-        t.scope = None if cancels.SPLICE else trio.CancelScope()
+        # (Entered and left by hand: a `with` in _supervise would hold its __exit__.)
+        t.scope = None
+        if not cancels.SPLICE:
+            t.scope = trio.CancelScope()
+            t.scope.__enter__()
         if t.kill_requested:   # killed before its first step
             self._cancel(t)
 
@@ -595,17 +587,34 @@ class Supervisor:
     def _cancel(self, t: Task) -> None:
         if t.scope is not None:   # its own scope, or one spliced in by an earlier kill
             t.scope.cancel()
-        elif t.trio_task is not None:   # (not adopted yet: its life begins killed)
+        elif cancels.SPLICE and t.trio_task is not None:   # (not adopted: it begins killed)
             t.scope = cancels.cancel_task(t.trio_task)
 
-    def _kill_caught(self, t: Task) -> bool:
-        """A Cancelled reached t's root: True if it is t's kill (the scope a kill spliced
-        in is left here), False if the daemon is stopping (it goes on to the nursery)."""
-        if t.scope is None or not cancels.SPLICE:
+    def _kill_caught(self, t: Task, exc: BaseException) -> bool:
+        """A Cancelled reached t's root: True if it is t's kill (t leaves its scope, which
+        takes it), False if the daemon is stopping (it goes on to the nursery)."""
+        scope, t.scope = t.scope, None
+        if scope is None:
             return False
-        cancels.leave(t.trio_task, t.scope)
-        t.scope = None
-        return trio.current_effective_deadline() != -math.inf
+        if cancels.SPLICE:
+            cancels.leave(t.trio_task, scope)
+            caught = trio.current_effective_deadline() != -math.inf
+        else:
+            caught = bool(scope.__exit__(type(exc), exc, exc.__traceback__))
+        if caught and t.state not in ("failed", "killed"):
+            t.state = "killed"
+            log.info("task killed", task=t.name, id=t.id)
+        return caught
+
+    def _leave_scope(self, t: Task) -> None:
+        """The life is over without a kill reaching its root: t leaves its scope (its
+        own, or one a kill spliced in and the job swallowed)."""
+        scope, t.scope = t.scope, None
+        if scope is not None:
+            if cancels.SPLICE:
+                cancels.leave(t.trio_task, scope)
+            else:
+                scope.__exit__(None, None, None)
 
     # ---------------------------------------------------------------- control backend
 

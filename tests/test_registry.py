@@ -42,6 +42,24 @@ def test_names_are_unique_among_alive_tasks():
     trio.run(run)
 
 
+def test_a_child_named_by_its_id_is_found_without_a_name_entry_and_its_name_stays_taken():
+    async def run():
+        reg = Registry()
+        parent = make(reg, "job")
+        tid = reg.new_id()
+        child = Task(tid, reg.free_name(f"job.{tid}"), JOB, None, None, (), parent)
+        reg.add(child)
+        assert child.name == "job.2" and "job.2" not in reg._live
+        assert reg.find("job.2") is child
+        assert make(reg, "job").name == "job.3"        # a second root skips the child's name
+        assert make(reg, "job.2").name == "job.2.2"    # so does an explicit name
+        end(reg, child)
+        assert reg.find("job.2") is child              # ended: the newest of that name
+        assert make(reg, "job.2").name == "job.2"      # and the name is free again
+        assert reg.find("job.2").id != child.id
+    trio.run(run)
+
+
 class CountingDict(dict):
     probes = 0
 
