@@ -1138,6 +1138,23 @@ def points_of(obj, _budget: list[int] | None = None):
         obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
 
 
+def driven_body(obj):
+    """The Python coroutine a dispatcher's trio task runs, in the common shape: ``obj``
+    (the task's own coroutine) awaits a chain driver (``resume_call``) whose chain runs
+    one coroutine, with no nested call pending and no transfer elsewhere. None for any
+    other shape (``points_of`` walks them all). A status of a million parked tasks takes
+    this path for each, at a fraction of the generic walk's cost."""
+    if type(obj) is not types.CoroutineType:
+        return None
+    m = _driven_chain(obj.cr_await)
+    if not m or m.current is None or m._awaits is not m.current:
+        return None
+    co = m.current
+    if type(co) is not Coroutine or co._state is _NORMAL or co._awaits is not None:
+        return None
+    return co._co
+
+
 def _driven_chain(obj):
     """The chain obj drives if obj is a chain driver (None once it finished), else False."""
     if _speedups is not None and type(obj) is _speedups.Driver:

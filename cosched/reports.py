@@ -11,11 +11,12 @@ from __future__ import annotations
 import linecache
 import os
 import time
+import types
 from typing import Any
 
 import trio
 
-from ._coro import line_of, points_of, stack_of, switches_of
+from ._coro import driven_body, line_of, points_of, stack_of, switches_of
 from .protocol import jsonable
 from .registry import Task
 
@@ -71,16 +72,73 @@ def _where_waits(t: Task) -> str | None:
     line of one: a status of a million parked tasks walks each of them once."""
     if t.trio_task is None:
         return None
-    caller = None   # the innermost (code, owner) outside cosched so far: the job's line
-    for code, owner in points_of(t.trio_task.coro):
-        if code.co_filename.startswith(_TRIO_DIR):
-            frames = [(code.co_filename, 0, code.co_qualname)]
-            if caller is not None:
-                frames.insert(0, (caller[0].co_filename, line_of(caller[1]), caller[0].co_qualname))
-            return where(frames)
-        if not code.co_filename.startswith(_PKG_DIR):
-            caller = code, owner
+    coro = t.trio_task.coro
+    body = driven_body(coro)
+    point = _trio_point(body) if body is not None else None
+    if point is None:   # not the common shape: the generic walk
+        point = _trio_point_of(points_of(coro))
+    if point is None:
+        return None
+    code, caller, owner = point
+    line = line_of(owner) if caller is not None else 0
+    key = (id(code), id(caller), line)   # ids: a code object's own hash walks its contents
+    known = _WHERE.get(key)
+    if known is None:
+        frames = [(code.co_filename, 0, code.co_qualname)]
+        if caller is not None:
+            frames.insert(0, (caller.co_filename, line, caller.co_qualname))
+        if len(_WHERE) >= 4096:   # code objects of reloaded jobs would pile up
+            _WHERE.clear()
+        known = _WHERE[key] = (where(frames), code, caller)   # (the codes kept alive)
+    return known[0]
+
+
+_WHERE: dict[tuple, tuple] = {}   # (id of trio code, of job code, line) -> (where(), codes)
+
+
+def _trio_point(obj) -> tuple | None:
+    """(trio code, job code, job coroutine) of the first trio frame down ``obj``'s
+    ``cr_await`` chain and the innermost frame outside cosched above it (the job's code
+    and coroutine are None if there is none). None if no trio frame is found, or the
+    chain leaves plain coroutines before one is."""
+    caller = owner = None
+    kinds, bound = _KINDS, 10_000   # a bound, should a chain loop
+    while type(obj) is _COROUTINE and bound:
+        code = obj.cr_code
+        kind = kinds.get(id(code))   # (a code object's own hash walks its contents)
+        kind = kind[1] if kind is not None else _kind(code)
+        if kind is _TRIO:
+            return code, caller, owner
+        if kind is _JOB:
+            caller, owner = code, obj
+        obj, bound = obj.cr_await, bound - 1
     return None
+
+
+def _trio_point_of(points) -> tuple | None:
+    """``_trio_point`` of what the generic walk (``points_of``) yields."""
+    caller = owner = None
+    for code, current in points:
+        kind = _kind(code)
+        if kind is _TRIO:
+            return code, caller, owner
+        if kind is _JOB:
+            caller, owner = code, current
+    return None
+
+
+_COROUTINE = types.CoroutineType
+_TRIO, _OURS, _JOB = "trio", "cosched", "job"
+_KINDS: dict[int, tuple] = {}   # id(code) -> (code, whose it is): one look at its file each
+
+
+def _kind(code: Any) -> str:
+    name = code.co_filename
+    kind = _TRIO if name.startswith(_TRIO_DIR) else _OURS if name.startswith(_PKG_DIR) else _JOB
+    if len(_KINDS) >= 4096:   # code objects of reloaded jobs would pile up
+        _KINDS.clear()
+    _KINDS[id(code)] = (code, kind)   # (the code kept alive: its id stays its own)
+    return kind
 
 
 def info(t: Task, now: float | None = None) -> dict:

@@ -7,7 +7,7 @@ import json
 
 import trio
 
-from cosched import protocol, reports
+from cosched import _coro, protocol, reports
 from test_events import drive, make_supervisor
 
 WAITERS = """
@@ -40,9 +40,17 @@ WAITERS = """
     async def yielder(task):
         await coro.yield_(Colour.RED, 1.5, "text")
 
+    async def either(task, first):
+        if first:
+            await trio.sleep(1000)
+        else:
+            await trio.sleep(1000)
+
     async def main(task):
         for fn in (sleeper, event_waiter, receiver, nested, yielder):
             task.spawn(fn, name=fn.__name__)
+        task.spawn(either, True, name="first")
+        task.spawn(either, False, name="second")
         await trio.sleep(1000)
 """
 
@@ -51,6 +59,8 @@ EXPECTED = {
     "event_waiter": "trio.Event.wait at waiters.py:15",
     "receiver": "await a.recv(1) at waiters.py:19",
     "nested": "trio.sleep at waiters.py:22",
+    "first": "trio.sleep at waiters.py:33",    # the same code waiting at two lines:
+    "second": "trio.sleep at waiters.py:35",   # told apart, though remembered by code
 }
 
 
@@ -58,10 +68,13 @@ def test_waiting_on_walks_to_the_first_trio_frame_and_agrees_with_the_full_stack
     sup = make_supervisor(tmp_path, {"waiters": WAITERS})
 
     async def scenario():
-        while len(sup.tasks) < 6 or any(t.steps == 0 for t in sup.tasks.values()):
+        while len(sup.tasks) < 8 or any(t.steps == 0 for t in sup.tasks.values()):
             await trio.sleep(0.01)
         await trio.sleep(0.05)
         by_name = {t.name: t for t in sup.tasks.values()}
+        # the common shape takes the short walk; a pending nested call the generic one
+        assert _coro.driven_body(by_name["sleeper"].trio_task.coro) is not None
+        assert _coro.driven_body(by_name["nested"].trio_task.coro) is None
         for name, expected in EXPECTED.items():
             t = by_name[name]
             assert reports.info(t)["waiting_on"] == expected, name
