@@ -151,9 +151,11 @@ def info(t: Task, now: float | None = None) -> dict:
     return {
         "id": t.id, "name": t.name, "job": t.job.name, "state": state,
         "waiting_on": waiting_on(t) if state == "waiting" else None,
-        "busy": round(t.busy, 6), "steps": t.steps,
+        # int(x * 10**n + 0.5) / 10**n: round(x, n) for these non-negative times (but
+        # for ties), at a fraction of round()'s cost, which goes through decimal digits
+        "busy": int(t.busy * 1e6 + 0.5) / 1e6, "steps": t.steps,
         "switches": switches_of(trio_task) if trio_task is not None else t.switches,
-        "age": round((time.monotonic() if now is None else now) - t.born, 3),
+        "age": int(((time.monotonic() if now is None else now) - t.born) * 1e3 + 0.5) / 1e3,
         "restarts": t.restarts,
         "yielded": _plain(t.yielded) if t.yielded is not None else None,
         "error": t.error,
