@@ -571,6 +571,12 @@ class Supervisor:
             log.info("task finished", task=t.name, id=t.id, result=_short(got[1:]))
             return
         exc = got[1]
+        if t.kill_requested:   # its cleanup raised: killed all the same, and not restarted
+            t.state = "killed"
+            t.error = f"cleanup raised {describe_exception(exc)}"
+            t.traceback = _format_traceback(exc)
+            log.info("task killed", task=t.name, id=t.id, error=t.error)
+            return
         t.state = "failed"
         t.error = describe_exception(exc)
         t.traceback = _format_traceback(exc)

@@ -115,6 +115,37 @@ def test_base_exception_from_cleanup_during_a_kill(daemon, statement, error):
     bystander_ok(d, by)
 
 
+def test_an_exception_from_cleanup_during_a_kill_is_a_kill_and_not_restarted(daemon):
+    """Raised by the job's cleanup, a ValueError (or the refusal of a yield made after
+    the kill) ends the task killed, as a BaseException does: not failed, and not
+    restarted by restart = "always"."""
+    source = """
+        import trio
+
+        from cosched import coro
+
+        async def main(task):
+            try:
+                await trio.sleep(1000)
+            except trio.Cancelled:
+                if task.config.get("yield"):
+                    await coro.yield_("one more question")
+                raise ValueError("cleanup went wrong")
+    """
+    d = daemon(jobs={"bad": source, "asker": source},
+               config={"jobs": {"restart": "always", "restart_delay": 0.1},
+                       "job": {"asker": {"config": {"yield": True}}}})
+    for name, error in (("bad", "cleanup raised ValueError: cleanup went wrong"),
+                        ("asker", "cleanup raised CoroutineError: cannot yield")):
+        task = d.wait_task(name, lambda t: t["state"] == "waiting", "waiting")
+        out = d.ok("kill", name)["task"]
+        assert out["state"] == "killed", out
+        assert out["error"].startswith(error), out
+        time.sleep(0.5)   # past the restart delay: still the same, killed task
+        now = newest(d.status(), name)
+        assert (now["id"], now["state"], now["restarts"]) == (task["id"], "killed", 0), now
+
+
 def test_base_exception_from_cleanup_of_a_suspended_task(daemon):
     source = """
         from cosched import coro
