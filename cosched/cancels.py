@@ -9,7 +9,7 @@ a million tasks of which it kills a handful pays it a million times.
 So the scope is made when the kill comes: ``cancel_task`` splices a new, cancelled
 scope in at the root of the task's scope tree (between the nursery's status the
 task was started under and the outermost scope the task is inside, or the task
-itself), and the task leaves it with ``leave`` once the ``Cancelled`` has reached
+itself), and the task leaves it with ``go_home`` once the ``Cancelled`` has reached
 its root. From then on the task is cancelled exactly as if it had run inside that
 scope all along: ``Cancelled`` at every checkpoint until it leaves, shielded scopes
 respected, the trio tasks it started in its own nurseries cancelled with it.
@@ -22,8 +22,11 @@ Design principles
   (``Task._activate_cancel_status``). Those internals are checked once, at import;
   where they are missing (``SPLICE`` is False, or ``COSCHED_SCOPE_PER_TASK`` is set)
   the caller falls back to a real scope around each task's life.
-- Only the task itself leaves its scope (``leave`` runs in the task, after every
-  inner scope has exited), as a ``with`` block's exit would.
+- Only the task itself leaves its scope (``go_home`` runs in the task, at its
+  root), as a ``with`` block's exit would. Without a ``with`` block of the
+  daemon's around the job, nothing else would notice a scope the job entered by
+  hand and never left, which would keep the task cancelled or under the job's
+  deadline for good: ``go_home`` closes such scopes and says so.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ def _home(trio_task: Any) -> Any:
 def cancel_task(trio_task: Any) -> trio.CancelScope:
     """Cancel trio_task as if all of it ran inside a scope of its own, now cancelled.
 
-    Returns that scope; the task must ``leave`` it when the ``Cancelled`` reaches its
-    root. A task whose scopes are not under its nursery's any more (it misnested
+    Returns that scope; the task must leave it (``go_home``) when the ``Cancelled``
+    reaches its root. A task whose scopes are not under its nursery's any more (it misnested
     them) is not reached: the caller's timeout deals with it, as with any task that
     does not end when cancelled.
     """
@@ -85,13 +88,26 @@ def cancel_task(trio_task: Any) -> trio.CancelScope:
     return scope
 
 
-def leave(trio_task: Any, scope: trio.CancelScope) -> None:
-    """trio_task leaves the scope ``cancel_task`` spliced in (it must be the current
-    task, with no scope of its own still open): its status is its nursery's again."""
-    status = scope._cancel_status
-    if status is None:
-        return
-    if trio_task._cancel_status is status:
-        trio_task._activate_cancel_status(status.parent)
-    scope._cancel_status = None
-    status.close()
+def go_home(trio_task: Any, scope: trio.CancelScope | None) -> bool:
+    """trio_task, at its root, is back in the status of the nursery it was started in.
+
+    It leaves ``scope`` (the one ``cancel_task`` spliced in, or None), and a scope the
+    job entered by hand and never left (which no ``with`` block will close now) is
+    closed here, as trio closes misnested scopes: what is still under it stays
+    cancelled, and the task is free of it. Returns True if there was such a scope.
+    """
+    home = _home(trio_task)
+    ours = scope._cancel_status if scope is not None else None
+    if scope is not None:
+        scope._cancel_status = None
+    status = trio_task._cancel_status
+    leaked = status is not home and status is not ours
+    if status is not home:
+        trio_task._activate_cancel_status(home)
+        while status is not None and status is not home:   # up to home, closing each
+            parent = status.parent
+            status.close()
+            status = parent
+    if ours is not None:
+        ours.close()   # (if the walk did not pass it: closing twice does nothing)
+    return leaked

@@ -359,7 +359,8 @@ class Supervisor:
                     break
         except Exception:  # noqa: BLE001 - a bug of ours ends this task, not the daemon
             log.exception("supervising the task failed", task=t.name, id=t.id)
-            t.state, t.error = "failed", t.error or "internal error in coschedd (see its log)"
+            t.state = "killed" if t.kill_requested else "failed"
+            t.error = t.error or "internal error in coschedd (see its log)"
             self._life_ended(t)
         finally:
             self._finished(t)
@@ -597,30 +598,41 @@ class Supervisor:
             t.scope = cancels.cancel_task(t.trio_task)
 
     def _kill_caught(self, t: Task, exc: BaseException) -> bool:
-        """A Cancelled reached t's root: True if it is t's kill (t leaves its scope, which
-        takes it), False if the daemon is stopping (it goes on to the nursery)."""
+        """A Cancelled reached t's root: True if it is t's kill or comes from a scope
+        the job left open (t leaves them, and they take it), False if the daemon is
+        stopping (it goes on to the nursery)."""
         scope, t.scope = t.scope, None
-        if scope is None:
-            return False
         if cancels.SPLICE:
-            cancels.leave(t.trio_task, scope)
-            caught = trio.current_effective_deadline() != -math.inf
-        else:
-            caught = bool(scope.__exit__(type(exc), exc, exc.__traceback__))
-        if caught and t.state not in ("failed", "killed"):
+            leaked = cancels.go_home(t.trio_task, scope)
+            if trio.current_effective_deadline() == -math.inf:
+                return False
+            if leaked:
+                self._left_open(t)
+        elif scope is None or not scope.__exit__(type(exc), exc, exc.__traceback__):
+            return False
+        if t.state not in ("failed", "killed"):
             t.state = "killed"
             log.info("task killed", task=t.name, id=t.id)
-        return caught
+        return True
 
     def _leave_scope(self, t: Task) -> None:
         """The life is over without a kill reaching its root: t leaves its scope (its
-        own, or one a kill spliced in and the job swallowed)."""
+        own, or one a kill spliced in and the job swallowed), and any the job left open."""
         scope, t.scope = t.scope, None
-        if scope is not None:
-            if cancels.SPLICE:
-                cancels.leave(t.trio_task, scope)
-            else:
-                scope.__exit__(None, None, None)
+        if cancels.SPLICE:
+            if cancels.go_home(t.trio_task, scope):
+                self._left_open(t)
+        elif scope is not None:
+            scope.__exit__(None, None, None)
+
+    def _left_open(self, t: Task) -> None:
+        """The job entered a cancel scope or nursery by hand and never left it (it is
+        closed now): the life failed, whatever it returned."""
+        t.state = "killed" if t.kill_requested else "failed"
+        t.result = None
+        t.error = ("the job left a trio cancel scope or nursery open (entered by hand, "
+                   "never exited)")
+        log.error("task left a cancel scope open", task=t.name, id=t.id)
 
     # ---------------------------------------------------------------- control backend
 

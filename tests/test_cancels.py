@@ -1,7 +1,7 @@
 """cosched.cancels: one trio task cancelled through a scope spliced in when the kill comes.
 
 Real trio tasks in a real nursery; each test checks what a scope around the whole
-task would have done (or, for `leave`, that the task is free again afterwards).
+task would have done (or, for `go_home`, that the task is free again afterwards).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Victim:
             self.ended = "cancelled"
             assert trio.current_effective_deadline() == -math.inf
             if self.scope is not None:
-                cancels.leave(self.task, self.scope)
+                cancels.go_home(self.task, self.scope)
         self.after = "free" if trio.current_effective_deadline() == math.inf else "cancelled"
 
     def kill(self) -> None:
@@ -222,16 +222,42 @@ def test_a_kill_swallowed_by_the_task_leaves_its_scope_when_it_leaves():
             await trio.sleep(3600)
         except trio.Cancelled:
             pass
-        cancels.leave(v.task, v.scope)
+        assert not cancels.go_home(v.task, v.scope)
+        assert not cancels.go_home(v.task, None)   # a second time: nothing to do
         await trio.sleep(0)   # free again: no Cancelled
 
     async def main():
         victim = Victim(swallows)
         await run(victim, then=kill(victim))
         assert (victim.ended, victim.after) == ("returned", "free")
-        cancels.leave(victim.task, victim.scope)   # a second leave does nothing
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_scopes_a_task_entered_by_hand_and_never_left_are_closed_at_its_root(cancelled):
+    seen = []
+
+    async def leaks(v):
+        scope = trio.CancelScope(deadline=trio.current_time() + 3600).__enter__()
+        if cancelled:
+            scope.cancel()
+            try:
+                await trio.sleep(3600)
+            except trio.Cancelled:
+                seen.append("cancelled by its own scope")
+        seen.append(trio.current_effective_deadline() < math.inf)   # under its deadline
+        seen.append(cancels.go_home(v.task, None))                   # left open: closed
+        seen.append(trio.current_effective_deadline() == math.inf)  # free of it
+        await trio.sleep(0)
+
+    async def main():
+        victim = Victim(leaks)
+        await run(victim)
+        assert victim.ended == "returned"
+
+    trio.run(main)
+    assert seen == ["cancelled by its own scope"] * cancelled + [True, True, True]
 
 
 def test_without_the_internals_the_supervisor_gives_each_life_a_scope_and_kills_still_work():

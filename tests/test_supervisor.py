@@ -499,3 +499,55 @@ def test_kills_reach_tasks_that_hold_no_scope_of_their_own(tmp_path):
         await trio.sleep(0)
 
     drive(sup, scenario)
+
+
+LEAKER = """
+    import trio
+
+    async def leaks(task):
+        trio.CancelScope().__enter__()          # never left
+        await trio.sleep(1000)
+
+    async def leaks_and_returns(task):
+        trio.CancelScope().__enter__()
+        return 1
+
+    async def leaks_cancelled(task):
+        trio.CancelScope().__enter__().cancel()   # its Cancelled reaches the root
+        await trio.sleep(1000)
+
+    async def main(task):
+        await trio.sleep(1000)
+"""
+
+
+def test_a_job_that_leaves_a_cancel_scope_open_fails_alone(tmp_path):
+    """Scopes entered by hand and never left: without a with-block of the daemon's
+    around the job nothing else would notice them, and a Cancelled of such a scope
+    reaching the root must not pass for the daemon stopping (it would end the
+    daemon's nursery)."""
+    import trio
+
+    from cosched import cancels
+    from test_events import drive, make_supervisor, until
+
+    sup = make_supervisor(tmp_path, {"leaker": LEAKER})
+
+    async def scenario():
+        await until(lambda: len(sup.tasks) == 1)
+        parent = next(iter(sup.tasks.values()))
+        mod = parent.job.module
+        a, b, c = (sup.start_task(parent.job, fn, (), parent)
+                   for fn in (mod.leaks, mod.leaks_and_returns, mod.leaks_cancelled))
+        await until(lambda: a.shown_state() == "waiting" and b.done and c.done)
+        sup._request_kill(a)
+        await until(lambda: a.done)
+        assert [t.state for t in (a, b, c)] == ["killed", "failed", "failed"]
+        if cancels.SPLICE:   # (a scope of its own per life reports it as an internal error)
+            assert all("left a trio cancel scope" in t.error for t in (a, b, c))
+        after = sup.start_task(parent.job, mod.leaks, (), parent)   # the daemon goes on
+        await until(lambda: after.shown_state() == "waiting")
+        assert parent.shown_state() == "waiting"
+        await trio.sleep(0)
+
+    drive(sup, scenario)
