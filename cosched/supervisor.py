@@ -15,8 +15,9 @@ Design principles
   and nothing else. The daemon's own signals never arrive as exceptions in
   tasks (they come through trio's signal receiver), so telling "the job raised
   it" from "the daemon stops" is a question of where, not of type: a
-  cancellation is the daemon's only when the task's own cancel scope was
-  cancelled.
+  cancellation is the daemon's only when the daemon's nursery is cancelled; one
+  that comes from the task's kill (a scope spliced in, see ``cosched.cancels``)
+  or from a scope the job left open ends that task.
 - Kill and stop always finish: cleanup gets ``stop_timeout`` seconds, after
   which the task is *abandoned* (killed, in the registry) and its trio task is
   left to end when it can.
