@@ -499,15 +499,24 @@ def render_status(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _task_table(tasks: list[dict]) -> str:
-    """The tasks' table, built a column at a time (a status may list a million)."""
-    def column(key: str) -> list[Any]:
-        return [t.get(key) for t in tasks]
+# The table's columns: asked for as arrays (status "columns"), read back by position.
+_TABLE_FIELDS = ("id", "name", "state", "waiting_on", "busy", "steps", "age")
+
+
+def _task_table(tasks: list) -> str:
+    """The tasks' table, built a column at a time (a status may list a million). Rows
+    are arrays of _TABLE_FIELDS (or objects, as --json, a view and older daemons get)."""
+    if isinstance(tasks[0], dict):
+        columns = [[t.get(key) for t in tasks] for key in _TABLE_FIELDS]
+    else:
+        columns = [list(col) for col in zip(*tasks, strict=True)]
+        if len(columns) != len(_TABLE_FIELDS):
+            raise ValueError("rows of another width than the columns asked for")
+    ids, names, states, waits, busy, steps, ages = columns
     return table_of_columns(
         ["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
-        [_cells(column("id")), _cells(column("name")), _cells(column("state")),
-         _cells(column("waiting_on")), _durations(column("busy")), _cells(column("steps")),
-         _durations(column("age"))])
+        [_cells(ids), _cells(names), _cells(states), _cells(waits), _durations(busy),
+         _cells(steps), _durations(ages)])
 
 
 def _started_at(value: Any) -> str:
@@ -827,6 +836,13 @@ def _status_view(ns: argparse.Namespace) -> Callable[[Any], tuple[Any, str]] | N
     return view
 
 
+def _status_args(ns: argparse.Namespace) -> dict:
+    args = {k: v for k in ("task", "job", "state") if (v := getattr(ns, k)) is not None}
+    if not ns.json and _status_view(ns) is None:   # the table: a row is an array of its cells
+        args["columns"] = list(_TABLE_FIELDS)
+    return args
+
+
 _TASK = ("task", {"type": task_arg, "metavar": "TASK"})
 _TASK_OR_JOB = ("task", {"type": task_arg, "metavar": "TASK|JOB"})
 _LINES = ("-n", {"dest": "lines", "type": _count, "default": 10, "metavar": "N"})
@@ -839,8 +855,7 @@ COMMANDS: tuple[Cmd, ...] = (
                    ("--sort", {"metavar": "FIELD", "choices": tuple(SORT_FIELDS)}),
                    ("--reverse", {"action": "store_true"}),
                    ("--limit", {"dest": "rows", "type": _rows, "metavar": "N"})),
-        lambda ns: {k: v for k in ("task", "job", "state") if (v := getattr(ns, k)) is not None},
-        render_status, view=_status_view),
+        lambda ns: _status_args(ns), render_status, view=_status_view),
     Cmd("show", (_TASK,), lambda ns: {"task": ns.task}, render_show),
     Cmd("resume", (_TASK, ("values", {"type": value_arg, "metavar": "VALUE", "nargs": "*",
                                       "default": []})),

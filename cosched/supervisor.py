@@ -641,9 +641,10 @@ class Supervisor:
         return self.reg.find(ref)
 
     def status(self, task: str | int | None = None, job: str | None = None,
-               state: str | None = None) -> dict | Chunked:
-        """The daemon and its tasks (a job's, those in a state, or one); long lists are
-        sent in chunks (see protocol.Chunked)."""
+               state: str | None = None, columns: list[str] | None = None) -> dict | Chunked:
+        """The daemon and its tasks (a job's, those in a state, or one; with ``columns``
+        each an array of those fields); long lists are sent in chunks (see
+        protocol.Chunked)."""
         if job is not None and job not in self.job_table and not self.reg.of_job(job):
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         if task is not None:
@@ -656,15 +657,16 @@ class Supervisor:
         head = {"daemon": self._daemon_info()}
         tail = {"job_errors": self._job_errors()}
         if len(first) <= STATUS_CHUNK:   # all looked at already
-            return {**head, "tasks": reports.rows([t for t in first if t is not None]), **tail}
-        return Chunked(head, "tasks", itertools.chain(first, tasks), self._rows, tail,
-                       STATUS_CHUNK)
+            return {**head, "tasks": reports.rows([t for t in first if t is not None], columns),
+                    **tail}
+        return Chunked(head, "tasks", itertools.chain(first, tasks),
+                       lambda chunk: self._rows(chunk, columns), tail, STATUS_CHUNK)
 
-    def _rows(self, tasks: list[Task]) -> list[dict]:
+    def _rows(self, tasks: list[Task], columns: list[str] | None) -> list:
         """A chunk of a long status. Its first rendering leaves objects behind in each
         task (where it waits, a frame object): the collector pacer hears of them."""
         self.gc.rendering(len(tasks))
-        return reports.rows(tasks)
+        return reports.rows(tasks, columns)
 
     async def show(self, task: str | int) -> dict:
         try:

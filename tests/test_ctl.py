@@ -54,12 +54,15 @@ class Backend:
             raise ControlError("no-such-task", f"no task {task!r}")
         return TASK
 
-    def status(self, task, job=None, state=None):
+    def status(self, task, job=None, state=None, columns=None):
         self.calls.append(("status", task) if job is None and state is None
                           else ("status", task, job, state))
+        self.columns = columns
         tasks = [TASK] if task is None else [self._task(task)]
         if job in MANY:
             tasks = many_tasks(*MANY[job])
+        if columns is not None:   # as coschedd answers: each task an array of those fields
+            tasks = [[t.get(c) for c in columns] for t in tasks]
         return {
             "daemon": {"pid": 4321, "uptime": 3700.0, "rss": 12 * 1024 * 1024,
                        "cpu_time": 1.25, "cpu_percent": 0.5, "num_tasks": 1,
@@ -194,6 +197,17 @@ def test_status_prints_daemon_header_task_table_and_job_errors(daemon):
                            "1.2s", "42", "3m04s"]
     assert "broken (/srv/jobs/broken.py): SyntaxError: invalid syntax (line 3)" in proc.stdout
     assert daemon.backend.calls == [("status", None)]
+    assert daemon.backend.columns == list(ctl._TABLE_FIELDS)   # rows came as arrays
+
+
+def test_status_rows_come_as_objects_for_json_and_views(daemon):
+    """--json prints the daemon's rows as they are, and --sort/--limit sort objects: the
+    table alone asks for arrays."""
+    for argv in (["--json", "status"], ["status", "--sort", "busy"], ["status", "--limit", "1"]):
+        proc = at(daemon, *argv)
+        assert proc.returncode == ctl.EXIT_OK, proc.stderr
+        assert daemon.backend.columns is None, argv
+    assert json.loads(at(daemon, "--json", "status").stdout)["tasks"][0]["name"] == "ticker"
 
 
 def test_status_filters_reach_the_daemon(daemon):

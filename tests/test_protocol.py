@@ -65,10 +65,26 @@ def test_decode_request_fills_defaults():
 
 def test_decode_request_without_args_and_with_optional_arg():
     assert protocol.decode_request(b'{"id": 4, "cmd": "status"}').args == {
-        "task": None, "job": None, "state": None}
+        "task": None, "job": None, "state": None, "columns": None}
     assert protocol.decode_request(
         b'{"id": 4, "cmd": "status", "args": {"task": "t", "state": "failed"}}').args == {
-        "task": "t", "job": None, "state": "failed"}
+        "task": "t", "job": None, "state": "failed", "columns": None}
+
+
+@pytest.mark.parametrize("columns", [[], ["id", "colour"], ["id", 3], "id", [["id"]],
+                                     ["id"] * 13])
+def test_status_columns_must_be_a_short_list_of_row_fields(columns):
+    line = json.dumps({"id": 1, "cmd": "status", "args": {"columns": columns}}).encode()
+    with pytest.raises(protocol.ControlError) as e:
+        protocol.decode_request(line)
+    assert e.value.code == protocol.BAD_REQUEST
+    assert "argument 'columns' of 'status' must be a non-empty list of row fields (id, name" \
+        in str(e.value)
+
+
+def test_status_columns_are_row_fields_in_any_order():
+    line = b'{"id": 1, "cmd": "status", "args": {"columns": ["age", "id"]}}'
+    assert protocol.decode_request(line).args["columns"] == ["age", "id"]
 
 
 def test_status_state_filter_must_be_a_task_state():

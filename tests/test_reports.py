@@ -77,7 +77,11 @@ def test_waiting_on_walks_to_the_first_trio_frame_and_agrees_with_the_full_stack
         assert _coro.driven_body(by_name["nested"].trio_task.coro) is None
         for name, expected in EXPECTED.items():
             t = by_name[name]
-            assert reports.info(t)["waiting_on"] == expected, name
+            row = reports.info(t)
+            assert tuple(row) == protocol.ROW_FIELDS
+            assert row["waiting_on"] == expected, name
+            assert reports.rows([t], ["waiting_on", "name", "id"]) == [(expected, name, t.id)]
+            assert reports.rows([t], ["name"]) == [[name]]
             assert reports.where(reports.stack(t)) == expected, name
         assert reports.info(by_name["yielder"])["waiting_on"] is None
 
