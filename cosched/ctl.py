@@ -1100,7 +1100,12 @@ def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
 
 
 def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
-    line = call_line(path, cmd.method or cmd.name, cmd.build(ns), ns.timeout)
+    args = cmd.build(ns)
+    line = call_line(path, cmd.method or cmd.name, args, ns.timeout)
+    if "columns" in args and _refused(line, "columns"):
+        # a daemon from before status "columns" (upgraded, not yet restarted): objects
+        del args["columns"]
+        line = call_line(path, cmd.method or cmd.name, args, ns.timeout)
     # A big answer is a million objects and no cycles: the cyclic collector would walk
     # them again and again while they are made, for nothing (coschedctl exits next).
     gc.disable()
@@ -1112,6 +1117,12 @@ def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
 
 
 _OK_PREFIX = b'{"id":1,"ok":true,"result":'   # how coschedd answers request 1 (compact)
+
+
+def _refused(line: bytes, arg: str) -> bool:
+    """Whether the answer is the daemon refusing an argument it does not know."""
+    return (len(line) < 4096 and not line.startswith(_OK_PREFIX)
+            and f"unknown argument '{arg}'".encode() in line)
 
 
 def result_text(line: bytes) -> bytes | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cosched import ctl
+from cosched import ctl, protocol
 from cosched.control import serve
 from cosched.protocol import ControlError
 
@@ -198,6 +198,22 @@ def test_status_prints_daemon_header_task_table_and_job_errors(daemon):
     assert "broken (/srv/jobs/broken.py): SyntaxError: invalid syntax (line 3)" in proc.stdout
     assert daemon.backend.calls == [("status", None)]
     assert daemon.backend.columns == list(ctl._TABLE_FIELDS)   # rows came as arrays
+
+
+def test_status_table_from_a_daemon_that_predates_columns(daemon, monkeypatch):
+    """Upgraded but not yet restarted, a daemon refuses "columns": the table is drawn
+    from its objects (asked again without it)."""
+    old = protocol.COMMANDS["status"]
+    args = {k: v for k, v in old.args.items() if k != "columns"}
+    monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
+    monkeypatch.setattr(daemon.backend, "status",
+                        lambda task, job=None, state=None, _real=daemon.backend.status:
+                        _real(task, job, state))
+    proc = at(daemon, "status")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("7 "))
+    assert row.split()[:3] == ["7", "ticker", "suspended"]
+    assert daemon.backend.calls == [("status", None)]   # the refused request never got here
 
 
 def test_status_rows_come_as_objects_for_json_and_views(daemon):
