@@ -855,7 +855,7 @@ COMMANDS: tuple[Cmd, ...] = (
                    ("--sort", {"metavar": "FIELD", "choices": tuple(SORT_FIELDS)}),
                    ("--reverse", {"action": "store_true"}),
                    ("--limit", {"dest": "rows", "type": _rows, "metavar": "N"})),
-        lambda ns: _status_args(ns), render_status, view=_status_view),
+        _status_args, render_status, view=_status_view),
     Cmd("show", (_TASK,), lambda ns: {"task": ns.task}, render_show),
     Cmd("resume", (_TASK, ("values", {"type": value_arg, "metavar": "VALUE", "nargs": "*",
                                       "default": []})),

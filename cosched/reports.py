@@ -21,7 +21,7 @@ from ._coro import driven_body, line_of, points_of, stack_of, switches_of
 from .protocol import ROW_FIELDS, jsonable
 from .registry import Task
 
-__all__ = ["info", "show", "outcome", "stack", "where", "pack", "unpack"]
+__all__ = ["info", "values", "rows", "show", "outcome", "stack", "where", "pack", "unpack"]
 
 _TRIO_DIR = os.path.dirname(trio.__file__)
 _PKG_DIR = os.path.dirname(__file__)
