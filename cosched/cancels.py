@@ -1,7 +1,7 @@
 """Cancelling one trio task without a cancel scope per task.
 
 trio cancels through cancel scopes, and the usual way to be able to kill one task
-is to run all of it inside a scope of its own. That scope costs about 0.7 KB for
+is to run all of it inside a scope of its own. That scope costs about 0.6 KB for
 as long as the task lives (the scope, its ``CancelStatus`` and the status's two
 sets), most of what a parked task costs beyond trio's own task; a daemon holding
 a million tasks of which it kills a handful pays it a million times.
