@@ -3,7 +3,7 @@
 trio cancels through cancel scopes, and the usual way to be able to kill one task
 is to run all of it inside a scope of its own. That scope costs about 0.6 KB for
 as long as the task lives (the scope, its ``CancelStatus`` and the status's two
-sets), most of what a parked task costs beyond trio's own task; a daemon holding
+sets), a quarter of what a parked task cost beyond trio's own task; a daemon holding
 a million tasks of which it kills a handful pays it a million times.
 
 So the scope is made when the kill comes: ``cancel_task`` splices a new, cancelled
