@@ -535,14 +535,14 @@ def private_path(socket: str) -> str:
 
 
 def encode_plain(obj: Any) -> bytes:
-    """``encode`` of what the daemon built itself from JSON types (dict, list, str,
-    int, float, bool, None): status rows.
+    """``encode`` of what the daemon built itself from JSON types (dict, list or
+    tuple, str, int, float, bool, None): status rows.
 
     orjson encodes it when installed. What it cannot encode (lone surrogates, ints
     beyond 64 bits, non-string keys) or would render otherwise than the standard
     library (subclasses, dataclasses, dates) falls back to ``encode``. Enums and
     UUIDs it renders by value without asking, so they must not be here: values
-    that come from jobs go through ``jsonable`` first (see ``reports.info``).
+    that come from jobs go through ``jsonable`` first (see ``reports.values``).
     """
     fast = _orjson if _orjson is not False else orjson_module()
     if fast is not None:

@@ -24,6 +24,13 @@ STATES = ("starting", "running", "suspended", "restarting", "finished", "failed"
 ENDED_KEPT = 1000  # ended tasks kept for status; older ones are forgotten
 
 
+def _is_id(text: str) -> bool:
+    """Whether text spells a task id. Only ASCII digits make one ("²".isdigit() is true,
+    int("²") fails), and no more of them than an id can have: int() never converts
+    thousands of digits."""
+    return text.isascii() and text.isdigit() and len(text) <= 19
+
+
 class Task:
     """One job instance and everything operators may ask about it.
 
@@ -171,7 +178,7 @@ class Registry:
         through its id, and not kept in ``_live`` (a million children, a million
         entries fewer)."""
         _, dot, tail = name.rpartition(".")
-        if not dot or not (tail.isascii() and tail.isdigit()) or len(tail) > 19:
+        if not dot or not _is_id(tail):
             return None
         t = self.tasks.get(int(tail))
         return t if t is not None and t.name == name and t.alive else None
@@ -282,10 +289,7 @@ class Registry:
     def find(self, ref: str | int) -> Task:
         """A task by id (an int, or a string of ASCII digits) or by name; the alive one
         of that name if there is one, else the newest."""
-        # Only ASCII digits make an id ("²".isdigit() is true, int("²") fails), and no more
-        # of them than an id can have: int() never converts thousands of digits.
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()
-                                    and len(ref) <= 19):
+        if isinstance(ref, int) or (isinstance(ref, str) and _is_id(ref)):
             t = self.tasks.get(int(ref))
             if t is not None:
                 return t

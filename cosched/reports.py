@@ -106,7 +106,7 @@ def _trio_point(obj) -> tuple | None:
     kinds, bound = _KINDS, 10_000   # a bound, should a chain loop
     while type(obj) is _COROUTINE and bound:
         code = obj.cr_code
-        kind = kinds.get(id(code))   # (a code object's own hash walks its contents)
+        kind = kinds.get(id(code))   # _kind's look-up, inline: this loop runs per task
         kind = kind[1] if kind is not None else _kind(code)
         if kind is _TRIO:
             return code, caller, owner
@@ -134,6 +134,9 @@ _KINDS: dict[int, tuple] = {}   # id(code) -> (code, whose it is): one look at i
 
 
 def _kind(code: Any) -> str:
+    known = _KINDS.get(id(code))   # (a code object's own hash walks its contents)
+    if known is not None:
+        return known[1]
     name = code.co_filename
     kind = _TRIO if name.startswith(_TRIO_DIR) else _OURS if name.startswith(_PKG_DIR) else _JOB
     if len(_KINDS) >= 4096:   # code objects of reloaded jobs would pile up

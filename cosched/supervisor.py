@@ -523,14 +523,7 @@ class Supervisor:
     def _contain(self, t: Task, exc: BaseException) -> None:
         """A BaseException escaped the job: the task failed (or, if it was being killed,
         is killed with its cleanup's error)."""
-        if t.kill_requested or isinstance(exc, TaskInterrupted):
-            t.state = "killed"
-            t.error = (str(exc) if isinstance(exc, TaskInterrupted)
-                       else f"cleanup raised {describe_exception(exc)}")
-            t.traceback = _format_traceback(exc)
-            log.info("task killed", task=t.name, id=t.id, error=t.error)
-            return
-        if isinstance(exc, trio.Cancelled):
+        if isinstance(exc, trio.Cancelled) and not t.kill_requested:
             exc = _OwnCancelled(f"the job raised trio.Cancelled outside a cancelled scope: "
                                 f"{describe_exception(exc)}").with_traceback(exc.__traceback__)
         self._ended(t, (False, exc))
@@ -573,9 +566,11 @@ class Supervisor:
             log.info("task finished", task=t.name, id=t.id, result=_short(got[1:]))
             return
         exc = got[1]
-        if t.kill_requested:   # its cleanup raised: killed all the same, and not restarted
+        if t.kill_requested or isinstance(exc, TaskInterrupted):
+            # its cleanup raised: killed all the same, and not restarted
             t.state = "killed"
-            t.error = f"cleanup raised {describe_exception(exc)}"
+            t.error = (str(exc) if isinstance(exc, TaskInterrupted)
+                       else f"cleanup raised {describe_exception(exc)}")
             t.traceback = _format_traceback(exc)
             log.info("task killed", task=t.name, id=t.id, error=t.error)
             return
