@@ -139,10 +139,8 @@ class Recorder:
             self._ceiling = max(self._ceiling, tid) + ID_BLOCK
             self.store.reserve_ids(self._ceiling)
         if self.recording:
-            t = self.sup.tasks[tid]
-            self.store.task_started(tid, _text(t.name), e["job"],
-                                    t.parent.id if t.parent is not None else None,
-                                    _text(str(t.job.path)), e["time"], e.get("restarts", 0))
+            self.store.task_started_from(_start_row, self.sup.tasks[tid], e["time"],
+                                         e.get("restarts", 0))
 
     def _suspended(self, e: dict) -> None:
         self._save(self.sup.tasks[e["id"]])
@@ -295,6 +293,12 @@ class _Waiter:
         if self.error is not None:
             raise StateError(f"could not save {what} in the state database: {self.error}")
         return self.result
+
+
+def _start_row(t: Any, when: float, restarts: int) -> tuple:
+    """A task's row in the history (made in the writer thread: these fields never change)."""
+    return (t.id, _text(t.name), t.job.name, t.parent.id if t.parent is not None else None,
+            _text(str(t.job.path)), when, restarts)
 
 
 def _text(value: str | None) -> str | None:

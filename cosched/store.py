@@ -68,6 +68,8 @@ PRUNE_CHUNK = 5000       # rows one prune statement deletes at most, so a commit
 LINGER = 0.01            # seconds a batch nobody waits for may wait for more to share its commit
 LINGER_OPS = 1000        # ... unless it has this many operations already
 MAX_COMMIT_OPS = 4000    # operations in one transaction at most
+CACHE_KIB = 128          # SQLite's page cache: it would grow to 2 MB as the history is written
+                         # (pages written once, read rarely; the kernel caches the file anyway)
 LOST = "coschedd ended without stopping the task (it was killed or crashed)"
 
 Done = Callable[[Any, BaseException | None], None]   # (result, error), in the writer thread
@@ -228,6 +230,7 @@ class Store:
                 raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = OFF")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except BaseException:
             conn.close()
             raise
@@ -405,7 +408,11 @@ class Store:
             elif kind == "event":
                 rows.events.append((self._new_seq(), *op[1:6]))
             elif kind == "start":
-                tid, name, job, parent, path, started, restarts = op[1:8]
+                try:
+                    tid, name, job, parent, path, started, restarts = op[1](*op[2:-1])
+                except Exception:  # noqa: BLE001 - one row lost, not the batch
+                    log.exception("state database: a task's start could not be recorded")
+                    continue
                 if tid in rows.ended:
                     self._flush(conn, rows)
                 rows.starts.append((tid, name, job, parent, path, started, restarts))
@@ -491,7 +498,12 @@ class Store:
 
     def task_started(self, tid: int, name: str, job: str, parent: int | None, path: str,
                      started: float, restarts: int) -> None:
-        self._submit(("start", tid, name, job, parent, path, started, restarts, None))
+        self._submit(("start", _as_is, (tid, name, job, parent, path, started, restarts), None))
+
+    def task_started_from(self, row: Callable[..., tuple], *source: Any) -> None:
+        """``task_started(*row(*source))``, with the row made in the writer thread: a burst
+        of starts that waits for the writer then holds a small tuple each, not its row."""
+        self._submit(("start", row, *source, None))
 
     def event(self, when: float, task: int | None, job: str, kind: str,
               data: str | None, done: Done | None = None) -> None:
@@ -540,6 +552,10 @@ class Store:
                 return False
         self._release()
         return True
+
+
+def _as_is(row: tuple) -> tuple:
+    return row
 
 
 class _Rows:

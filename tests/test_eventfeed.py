@@ -30,6 +30,19 @@ def test_history_keeps_the_newest_and_filters_by_job():
     assert log.recent(0) == []
 
 
+def test_the_ring_gives_back_each_event_as_it_was_heard():
+    events = Events()
+    seen: list[dict] = []
+    events.subscribe(seen.append)
+    log = EventLog(events, kept=10)
+    task = type("T", (), {"name": "t", "id": 1, "job": type("J", (), {"name": "j"}), "state": "s"})
+    events.task("started", task, restarts=2)
+    events.job("job-loaded", "j", path="/j.py")
+    events.task("killed", task, error="boom", traceback=None)
+    assert log.recent(10) == seen
+    assert [list(e) for e in log.recent(10)] == [list(e) for e in seen]   # key order kept
+
+
 def test_job_values_are_stored_bounded_and_other_listeners_see_them_as_sent():
     events = Events()
     seen = []

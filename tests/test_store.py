@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cosched.store import (DB_NAME, ID_BLOCK, LOST, SCHEMA_VERSION, Store, StoreError,
+from cosched.store import (CACHE_KIB, DB_NAME, ID_BLOCK, LOST, SCHEMA_VERSION, Store, StoreError,
                            history_query, task_query)
 
 WAIT = 10.0
@@ -258,6 +258,35 @@ def test_a_failed_commit_reports_the_error_to_its_waiter_and_the_thread_goes_on(
     good = Done()
     store.put_state("job", "{}", 1, good)
     good.wait()
+    store.close()
+
+
+def test_a_start_row_made_in_the_writer_thread_and_one_that_fails_loses_only_itself(tmp_path):
+    store, _ = opened(tmp_path)
+    made_in: list[str] = []
+
+    def row(tid: int, when: float) -> tuple:
+        made_in.append(threading.current_thread().name)
+        if tid == 2:
+            raise ValueError("a broken row")
+        return (tid, f"t{tid}", "job", None, "/j/job.py", when, 0)
+
+    for tid in (1, 2, 3):
+        store.task_started_from(row, tid, float(tid))
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    assert set(made_in) == {"cosched state writer"}
+    assert read(store, task_query(1))["name"] == "t1"
+    assert read(store, task_query(2)) is None
+    assert read(store, task_query(3))["started"] == 3.0
+    assert store.failed_commits == 0
+    store.close()
+
+
+def test_the_page_cache_is_bounded(tmp_path):
+    store, _ = opened(tmp_path)
+    assert store._conn.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
     store.close()
 
 
