@@ -346,6 +346,7 @@ class Store:
                 self._apply(batch)
             except Exception:  # noqa: BLE001 - a bug of ours must not end the writer
                 log.exception("state database: a batch failed", operations=len(batch))
+            del batch   # not held while the writer waits: its operations hold tasks
 
     def _apply(self, batch: deque[tuple]) -> None:
         """Run a batch: consecutive writes in one transaction (at most MAX_COMMIT_OPS, so

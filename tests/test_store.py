@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -281,6 +282,27 @@ def test_a_start_row_made_in_the_writer_thread_and_one_that_fails_loses_only_its
     assert read(store, task_query(2)) is None
     assert read(store, task_query(3))["started"] == 3.0
     assert store.failed_commits == 0
+    store.close()
+
+
+def test_the_writer_holds_nothing_of_a_batch_once_it_is_written(tmp_path):
+    store, _ = opened(tmp_path)
+
+    class Source:   # what a start's row is made from (a task, in the daemon)
+        tid = 1
+
+    source = Source()
+    gone = weakref.ref(source)
+    store.task_started_from(lambda s: (s.tid, "t", "job", None, "/j.py", 1.0, 0), source)
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    del source, done
+    for _ in range(100):   # the writer lets go of its batch right after its last callback
+        if gone() is None:
+            break
+        time.sleep(0.05)
+    assert gone() is None, "the writer thread still holds a written batch"
     store.close()
 
 
