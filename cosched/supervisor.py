@@ -43,6 +43,7 @@ import dataclasses
 import itertools
 import math
 import os
+import sys
 import time
 import traceback
 from collections import deque
@@ -339,22 +340,17 @@ class Supervisor:
         self._adopt(t)
         try:
             while True:
-                self._begin_life(t)
                 try:
-                    call = resume_call(t.root, (t.ctx, *t.args))
+                    call = self._begin_life(t)
                     while call is not None:
                         try:
-                            got = await call
-                        except Exception as e:  # a transferred-into chain raised into main
-                            got = (False, e)
-                        call = await self._continuation(t, got)
-                except BaseException as exc:  # noqa: BLE001 - see "Design principles" above
-                    if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
-                        _clear_frames(exc)   # its traceback's cycles would outlive the task
-                        if not self._kill_caught(t, exc):
-                            raise   # the daemon stopping: the nursery takes it
-                    else:
-                        self._contain(t, exc)
+                            call = await call
+                        except Exception:  # a transferred-into chain raised into main
+                            call = (False, sys.exception())
+                        call = await self._continuation(t, call)
+                except BaseException:  # noqa: BLE001 - see "Design principles" above
+                    if self._stopping_daemon(t, sys.exception()):
+                        raise   # the nursery takes it
                 self._leave_scope(t)
                 if not await self._next_life(t):
                     break
@@ -373,7 +369,8 @@ class Supervisor:
         tasklog.enter(t)     # what this trio task (and those it starts) prints is t's, and
                              # the guard finds t there
 
-    def _begin_life(self, t: Task) -> None:
+    def _begin_life(self, t: Task):
+        """A life of t begins: the call that runs its body to its first suspension."""
         if t.policy.restart != "no":
             if t.starts is None:
                 t.starts = deque()
@@ -391,6 +388,16 @@ class Supervisor:
             t.scope.__enter__()
         if t.kill_requested:   # killed before its first step
             self._cancel(t)
+        return resume_call(t.root, (t.ctx, *t.args))
+
+    def _stopping_daemon(self, t: Task, exc: BaseException) -> bool:
+        """A life of t ended by exc: True if that is the daemon stopping (exc goes on to
+        the nursery), else t's own end, taken care of here."""
+        if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
+            _clear_frames(exc)   # its traceback's cycles would outlive the task
+            return not self._kill_caught(t, exc)
+        self._contain(t, exc)
+        return False
 
     async def _next_life(self, t: Task) -> bool:
         """A life of t is over: True if another follows (after its restart delay)."""
