@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
+from operator import attrgetter
 from typing import Any
 
 import trio
@@ -31,12 +32,45 @@ def _is_id(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 19
 
 
+class _Rare:
+    """The fields of a task that most tasks never set (restarts, ends, kills, waiters):
+    a Task makes this on the first assignment of a value other than the default, so a
+    parked task pays one slot for all of them (ten slots of a million tasks: 80 MB)."""
+
+    __slots__ = ("restarts", "starts", "switches", "result", "error", "traceback", "scope",
+                 "abandoned", "stopped", "ended")
+
+    def __init__(self) -> None:
+        self.restarts = self.switches = 0
+        self.starts = self.result = self.error = self.traceback = self.scope = None
+        self.abandoned = False
+        self.stopped = self.ended = None
+
+
+def _rare(name: str, default: Any, doc: str) -> property:
+    """A Task field kept in its _Rare record: reads the default while there is none."""
+    read = attrgetter(name)
+
+    def get(t: Task) -> Any:
+        rare = t._rare
+        return default if rare is None else read(rare)
+
+    def put(t: Task, value: Any) -> None:
+        rare = t._rare
+        if rare is None:
+            if value is default:
+                return
+            rare = t._rare = _Rare()
+        setattr(rare, name, value)
+    return property(get, put, doc=doc)
+
+
 class Task:
     """One job instance and everything operators may ask about it.
 
     Kept lean, since a daemon may hold a million of them: what most tasks never
-    need (events to wait on, the restart history, the children table) is made on
-    first use, and the policy is shared by every task of a job.
+    need (events to wait on, the restart history, the children table, how it
+    ended) is made on first use, and the policy is shared by every task of a job.
     """
 
     __slots__ = (
@@ -46,22 +80,31 @@ class Task:
                          # is derived); assigned through `state`, which keeps the index current
         "_index",        # the registry's by-state index, or None before the task is added
         "born",          # time.monotonic() at its creation (started_at is derived from it)
-        "restarts",
-        "starts",        # monotonic start times within the start-limit window (None: no restarts)
         "busy", "steps", "longest_step",
-        "switches",      # coroutine switches in its trio task, taken from the chain when it ends
         "yielded",       # values of the latest suspension, while suspended
-        "result", "error", "traceback",
-        "root", "trio_task", "scope",
+        "root", "trio_task",
         "kill_requested",  # set once by kill or stop; the task can no longer be resumed
-        "abandoned",     # its cleanup overran stop_timeout: ended in the registry, trio task left
         "done",          # ended for good (no restart follows); set once, by the supervisor
         "inbox",         # values an operator resumed it with, until the task takes them
         "wake",          # while suspended: set to hand `inbox` (or a kill) to the task
-        "_stopped",      # made by whoever waits for the next suspension or end (see stop_event)
-        "_ended",        # made by whoever waits for the end (see wait_ended)
         "where",         # (steps, text): waiting_on as computed at that step count
+        "_rare",         # _Rare, or None while every field there has its default
     )
+
+    restarts = _rare("restarts", 0, "lives begun after the first")
+    starts = _rare("starts", None, "monotonic start times within the start-limit window "
+                   "(None: no restarts)")
+    switches = _rare("switches", 0, "coroutine switches in its trio task, taken from the "
+                     "chain when it ends")
+    result = _rare("result", None, "what main returned (finished)")
+    error = _rare("error", None, "why it failed or was killed")
+    traceback = _rare("traceback", None, "the traceback of its failure, as text")
+    scope = _rare("scope", None, "the cancel scope a kill or a restart delay uses")
+    abandoned = _rare("abandoned", False, "its cleanup overran stop_timeout: ended in the "
+                      "registry, trio task left")
+    _stopped = _rare("stopped", None, "made by whoever waits for the next suspension or end "
+                     "(see stop_event)")
+    _ended = _rare("ended", None, "made by whoever waits for the end (see wait_ended)")
 
     def __init__(self, id: int, name: str, job: Any, policy: Any, fn, args: tuple,
                  parent: Task | None) -> None:
@@ -72,14 +115,11 @@ class Task:
         self._state = "starting"
         self._index: dict[str, dict[int, Task]] | None = None
         self.born = time.monotonic()
-        self.restarts = 0
-        self.starts: deque[float] | None = None
         self.busy = self.longest_step = 0.0
-        self.steps = self.switches = 0
-        self.yielded = self.result = self.error = self.traceback = None
-        self.root = self.trio_task = self.scope = None
-        self.kill_requested = self.abandoned = self.done = False
-        self.inbox = self.wake = self._stopped = self._ended = self.where = None
+        self.steps = 0
+        self.yielded = self.root = self.trio_task = None
+        self.kill_requested = self.done = False
+        self.inbox = self.wake = self.where = self._rare = None
 
     @property
     def state(self) -> str:

@@ -164,14 +164,15 @@ def values(t: Task, now: float | None = None) -> tuple:
         state = "waiting"   # running, but blocked in the event loop (see Task.shown_state)
     # int(x * 10**n + 0.5) / 10**n: round(x, n) for these non-negative times (but for
     # ties), at a fraction of round()'s cost, which goes through decimal digits
+    rare = t._rare   # (read once: its fields' properties cost a call each)
     return (t.id, t.name, t.job.name, state,
             waiting_on(t) if state == "waiting" else None,
             int(t.busy * 1e6 + 0.5) / 1e6, t.steps,
             switches_of(trio_task) if trio_task is not None else t.switches,
             int(((time.monotonic() if now is None else now) - t.born) * 1e3 + 0.5) / 1e3,
-            t.restarts,
+            rare.restarts if rare is not None else 0,
             _plain(t.yielded) if t.yielded is not None else None,
-            t.error)
+            rare.error if rare is not None else None)
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})

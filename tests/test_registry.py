@@ -148,3 +148,21 @@ def test_scan_marks_each_task_looked_at_and_not_taken():
     assert list(scan) == [tasks[1], None, tasks[3], tasks[4]]
     del reg.tasks[tasks[1].id]              # a gap in the ids: looked at, nothing there
     assert list(reg.scan()) == [tasks[0], None, tasks[2], tasks[3], tasks[4]]
+
+
+def test_rare_fields_read_their_defaults_until_one_is_set_and_then_keep_every_value():
+    reg = Registry()
+    t = make(reg, "t")
+    assert (t.restarts, t.starts, t.switches, t.result, t.error, t.traceback, t.scope,
+            t.abandoned) == (0, None, 0, None, None, None, None, False)
+    t.error = t.traceback = t.result = None   # what each life's start assigns
+    t.restarts = 0
+    assert t._rare is None, "a default assigned made the record"
+    t.restarts += 1
+    t.error = "boom"
+    assert t._rare is not None
+    assert (t.restarts, t.error, t.result, t.abandoned) == (1, "boom", None, False)
+    t.error = None
+    assert t.error is None and t.restarts == 1
+    other = make(reg, "other")
+    assert other.error is None and other._rare is None   # one record per task, not shared
