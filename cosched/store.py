@@ -68,6 +68,9 @@ PRUNE_CHUNK = 5000       # rows one prune statement deletes at most, so a commit
 LINGER = 0.01            # seconds a batch nobody waits for may wait for more to share its commit
 LINGER_OPS = 1000        # ... unless it has this many operations already
 MAX_COMMIT_OPS = 4000    # operations in one transaction at most
+FLUSH_ROWS = 256         # history rows gathered for one executemany at most: CPython keeps
+                         # up to 2,000 freed tuples of each length for reuse, so rows made
+                         # by the thousand stayed allocated (0.2 KB a task of a small daemon)
 CACHE_KIB = 128          # SQLite's page cache: it would grow to 2 MB as the history is written
                          # (pages written once, read rarely; the kernel caches the file anyway)
 LOST = "coschedd ended without stopping the task (it was killed or crashed)"
@@ -395,7 +398,8 @@ class Store:
 
     def _write_all(self, conn: sqlite3.Connection, ops: list[tuple]) -> None:
         """Apply a batch's writes. Rows of the history are gathered and written with one
-        executemany per statement (events get their seq here, so an end knows its own);
+        executemany per statement and FLUSH_ROWS rows (events get their seq here, so an
+        end knows its own);
         a task that starts again after an end in the same batch flushes them first, so
         that the order of its rows holds."""
         states: dict[str, tuple] = {}
@@ -410,13 +414,14 @@ class Store:
                 rows.events.append((self._new_seq(), *op[1:6]))
             elif kind == "start":
                 try:
-                    tid, name, job, parent, path, started, restarts = op[1](*op[2:-1])
+                    row = op[1](*op[2:-1])
+                    tid, _, job, _, _, started, restarts = row
                 except Exception:  # noqa: BLE001 - one row lost, not the batch
                     log.exception("state database: a task's start could not be recorded")
                     continue
                 if tid in rows.ended:
                     self._flush(conn, rows)
-                rows.starts.append((tid, name, job, parent, path, started, restarts))
+                rows.starts.append(row)
                 rows.events.append((self._new_seq(), started, tid, job, "started",
                                     json.dumps({"restarts": restarts}) if restarts else None))
             elif kind == "end":
@@ -427,6 +432,8 @@ class Store:
                 rows.ended.add(tid)
             else:
                 _WRITERS[kind](conn, *op[1:-1])
+            if len(rows.events) >= FLUSH_ROWS:
+                self._flush(conn, rows)
         self._flush(conn, rows)
         if states:
             conn.executemany("INSERT OR REPLACE INTO states (key, state, task, saved) "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cosched.store import (CACHE_KIB, DB_NAME, ID_BLOCK, LOST, SCHEMA_VERSION, Store, StoreError,
+from cosched.store import (CACHE_KIB, DB_NAME, FLUSH_ROWS, ID_BLOCK, LOST, SCHEMA_VERSION, Store, StoreError,
                            history_query, task_query)
 
 WAIT = 10.0
@@ -303,6 +303,30 @@ def test_the_writer_holds_nothing_of_a_batch_once_it_is_written(tmp_path):
             break
         time.sleep(0.05)
     assert gone() is None, "the writer thread still holds a written batch"
+    store.close()
+
+
+def test_a_batch_longer_than_one_flush_keeps_each_task_s_rows_in_order(tmp_path):
+    store, _ = opened(tmp_path, max_days=0)   # (times near 1970: kept)
+    n = FLUSH_ROWS * 2 + 7   # one batch: the writer waits behind a lock until all are queued
+    with store._cond:
+        for tid in range(1, n + 1):
+            store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
+            store.task_ended(tid, tid + 0.5, "job", "finished", '{"result": 1}', "finished",
+                             None, None, None)
+        store.task_started(1, "t1", "job", None, "/j.py", n + 1.0, 1)   # 1 starts again
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    for tid in (2, FLUSH_ROWS, n):
+        task = read(store, task_query(tid))
+        assert (task["state"], task["ended"]) == ("finished", tid + 0.5)
+        events = read(store, history_query(tid, None, 10))["events"]
+        assert [e["event"] for e in events] == ["started", "finished"]
+    again = read(store, task_query(1))
+    assert (again["state"], again["ended"], again["restarts"]) == ("running", None, 1)
+    assert [e["event"] for e in read(store, history_query(1, None, 10))["events"]] == \
+        ["started", "finished", "started"]
     store.close()
 
 
