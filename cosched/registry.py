@@ -74,7 +74,10 @@ class Task:
     """
 
     __slots__ = (
-        "id", "name", "job", "policy", "ctx", "fn", "args", "parent",
+        "id", "job", "policy", "ctx", "fn", "args", "parent",
+        "_name",         # its name; None when it is the one its id implies, <parent's name>.<id>
+                         # (the usual name of a spawned task), derived on each read: a
+                         # million children, a million strings fewer
         "_children",     # id -> Task of its alive spawned children (None: none yet); pruned on end
         "_state",        # starting|running|suspended|restarting|finished|failed|killed ("waiting"
                          # is derived); assigned through `state`, which keeps the index current
@@ -106,9 +109,10 @@ class Task:
                      "(see stop_event)")
     _ended = _rare("ended", None, "made by whoever waits for the end (see wait_ended)")
 
-    def __init__(self, id: int, name: str, job: Any, policy: Any, fn, args: tuple,
+    def __init__(self, id: int, name: str | None, job: Any, policy: Any, fn, args: tuple,
                  parent: Task | None) -> None:
-        self.id, self.name, self.job, self.policy = id, name, job, policy
+        assert name is not None or parent is not None, "only a child's name is implied"
+        self.id, self._name, self.job, self.policy = id, name, job, policy
         self.fn, self.args, self.parent = fn, args, parent
         self._children: dict[int, Task] | None = None
         self.ctx = None
@@ -120,6 +124,11 @@ class Task:
         self.yielded = self.root = self.trio_task = None
         self.kill_requested = self.done = False
         self.inbox = self.wake = self.where = self._rare = None
+
+    @property
+    def name(self) -> str:
+        name = self._name
+        return name if name is not None else f"{self.parent.name}.{self.id}"
 
     @property
     def state(self) -> str:
@@ -225,8 +234,8 @@ class Registry:
 
     def add(self, t: Task) -> None:
         self.tasks[t.id] = t
-        if t.parent is None or t.name != f"{t.parent.name}.{t.id}":   # (see _implied)
-            self._live[t.name] = t
+        if t._name is not None:   # an implied name is found through the id (see _implied)
+            self._live[t._name] = t
         t._index = self.by_state
         self.by_state[t.state][t.id] = t
         self.by_job.setdefault(t.job.name, {})[t.id] = t

@@ -307,13 +307,19 @@ class Supervisor:
         durable = self.durable.context_args(job.name, parent, name) if self.durable else {}
         if state is not None:   # a restart hands the task its own state
             durable["state"] = state
-        name = self.reg.free_name(name or (job.name if parent is None else f"{parent.name}.{tid}"))
-        t = Task(tid, name, job, policy, fn or job.main, args, parent)
-        t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawner,
-                            threads=self.threads, trigger=trigger, **durable)
+        implied = None if name or parent is None else f"{parent.name}.{tid}"
+        name = self.reg.free_name(name or implied or job.name)
+        if name is implied:   # neither record keeps it: both derive it from the parent's
+            t = Task(tid, None, job, policy, fn or job.main, args, parent)
+            t.ctx = TaskContext(parent.ctx, tid, _job_logger, config, spawner=self._spawner,
+                                threads=self.threads, trigger=trigger, **durable)
+        else:
+            t = Task(tid, name, job, policy, fn or job.main, args, parent)
+            t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawner,
+                                threads=self.threads, trigger=trigger, **durable)
         self.reg.add(t)
         self.gc.task_started()
-        self.nursery.start_soon(self._supervise, t, name=name)
+        self.nursery.start_soon(self._supervise, t, name=job.name)   # (trio's, for its repr)
         return t
 
     def _child_policy(self, job: str) -> JobPolicy:

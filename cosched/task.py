@@ -41,23 +41,22 @@ class TaskFailed(Exception):
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("name", "id", "_log", "config", "_state", "trigger", "restored", "_spawner",
+    __slots__ = ("_name", "id", "_log", "config", "_state", "trigger", "restored", "_spawner",
                  "_threads", "_done", "_outcome", "_key", "_checkpointer")
 
-    name: str                 # the task's name, unique among alive tasks
     id: int                   # the task's id, unique for the daemon's lifetime
     config: dict[str, Any]    # the [job.<name>] config table (a fresh copy per start of a
                               # top-level task; spawned children share their parent's)
 
-    def __init__(self, name: str, id: int, log: Any, config: dict[str, Any],
+    def __init__(self, name: str | TaskContext, id: int, log: Any, config: dict[str, Any],
                  state: dict[str, Any] | None = None,
                  spawner: Callable[..., TaskContext] | None = None,
                  threads: trio.CapacityLimiter | None = None,
                  trigger: dict[str, Any] | None = None, *, restored: bool = False,
                  key: str | None = None,
                  checkpointer: Callable[[TaskContext], Awaitable[None]] | None = None) -> None:
-        self.name = name
-        self.id = id
+        self._name = name   # the name, or the parent's TaskContext when the name is the one
+        self.id = id        # the id implies, <parent's name>.<id> (derived: see name)
         self._log = log   # a logger, or a function (name, id) -> logger called on first use
         self.config = config
         self._state = state   # kept across restarts of this task; None: empty, made on first use
@@ -69,6 +68,12 @@ class TaskContext:
         self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
         self._done: trio.Event | None = None  # made by join(); set once the task has ended
         self._outcome: tuple[str, Any] | None = None  # ("finished", value) | ("failed"/"killed", message)
+
+    @property
+    def name(self) -> str:
+        """The task's name, unique among alive tasks."""
+        name = self._name
+        return name if isinstance(name, str) else f"{name.name}.{self.id}"
 
     @property
     def state(self) -> dict[str, Any]:

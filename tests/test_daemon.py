@@ -693,6 +693,37 @@ def test_spawned_children_are_listed_and_die_with_their_parent(daemon, tmp_path)
     assert (tmp_path / "child-b.marker").read_text() == "cleaned up"
 
 
+def test_unnamed_children_are_named_by_their_ids_and_found_and_killed_by_those_names(daemon):
+    source = """
+        import trio
+
+        async def grandchild(task):
+            await trio.sleep(1000)
+
+        async def child(task):
+            g = task.spawn(grandchild)
+            task.state.update(me=task.name, grandchild=g.name)
+            await trio.sleep(1000)
+
+        async def main(task):
+            task.state["child"] = task.spawn(child).name
+            await trio.sleep(1000)
+    """
+    d = daemon(jobs={"fam": source})
+    status = d.wait_status(lambda s: sum(t["state"] == "waiting" for t in s["tasks"]) == 3,
+                           "a parent, its child and grandchild waiting")
+    parent = newest(status, "fam")
+    child, grandchild = (t for t in sorted(status["tasks"], key=lambda t: t["id"])[1:])
+    assert child["name"] == f"fam.{child['id']}"
+    assert grandchild["name"] == f"fam.{child['id']}.{grandchild['id']}"
+    assert d.ok("show", "fam")["task_state"] == {"child": child["name"]}
+    shown = d.ok("show", child["name"])
+    assert shown["id"] == child["id"] and shown["parent"] == parent["id"]
+    assert shown["task_state"] == {"me": child["name"], "grandchild": grandchild["name"]}
+    assert d.ok("kill", grandchild["name"])["task"]["state"] == "killed"
+    assert by_id(d.status(), child["id"])["state"] == "waiting"
+
+
 # -- the control socket, spoken to directly ---------------------------------------
 
 def raw_exchange(path: Path, data: bytes, timeout: float = WAIT) -> list[dict]:

@@ -47,9 +47,10 @@ def test_a_child_named_by_its_id_is_found_without_a_name_entry_and_its_name_stay
         reg = Registry()
         parent = make(reg, "job")
         tid = reg.new_id()
-        child = Task(tid, reg.free_name(f"job.{tid}"), JOB, None, None, (), parent)
+        assert reg.free_name(f"job.{tid}") == "job.2"
+        child = Task(tid, None, JOB, None, None, (), parent)   # None: the name its id implies
         reg.add(child)
-        assert child.name == "job.2" and "job.2" not in reg._live
+        assert child.name == "job.2" and "job.2" not in reg._live and child._name is None
         assert reg.find("job.2") is child
         assert make(reg, "job").name == "job.3"        # a second root skips the child's name
         assert make(reg, "job.2").name == "job.2.2"    # so does an explicit name

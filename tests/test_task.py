@@ -135,3 +135,11 @@ def test_state_is_one_dict_made_on_first_use_or_the_one_given():
     assert ctx(state=given).state is given
     task.state = {"replaced": 1}
     assert task.state == {"replaced": 1}
+
+
+def test_a_child_s_implied_name_is_derived_from_its_parent_s_and_holds_no_string():
+    parent = ctx()
+    child = TaskContext(parent, 7, None, {})
+    grandchild = TaskContext(child, 9, None, {})
+    assert (child.name, grandchild.name) == ("job-1.7", "job-1.7.9")
+    assert type(child._name) is TaskContext and child._name is parent
