@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from operator import attrgetter
 from typing import Any
 
 import trio
 
+from .ondemand import field
 from .protocol import NO_SUCH_TASK, ControlError
 
 __all__ = ["Task", "Registry", "ALIVE", "ENDED_KEPT"]
@@ -48,21 +48,7 @@ class _Rare:
 
 
 def _rare(name: str, default: Any, doc: str) -> property:
-    """A Task field kept in its _Rare record: reads the default while there is none."""
-    read = attrgetter(name)
-
-    def get(t: Task) -> Any:
-        rare = t._rare
-        return default if rare is None else read(rare)
-
-    def put(t: Task, value: Any) -> None:
-        rare = t._rare
-        if rare is None:
-            if value is default:
-                return
-            rare = t._rare = _Rare()
-        setattr(rare, name, value)
-    return property(get, put, doc=doc)
+    return field("_rare", _Rare, name, default, doc)
 
 
 class Task:

@@ -79,7 +79,7 @@ from .protocol import (
 )
 from .registry import Registry, Task
 from .saferepr import describe_exception, safe_repr
-from .task import TaskContext
+from .task import Shared, TaskContext
 from .tasklog import TaskLogs
 
 __all__ = ["Supervisor", "Task"]
@@ -112,7 +112,7 @@ class Supervisor:
         self.gc = GcPacer(self.reg.count_alive)
         self.loop = LoopLag()   # the event loop's stalls, whatever causes them
         self._child_policies: dict[str, JobPolicy] = {}   # cleared when the config changes
-        self._spawner = self._spawn   # one bound method for every task, not one each
+        self._shared: Shared | None = None   # (see _shared_with)
         self.overrides: dict[str, Any] = {}  # the command line's config overrides; a reload keeps them
         self.task_logs = TaskLogs(config.task_lines, lambda tid: self.reg.tasks.get(tid))
         self.event_log = EventLog(self.events, config.events_kept)
@@ -309,18 +309,26 @@ class Supervisor:
             durable["state"] = state
         implied = None if name or parent is None else f"{parent.name}.{tid}"
         name = self.reg.free_name(name or implied or job.name)
+        shared = self._shared_with(durable.pop("checkpointer", None))
         if name is implied:   # neither record keeps it: both derive it from the parent's
             t = Task(tid, None, job, policy, fn or job.main, args, parent)
-            t.ctx = TaskContext(parent.ctx, tid, _job_logger, config, spawner=self._spawner,
-                                threads=self.threads, trigger=trigger, **durable)
+            t.ctx = TaskContext(parent.ctx, tid, _job_logger, config, trigger=trigger,
+                                shared=shared, **durable)
         else:
             t = Task(tid, name, job, policy, fn or job.main, args, parent)
-            t.ctx = TaskContext(name, tid, _job_logger, config, spawner=self._spawner,
-                                threads=self.threads, trigger=trigger, **durable)
+            t.ctx = TaskContext(name, tid, _job_logger, config, trigger=trigger, shared=shared,
+                                **durable)
         self.reg.add(t)
         self.gc.task_started()
         self.nursery.start_soon(self._supervise, t, name=job.name)   # (trio's, for its repr)
         return t
+
+    def _shared_with(self, checkpointer) -> Shared:
+        """What every task's TaskContext shares (one object while the checkpointer is)."""
+        shared = self._shared
+        if shared is None or shared.checkpointer is not checkpointer:
+            shared = self._shared = Shared(self._spawn, self.threads, checkpointer)
+        return shared
 
     def _child_policy(self, job: str) -> JobPolicy:
         policy = self._child_policies.get(job)
@@ -382,7 +390,8 @@ class Supervisor:
                 t.starts = deque()
             t.starts.append(time.monotonic())
         t.root = coro.create(t.fn)
-        t.error = t.traceback = t.result = None
+        if t._rare is not None:   # (a first life has none of these)
+            t.error = t.traceback = t.result = None
         t.state = "running"
         self.events.task("started", t, restarts=t.restarts)
         # A life runs inside a scope of its own only where trio cannot have one spliced

@@ -29,24 +29,59 @@ import trio
 import trio_parallel
 
 from . import _worker
+from .ondemand import field
 from .statejson import StateError, encode_state
 
-__all__ = ["TaskContext", "TaskFailed", "StateError", "end_processes"]
+__all__ = ["TaskContext", "TaskFailed", "StateError", "Shared", "end_processes"]
 
 
 class TaskFailed(Exception):
     """Raised by :meth:`TaskContext.join` when the joined task failed or was killed."""
 
 
+class Shared:
+    """What the daemon hands every task alike; one object serves all of them."""
+
+    __slots__ = ("spawner", "threads", "checkpointer")
+
+    def __init__(self, spawner: Callable[..., TaskContext] | None = None,
+                 threads: trio.CapacityLimiter | None = None,
+                 checkpointer: Callable[[TaskContext], Awaitable[None]] | None = None) -> None:
+        self.spawner = spawner     # starts a child: (parent, fn, args, name) -> its TaskContext
+        self.threads = threads     # the daemon's worker-thread limiter
+        self.checkpointer = checkpointer   # commits a task's state; None: no database
+
+
+class _More:
+    """What few tasks have (see cosched.ondemand)."""
+
+    __slots__ = ("trigger", "restored", "key", "done", "outcome")
+
+    def __init__(self) -> None:
+        self.trigger = self.key = self.done = self.outcome = None
+        self.restored = False
+
+
+def _more(name: str, default: Any, doc: str) -> property:
+    return field("_more", _More, name, default, doc)
+
+
 class TaskContext:
     """Handed to ``main(task)``; also the handle :meth:`spawn` returns for a child."""
 
-    __slots__ = ("_name", "id", "_log", "config", "_state", "trigger", "restored", "_spawner",
-                 "_threads", "_done", "_outcome", "_key", "_checkpointer")
+    __slots__ = ("_name", "id", "_log", "config", "_state", "_shared", "_more")
 
     id: int                   # the task's id, unique for the daemon's lifetime
     config: dict[str, Any]    # the [job.<name>] config table (a fresh copy per start of a
                               # top-level task; spawned children share their parent's)
+
+    trigger = _more("trigger", None, "What started it, for a task a hook started "
+                    "(cosched.hooks); None otherwise.")
+    restored = _more("restored", False, "Its state came from an earlier task of the job "
+                     "(saved on disk).")
+    _key = _more("key", None, "the state's key in the database; None: not kept there")
+    _done = _more("done", None, "made by join(); set once the task has ended")
+    _outcome = _more("outcome", None, '("finished", value) | ("failed"/"killed", message)')
 
     def __init__(self, name: str | TaskContext, id: int, log: Any, config: dict[str, Any],
                  state: dict[str, Any] | None = None,
@@ -54,20 +89,17 @@ class TaskContext:
                  threads: trio.CapacityLimiter | None = None,
                  trigger: dict[str, Any] | None = None, *, restored: bool = False,
                  key: str | None = None,
-                 checkpointer: Callable[[TaskContext], Awaitable[None]] | None = None) -> None:
+                 checkpointer: Callable[[TaskContext], Awaitable[None]] | None = None,
+                 shared: Shared | None = None) -> None:
         self._name = name   # the name, or the parent's TaskContext when the name is the one
         self.id = id        # the id implies, <parent's name>.<id> (derived: see name)
         self._log = log   # a logger, or a function (name, id) -> logger called on first use
         self.config = config
         self._state = state   # kept across restarts of this task; None: empty, made on first use
-        self.trigger = trigger   # what started it, for a task a hook started (cosched.hooks)
-        self.restored = restored   # state came from an earlier task of the job (saved on disk)
-        self._key = key            # the state's key in the database; None: not kept there
-        self._checkpointer = checkpointer
-        self._spawner = spawner
-        self._threads = threads   # the daemon's worker-thread limiter, shared by all tasks
-        self._done: trio.Event | None = None  # made by join(); set once the task has ended
-        self._outcome: tuple[str, Any] | None = None  # ("finished", value) | ("failed"/"killed", message)
+        self._shared = shared if shared is not None else Shared(spawner, threads, checkpointer)
+        self._more: _More | None = None
+        if trigger is not None or restored or key is not None:
+            self.trigger, self.restored, self._key = trigger, restored, key
 
     @property
     def name(self) -> str:
@@ -98,11 +130,12 @@ class TaskContext:
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any,
               name: str | None = None) -> TaskContext:
         """Start ``fn(child_task, *args)`` as a new supervised task; returns the child's task object."""
-        if self._spawner is None:
+        spawner = self._shared.spawner
+        if spawner is None:
             raise RuntimeError("spawn is only available to tasks run by coschedd")
         if not callable(fn):
             raise TypeError(f"spawn: expected an async function, got {type(fn).__name__}")
-        return self._spawner(self, fn, args, name)
+        return spawner(self, fn, args, name)
 
     async def checkpoint(self) -> None:
         """Save ``task.state`` now: returns once it is committed to the state database and
@@ -112,11 +145,12 @@ class TaskContext:
         values (dict with string keys, list, str, int, float, bool, None), or when the
         database cannot write it; the state saved before stays. Outside coschedd (no
         database) the state is only checked."""
-        if self._checkpointer is None:
+        checkpointer = self._shared.checkpointer
+        if checkpointer is None:
             encode_state(self.state)
             await trio.lowlevel.checkpoint()
             return
-        await self._checkpointer(self)
+        await checkpointer(self)
 
     async def join(self) -> Any:
         """Wait until this task has ended; return its result, or raise TaskFailed."""
@@ -164,7 +198,7 @@ class TaskContext:
         """
         try:
             return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True,
-                                                 limiter=self._threads)
+                                                 limiter=self._shared.threads)
         except trio.Cancelled:
             self.log.warning("abandoned a worker thread; it runs on until its call returns",
                              function=_name_of(fn))

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import trio
 
-from cosched.task import TaskContext, TaskFailed, end_processes
+from cosched.task import Shared, TaskContext, TaskFailed, end_processes
 
 
 def run(afn, *args):
@@ -143,3 +143,15 @@ def test_a_child_s_implied_name_is_derived_from_its_parent_s_and_holds_no_string
     grandchild = TaskContext(child, 9, None, {})
     assert (child.name, grandchild.name) == ("job-1.7", "job-1.7.9")
     assert type(child._name) is TaskContext and child._name is parent
+
+
+def test_what_few_tasks_have_is_made_only_when_set_and_services_are_shared():
+    shared = Shared()
+    plain = TaskContext("a", 1, None, {}, shared=shared)
+    other = TaskContext("b", 2, None, {}, shared=shared)
+    assert plain._more is None and (plain.trigger, plain.restored, plain._key) == (None, False, None)
+    assert plain._shared is other._shared
+    hooked = TaskContext("c", 3, None, {}, trigger={"task": "x"}, restored=True, key="c")
+    assert (hooked.trigger, hooked.restored, hooked._key) == ({"task": "x"}, True, "c")
+    plain._finish("finished", 42)
+    assert run(plain.join) == 42 and other._more is None
