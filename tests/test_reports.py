@@ -102,3 +102,43 @@ def test_a_row_holds_json_types_only_whatever_a_job_yielded(tmp_path):
     # every encoder, rather than by its value as orjson would write it unasked.
     assert rows[0]["yielded"] == ["<Colour.RED: 1>", 1.5, "text"]
     assert json.loads(protocol.encode_plain(rows[0])) == json.loads(protocol.encode(rows[0]))
+
+
+ENDINGS = """
+    import trio
+
+    async def fails(task):
+        raise ValueError("no")
+
+    async def finishes(task):
+        return 42
+
+    async def main(task):
+        task.spawn(fails, name="fails")
+        task.spawn(finishes, name="finishes")
+        await trio.sleep(1000)
+"""
+
+
+def test_rows_made_a_column_at_a_time_hold_what_values_holds(tmp_path):
+    sup = make_supervisor(tmp_path, {"waiters": WAITERS, "endings": ENDINGS})
+    got: list = []
+
+    async def scenario():
+        while not (any(t.state == "suspended" for t in sup.tasks.values())
+                   and sum(not t.alive for t in sup.tasks.values()) == 2):
+            await trio.sleep(0.01)
+        await trio.sleep(0.1)   # every waiter parked
+        tasks = sorted(sup.tasks.values(), key=lambda t: t.id)
+        now = 12345.0
+        got.append(([reports.values(t, now) for t in tasks],
+                    reports.rows(tasks, list(protocol.ROW_FIELDS), now),
+                    reports.rows(tasks, ["age", "id"], now), reports.rows(tasks, ["error"], now)))
+
+    drive(sup, scenario)
+    whole, columns, two, one = got[0]
+    assert columns == whole
+    assert {r[3] for r in whole} >= {"waiting", "suspended", "failed", "finished"}
+    assert any(r[11] == "ValueError: no" for r in whole)   # a field from the rare record
+    assert two == [(r[8], r[0]) for r in whole]
+    assert one == [[r[11]] for r in whole]
