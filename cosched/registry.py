@@ -143,11 +143,13 @@ class Task:
         return self._children if self._children is not None else {}
 
     def shown_state(self) -> str:
-        """running (runnable or stepping) vs waiting (blocked in the event loop) is read off trio."""
-        if self._state == "running" and self.trio_task is not None:
-            runnable = getattr(self.trio_task, "_next_send_fn", None) is not None
-            return "running" if runnable else "waiting"
-        return self._state
+        """running (runnable or stepping) vs waiting (blocked in the event loop) is read off
+        trio (a trio without that field shows every running task as running)."""
+        state = self._state
+        if state == "running" and self.trio_task is not None and getattr(
+                self.trio_task, "_next_send_fn", True) is None:
+            return "waiting"
+        return state
 
     def stop_event(self) -> trio.Event:
         """An event set when the task next suspends or ends."""

@@ -158,22 +158,37 @@ def info(t: Task, now: float | None = None) -> dict:
 
 def values(t: Task, now: float | None = None) -> tuple:
     """One task's row as its values, in ``protocol.ROW_FIELDS`` order."""
-    state = t._state
-    trio_task = t.trio_task
-    if state == "running" and trio_task is not None and getattr(
-            trio_task, "_next_send_fn", True) is None:
-        state = "waiting"   # running, but blocked in the event loop (see Task.shown_state)
-    # int(x * 10**n + 0.5) / 10**n: round(x, n) for these non-negative times (but for
-    # ties), at a fraction of round()'s cost, which goes through decimal digits
+    state = _shown(t)
     rare = t._rare   # (read once: its fields' properties cost a call each)
     return (t.id, t.name, t.job.name, state,
             waiting_on(t) if state == "waiting" else None,
-            int(t.busy * 1e6 + 0.5) / 1e6, t.steps,
-            switches_of(trio_task) if trio_task is not None else t.switches,
-            int(((time.monotonic() if now is None else now) - t.born) * 1e3 + 0.5) / 1e3,
+            _busy(t), t.steps, _switches(t),
+            _age(t, time.monotonic() if now is None else now),
             rare.restarts if rare is not None else 0,
-            _plain(t.yielded) if t.yielded is not None else None,
+            _yielded(t),
             rare.error if rare is not None else None)
+
+
+_shown = Task.shown_state   # (a plain function: rows call it for every task)
+
+
+# int(x * 10**n + 0.5) / 10**n: round(x, n) for these non-negative times (but for ties),
+# at a fraction of round()'s cost, which goes through decimal digits
+
+def _busy(t: Task) -> float:
+    return int(t.busy * 1e6 + 0.5) / 1e6
+
+
+def _age(t: Task, now: float) -> float:
+    return int((now - t.born) * 1e3 + 0.5) / 1e3
+
+
+def _switches(t: Task) -> int:
+    return switches_of(t.trio_task) if t.trio_task is not None else t.switches
+
+
+def _yielded(t: Task) -> list | None:
+    return _plain(t.yielded) if t.yielded is not None else None
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -195,18 +210,9 @@ def rows(tasks: list[Task], columns: list[str] | None = None,
     now = time.monotonic() if now is None else now
     if columns is None:
         return [info(t, now) for t in tasks]
-    states = [_shown(t) for t in tasks] if {"state", "waiting_on"} & set(columns) else []
+    states = list(map(_shown, tasks)) if {"state", "waiting_on"} & set(columns) else []
     made = [_COLUMNS[field](tasks, states, now) for field in columns]
     return [[v] for v in made[0]] if len(made) == 1 else list(zip(*made, strict=True))
-
-
-def _shown(t: Task) -> str:
-    """t's state as a row shows it (as values() derives it)."""
-    state = t._state
-    if state == "running" and t.trio_task is not None and getattr(
-            t.trio_task, "_next_send_fn", True) is None:
-        return "waiting"
-    return state
 
 
 def _rare_column(name: str, default: Any) -> Callable[[list[Task], list, float], list]:
@@ -222,14 +228,12 @@ _COLUMNS: dict[str, Callable[[list[Task], list, float], list]] = {
     "state": lambda ts, ss, now: ss,
     "waiting_on": lambda ts, ss, now: [waiting_on(t) if s == "waiting" else None
                                        for t, s in zip(ts, ss, strict=True)],
-    "busy": lambda ts, ss, now: [int(t.busy * 1e6 + 0.5) / 1e6 for t in ts],
+    "busy": lambda ts, ss, now: list(map(_busy, ts)),
     "steps": lambda ts, ss, now: [t.steps for t in ts],
-    "switches": lambda ts, ss, now: [switches_of(t.trio_task) if t.trio_task is not None
-                                     else t.switches for t in ts],
-    "age": lambda ts, ss, now: [int((now - t.born) * 1e3 + 0.5) / 1e3 for t in ts],
+    "switches": lambda ts, ss, now: list(map(_switches, ts)),
+    "age": lambda ts, ss, now: [_age(t, now) for t in ts],
     "restarts": _rare_column("restarts", 0),
-    "yielded": lambda ts, ss, now: [_plain(t.yielded) if t.yielded is not None else None
-                                    for t in ts],
+    "yielded": lambda ts, ss, now: list(map(_yielded, ts)),
     "error": _rare_column("error", None),
 }
 assert tuple(_COLUMNS) == ROW_FIELDS
