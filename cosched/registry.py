@@ -33,18 +33,19 @@ def _is_id(text: str) -> bool:
 
 
 class _Rare:
-    """The fields of a task that most tasks never set (restarts, ends, kills, waiters):
-    a Task makes this on the first assignment of a value other than the default, so a
-    parked task pays one slot for all of them (ten slots of a million tasks: 80 MB)."""
+    """The fields of a task that most tasks never set (restarts, ends, kills, waiters,
+    children): a Task makes this on the first assignment of a value other than the
+    default, so a parked task pays one slot for all of them (a million tasks' twelve
+    slots: 96 MB)."""
 
     __slots__ = ("restarts", "starts", "switches", "result", "error", "traceback", "scope",
-                 "abandoned", "stopped", "ended")
+                 "abandoned", "stopped", "ended", "children", "kill_requested", "done")
 
     def __init__(self) -> None:
         self.restarts = self.switches = 0
         self.starts = self.result = self.error = self.traceback = self.scope = None
-        self.abandoned = False
-        self.stopped = self.ended = None
+        self.abandoned = self.kill_requested = self.done = False
+        self.stopped = self.ended = self.children = None
 
 
 def _rare(name: str, default: Any, doc: str) -> property:
@@ -64,7 +65,6 @@ class Task:
         "_name",         # its name; None when it is the one its id implies, <parent's name>.<id>
                          # (the usual name of a spawned task), derived on each read: a
                          # million children, a million strings fewer
-        "_children",     # id -> Task of its alive spawned children (None: none yet); pruned on end
         "_state",        # starting|running|suspended|restarting|finished|failed|killed ("waiting"
                          # is derived); assigned through `state`, which keeps the index current
         "_index",        # the registry's by-state index, or None before the task is added
@@ -72,8 +72,6 @@ class Task:
         "busy", "steps", "longest_step",
         "yielded",       # values of the latest suspension, while suspended
         "root", "trio_task",
-        "kill_requested",  # set once by kill or stop; the task can no longer be resumed
-        "done",          # ended for good (no restart follows); set once, by the supervisor
         "inbox",         # values an operator resumed it with, until the task takes them
         "wake",          # while suspended: set to hand `inbox` (or a kill) to the task
         "where",         # (steps, text): waiting_on as computed at that step count
@@ -94,13 +92,18 @@ class Task:
     _stopped = _rare("stopped", None, "made by whoever waits for the next suspension or end "
                      "(see stop_event)")
     _ended = _rare("ended", None, "made by whoever waits for the end (see wait_ended)")
+    _children = _rare("children", None, "id -> Task of its alive spawned children (None: none "
+                      "yet); pruned on end")
+    kill_requested = _rare("kill_requested", False, "set by kill or stop; the task can no "
+                           "longer be resumed")
+    done = _rare("done", False, "ended for good (no restart follows); set once, by the "
+                 "supervisor")
 
     def __init__(self, id: int, name: str | None, job: Any, policy: Any, fn, args: tuple,
                  parent: Task | None) -> None:
         assert name is not None or parent is not None, "only a child's name is implied"
         self.id, self._name, self.job, self.policy = id, name, job, policy
         self.fn, self.args, self.parent = fn, args, parent
-        self._children: dict[int, Task] | None = None
         self.ctx = None
         self._state = "starting"
         self._index: dict[str, dict[int, Task]] | None = None
@@ -108,7 +111,6 @@ class Task:
         self.busy = self.longest_step = 0.0
         self.steps = 0
         self.yielded = self.root = self.trio_task = None
-        self.kill_requested = self.done = False
         self.inbox = self.wake = self.where = self._rare = None
 
     @property
@@ -140,7 +142,8 @@ class Task:
 
     @property
     def children(self) -> dict[int, Task]:
-        return self._children if self._children is not None else {}
+        children = self._children
+        return children if children is not None else {}
 
     def shown_state(self) -> str:
         """running (runnable or stepping) vs waiting (blocked in the event loop) is read off
@@ -227,18 +230,21 @@ class Registry:
         t._index = self.by_state
         self.by_state[t.state][t.id] = t
         self.by_job.setdefault(t.job.name, {})[t.id] = t
-        if t.parent is not None:
-            if t.parent._children is None:
-                t.parent._children = {}
-            t.parent._children[t.id] = t
+        parent = t.parent
+        if parent is not None:
+            children = parent._children
+            if children is None:
+                children = parent._children = {}
+            children[t.id] = t
 
     def retire(self, t: Task) -> None:
         """t has ended: keep it listed, forgetting the oldest ended tasks beyond ENDED_KEPT."""
         if self._live.get(t.name) is t:
             del self._live[t.name]
         self._ended_names[t.name] = t
-        if t.parent is not None and t.parent._children is not None:
-            t.parent._children.pop(t.id, None)
+        children = t.parent._children if t.parent is not None else None
+        if children is not None:
+            children.pop(t.id, None)
         self._ended.append(t.id)
         while len(self._ended) > ENDED_KEPT:
             self._forget(self._ended.popleft())

@@ -155,7 +155,8 @@ def test_rare_fields_read_their_defaults_until_one_is_set_and_then_keep_every_va
     reg = Registry()
     t = make(reg, "t")
     assert (t.restarts, t.starts, t.switches, t.result, t.error, t.traceback, t.scope,
-            t.abandoned) == (0, None, 0, None, None, None, None, False)
+            t.abandoned, t.kill_requested, t.done, t.children) == \
+        (0, None, 0, None, None, None, None, False, False, False, {})
     t.error = t.traceback = t.result = None   # what each life's start assigns
     t.restarts = 0
     assert t._rare is None, "a default assigned made the record"
@@ -167,3 +168,5 @@ def test_rare_fields_read_their_defaults_until_one_is_set_and_then_keep_every_va
     assert t.error is None and t.restarts == 1
     other = make(reg, "other")
     assert other.error is None and other._rare is None   # one record per task, not shared
+    child = make(reg, "child", parent=other)
+    assert other.children == {child.id: child} and child._rare is None
