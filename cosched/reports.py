@@ -13,7 +13,6 @@ import os
 import time
 import types
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any
 
 import trio
@@ -159,14 +158,11 @@ def info(t: Task, now: float | None = None) -> dict:
 def values(t: Task, now: float | None = None) -> tuple:
     """One task's row as its values, in ``protocol.ROW_FIELDS`` order."""
     state = _shown(t)
-    rare = t._rare   # (read once: its fields' properties cost a call each)
     return (t.id, t.name, t.job.name, state,
             waiting_on(t) if state == "waiting" else None,
             _busy(t), t.steps, _switches(t),
             _age(t, time.monotonic() if now is None else now),
-            rare.restarts if rare is not None else 0,
-            _yielded(t),
-            rare.error if rare is not None else None)
+            t.restarts, _yielded(t), t.error)
 
 
 _shown = Task.shown_state   # (a plain function: rows call it for every task)
@@ -215,11 +211,6 @@ def rows(tasks: list[Task], columns: list[str] | None = None,
     return [[v] for v in made[0]] if len(made) == 1 else list(zip(*made, strict=True))
 
 
-def _rare_column(name: str, default: Any) -> Callable[[list[Task], list, float], list]:
-    read = attrgetter(name)
-    return lambda ts, ss, now: [default if t._rare is None else read(t._rare) for t in ts]
-
-
 # One column of values() each, from (tasks, their shown states, now).
 _COLUMNS: dict[str, Callable[[list[Task], list, float], list]] = {
     "id": lambda ts, ss, now: [t.id for t in ts],
@@ -232,9 +223,9 @@ _COLUMNS: dict[str, Callable[[list[Task], list, float], list]] = {
     "steps": lambda ts, ss, now: [t.steps for t in ts],
     "switches": lambda ts, ss, now: list(map(_switches, ts)),
     "age": lambda ts, ss, now: [_age(t, now) for t in ts],
-    "restarts": _rare_column("restarts", 0),
+    "restarts": lambda ts, ss, now: list(map(Task.restarts.fget, ts)),
     "yielded": lambda ts, ss, now: list(map(_yielded, ts)),
-    "error": _rare_column("error", None),
+    "error": lambda ts, ss, now: list(map(Task.error.fget, ts)),
 }
 assert tuple(_COLUMNS) == ROW_FIELDS
 
