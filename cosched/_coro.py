@@ -161,19 +161,20 @@ class Coroutine(_speedups.CoroutineBase if _speedups else object):
         "__weakref__",
     )
 
-    def __init__(self, fn) -> None:
-        self._fn = fn
-        self._co = None
-        self._state = _INITIAL
-        self._resumer = None
-        self._awaits = None
-        self._pending = None
-        self._entry_cs = None
-        self._call_cs = None
-        self._depth = 0
-        self._error = None
-        self._closing = 0
-        self._sw = None
+    if not _speedups:   # (the C base makes it whole: one is made at every task start)
+        def __init__(self, fn) -> None:
+            self._fn = fn
+            self._co = None
+            self._state = _INITIAL
+            self._resumer = None
+            self._awaits = None
+            self._pending = None
+            self._entry_cs = None
+            self._call_cs = None
+            self._depth = 0
+            self._error = None
+            self._closing = 0
+            self._sw = None
 
     def __repr__(self) -> str:
         s = _SUSPENDED if self._state is _INITIAL else self._state
@@ -201,19 +202,20 @@ class _Chain(_speedups.ChainBase if _speedups else object):
                      # since no scope opened inside the chain can be open then
     )
 
-    def __init__(self, kind: _Trap, task) -> None:
-        self.task = task
-        self.current = None
-        self.target = None
-        self.args = None
-        self._state = _NORMAL
-        self._pending = kind
-        self._awaits = None
-        self._call_cs = task._cancel_status if task is not None else None
-        self._depth = 0
-        self._resumer = None
-        self.switches = 0
-        self._holders = None
+    if not _speedups:   # (the C base makes it whole)
+        def __init__(self, kind: _Trap, task) -> None:
+            self.task = task
+            self.current = None
+            self.target = None
+            self.args = None
+            self._state = _NORMAL
+            self._pending = kind
+            self._awaits = None
+            self._call_cs = task._cancel_status if task is not None else None
+            self._depth = 0
+            self._resumer = None
+            self.switches = 0
+            self._holders = None
 
 
 _chain: ContextVar[_Chain | None] = ContextVar("cosched_chain", default=None)

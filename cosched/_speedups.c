@@ -152,25 +152,64 @@ fill_none(PyObject *self, Py_ssize_t first, Py_ssize_t last)
         *(PyObject **)((char *)self + off) = Py_NewRef(Py_None);
 }
 
+static PyObject *cancel_status(PyObject *task);
+
+/* Coroutine(fn): a new coroutine, initial, its body fn. Made here whole (the Python
+ * class has no __init__ with the speedups): one is made at every task start. */
 static PyObject *
 coro_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    PyObject *fn;
+    if (S_INITIAL == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cosched._speedups: setup() was not called");
+        return NULL;
+    }
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Coroutine() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Coroutine", 1, 1, &fn))
+        return NULL;
     PyObject *self = type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     fill_none(self, offsetof(CoroObject, state), offsetof(CoroObject, resumer));
     fill_none(self, offsetof(CoroObject, fn), offsetof(CoroObject, sw));
+    Py_SETREF(NODE(self)->state, Py_NewRef(S_INITIAL));
+    Py_SETREF(CORO(self)->fn, Py_NewRef(fn));
     return self;
 }
 
+/* _Chain(kind, task): main's side of a trio task's chains, main running (see
+ * _coro._Chain; made here whole, as a coroutine is: one per task). */
 static PyObject *
 chain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *self = type->tp_alloc(type, 0);
-    if (self == NULL)
+    PyObject *kind, *task;
+    if (S_NORMAL == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cosched._speedups: setup() was not called");
         return NULL;
+    }
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "_Chain() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "_Chain", 2, 2, &kind, &task))
+        return NULL;
+    PyObject *cs = cancel_status(task);
+    if (cs == NULL)
+        return NULL;
+    PyObject *self = type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(cs);
+        return NULL;
+    }
     fill_none(self, offsetof(ChainObject, state), offsetof(ChainObject, resumer));
     fill_none(self, offsetof(ChainObject, task), offsetof(ChainObject, holders));
+    Py_SETREF(NODE(self)->state, Py_NewRef(S_NORMAL));
+    Py_SETREF(NODE(self)->pending, Py_NewRef(kind));
+    Py_SETREF(NODE(self)->call_cs, cs);
+    Py_SETREF(((ChainObject *)self)->task, Py_NewRef(task));
     return self;
 }
 

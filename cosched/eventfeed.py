@@ -30,7 +30,7 @@ MAX_DEPTH = 4
 MAX_TEXT = 1000   # characters of a string in a stored event
 
 _SCALARS = (int, float, bool, type(None))
-_JOB_VALUES = ("values", "result")  # the fields that hold job objects
+_JOB_VALUES = frozenset({"values", "result"})  # the fields that hold job objects
 
 
 def _bounded(value: Any, depth: int = 0) -> Any:
@@ -88,7 +88,7 @@ class EventLog:
         self._listen()
 
     def _heard(self, event: dict) -> None:
-        if any(key in event for key in _JOB_VALUES):  # a copy: other listeners get theirs
+        if not _JOB_VALUES.isdisjoint(event):  # a copy: other listeners get theirs
             event = {k: _bounded(v) if k in _JOB_VALUES else v for k, v in event.items()}
         self._history.append(_packed(event))
         if self._feeds:

@@ -31,34 +31,49 @@ Listener = Callable[[dict[str, Any]], None]
 
 
 class Events:
-    __slots__ = ("_listeners",)
+    __slots__ = ("_of_tasks", "_of_jobs")
 
     def __init__(self) -> None:
-        self._listeners: list[Listener] = []
+        # Tuples, replaced on each change: emitting (every start) iterates one as it is,
+        # and a listener that unsubscribes while called does not disturb the loop. Task
+        # and job events have their own: a listener of job events alone (timed jobs)
+        # is not called at each of a million starts.
+        self._of_tasks: tuple[Listener, ...] = ()
+        self._of_jobs: tuple[Listener, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self._listeners)
+        return bool(self._of_tasks or self._of_jobs)
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Add a listener; returns the function that removes it."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+    def subscribe(self, listener: Listener, *, tasks: bool = True,
+                  jobs: bool = True) -> Callable[[], None]:
+        """Add a listener of task events, job events or both; returns the function that
+        removes it."""
+        if tasks:
+            self._of_tasks += (listener,)
+        if jobs:
+            self._of_jobs += (listener,)
+        return lambda: self._remove(listener)
+
+    def _remove(self, listener: Listener) -> None:
+        self._of_tasks = tuple(x for x in self._of_tasks if x is not listener)
+        self._of_jobs = tuple(x for x in self._of_jobs if x is not listener)
 
     def task(self, kind: str, t: Any, **fields: Any) -> None:
         """A task event: time, event, task (name), id, job, state, plus ``fields``."""
-        if self._listeners:
-            self._send({"time": time.time(), "event": kind, "task": t.name, "id": t.id,
-                        "job": t.job.name, "state": t.state, **fields})
+        if self._of_tasks:
+            self._send(self._of_tasks, {"time": time.time(), "event": kind, "task": t.name,
+                                        "id": t.id, "job": t.job.name, "state": t.state,
+                                        **fields})
 
     def job(self, kind: str, job: str, **fields: Any) -> None:
-        if self._listeners:
-            self._send({"time": time.time(), "event": kind, "job": job, **fields})
+        if self._of_jobs:
+            self._send(self._of_jobs, {"time": time.time(), "event": kind, "job": job,
+                                       **fields})
 
-    def _send(self, event: dict[str, Any]) -> None:
-        for listener in tuple(self._listeners):
+    def _send(self, listeners: tuple[Listener, ...], event: dict[str, Any]) -> None:
+        for listener in listeners:
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - a broken listener never breaks the emitter
                 log.exception("event listener failed; removing it", listener=repr(listener))
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
+                self._remove(listener)

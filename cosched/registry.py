@@ -209,6 +209,11 @@ class Registry:
         self._suffix[base] = n + 1
         return f"{base}.{n}"
 
+    def free_implied(self, name: str) -> str:
+        """``free_name`` of the name a new task's id implies (see _implied), before the
+        task is added: only a live task named so explicitly can hold it."""
+        return name if name not in self._live else self.free_name(name)
+
     def _name_taken(self, name: str) -> bool:
         return name in self._live or self._implied(name) is not None
 

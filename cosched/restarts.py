@@ -63,7 +63,7 @@ async def restart_in_place(sup: Any, policies: dict[int, Any]) -> None:
     def heard(event: dict) -> None:
         if event.get("event") == "started" and event.get("id") in began:
             began[event["id"]].set()
-    unsubscribe = sup.events.subscribe(heard)
+    unsubscribe = sup.events.subscribe(heard, jobs=False)
     tasks = [sup.tasks[tid] for tid in policies]
     try:
         for t in tasks:

@@ -133,7 +133,9 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._queue: deque[tuple] = deque()   # operations not yet taken by the thread
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()        # the condition's lock, taken directly where the
+        self._cond = threading.Condition(self._mutex)   # loop queues (Condition.__enter__ is
+                                                        # Python: a frame per operation)
         self._idle = True                     # the thread waits for work (under _cond)
         self._lingering = False               # ... or for more work to join a batch
         self._urgent = False                  # someone waits for an operation queued
@@ -325,7 +327,7 @@ class Store:
 
     def _submit(self, op: tuple) -> None:
         urgent = op[-1] is not None   # a done callback: someone waits for it
-        with self._cond:
+        with self._mutex:
             self._queue.append(op)
             if self._idle or urgent and self._lingering:
                 self._cond.notify()

@@ -308,7 +308,8 @@ class Supervisor:
         if state is not None:   # a restart hands the task its own state
             durable["state"] = state
         implied = None if name or parent is None else f"{parent.name}.{tid}"
-        name = self.reg.free_name(name or implied or job.name)
+        name = self.reg.free_name(name or job.name) if implied is None else \
+            self.reg.free_implied(implied)
         shared = self._shared_with(durable.pop("checkpointer", None))
         if name is implied:   # neither record keeps it: both derive it from the parent's
             t = Task(tid, None, job, policy, fn or job.main, args, parent)

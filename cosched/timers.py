@@ -57,7 +57,7 @@ class Timers:
         """Arm the loaded timed jobs, follow loads and removals, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            unsubscribe = self.sup.events.subscribe(self._on_event)
+            unsubscribe = self.sup.events.subscribe(self._on_event, tasks=False)
             try:
                 for name in list(self.sup.job_table):
                     self._arm(name)

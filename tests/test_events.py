@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from textwrap import dedent
+from types import SimpleNamespace
 
 import trio
 
@@ -87,6 +88,26 @@ def test_a_failing_listener_is_dropped_and_others_still_hear():
     unsubscribe()
     events.job("job-removed", "a")
     assert len(heard) == 3
+
+
+def test_a_listener_hears_only_the_kinds_of_events_it_subscribed_to():
+    events = Events()
+    jobs_only: list[dict] = []
+    tasks_only: list[dict] = []
+    both: list[dict] = []
+    events.subscribe(jobs_only.append, tasks=False)
+    events.subscribe(tasks_only.append, jobs=False)
+    unsubscribe = events.subscribe(both.append)
+    task = SimpleNamespace(name="t", id=1, job=SimpleNamespace(name="a"), state="running")
+    events.task("started", task)
+    events.job("job-loaded", "a")
+    assert [e["event"] for e in jobs_only] == ["job-loaded"]
+    assert [e["event"] for e in tasks_only] == ["started"]
+    assert [e["event"] for e in both] == ["started", "job-loaded"]
+    unsubscribe()   # from both kinds
+    events.task("finished", task)
+    events.job("job-removed", "a")
+    assert len(both) == 2 and len(jobs_only) == 2 and len(tasks_only) == 2
 
 
 def test_a_stop_is_announced_before_the_tasks_it_kills(tmp_path):

@@ -61,6 +61,20 @@ def test_a_child_named_by_its_id_is_found_without_a_name_entry_and_its_name_stay
     trio.run(run)
 
 
+def test_the_name_a_new_id_implies_is_free_unless_a_live_task_took_it_explicitly():
+    async def run():
+        reg = Registry()
+        parent = make(reg, "job")
+        taken = make(reg, "job.3")                     # explicitly, before id 3 exists
+        tid = reg.new_id()
+        assert tid == 3 and reg.free_implied("job.3") == "job.3.2"
+        assert reg.free_implied("job.4") == "job.4"
+        end(reg, taken)
+        assert reg.free_implied("job.3") == "job.3"    # an ended task holds no name
+        assert parent.name == "job"
+    trio.run(run)
+
+
 class CountingDict(dict):
     probes = 0
 

@@ -250,6 +250,31 @@ def test_c_entry_points_reject_malformed_calls():
 
 
 @needs_c
+def test_coroutines_and_chains_made_in_c_have_the_python_reference_s_fields():
+    co = _coro.Coroutine(print)
+    assert (co._fn, co._co, co._state, co._resumer, co._awaits, co._pending, co._entry_cs,
+            co._call_cs, co._depth, co._error, co._closing, co._sw) == \
+        (print, None, _coro._INITIAL, None, None, None, None, None, 0, None, 0, None)
+    m = _coro._Chain(_coro.RESUME, None)
+    assert (m.task, m.current, m.target, m.args, m._state, m._pending, m._awaits, m._call_cs,
+            m._depth, m._resumer, m.switches, m._holders) == \
+        (None, None, None, None, _coro._NORMAL, _coro.RESUME, None, None, 0, None, 0, None)
+
+    async def in_trio():
+        task = trio.lowlevel.current_task()
+        m = _coro._Chain(_coro.RESUME, task)
+        return m.task is task and m._call_cs is task._cancel_status is not None
+    assert run(in_trio)
+    for bad in ((), (print, print)):
+        with pytest.raises(TypeError, match="Coroutine"):
+            _coro.Coroutine(*bad)
+    with pytest.raises(TypeError, match="keyword"):
+        _coro.Coroutine(fn=print)
+    with pytest.raises(TypeError, match="_Chain"):
+        _coro._Chain(_coro.RESUME)
+
+
+@needs_c
 def test_driver_shows_its_chain_only_while_it_runs():
     async def main():
         seen = []

@@ -308,13 +308,17 @@ def test_the_writer_holds_nothing_of_a_batch_once_it_is_written(tmp_path):
 
 def test_a_batch_longer_than_one_flush_keeps_each_task_s_rows_in_order(tmp_path):
     store, _ = opened(tmp_path, max_days=0)   # (times near 1970: kept)
-    n = FLUSH_ROWS * 2 + 7   # one batch: the writer waits behind a lock until all are queued
-    with store._cond:
-        for tid in range(1, n + 1):
-            store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
-            store.task_ended(tid, tid + 0.5, "job", "finished", '{"result": 1}', "finished",
-                             None, None, None)
-        store.task_started(1, "t1", "job", None, "/j.py", n + 1.0, 1)   # 1 starts again
+    n = FLUSH_ROWS * 2 + 7   # one batch: the writer is held in a callback until all are queued
+    held, release = threading.Event(), threading.Event()
+    store.barrier(lambda result, error: (held.set(), release.wait(WAIT)))
+    assert held.wait(WAIT)
+    for tid in range(1, n + 1):
+        store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
+        store.task_ended(tid, tid + 0.5, "job", "finished", '{"result": 1}', "finished",
+                         None, None, None)
+    store.task_started(1, "t1", "job", None, "/j.py", n + 1.0, 1)   # 1 starts again
+    assert len(store._queue) == 2 * n + 1
+    release.set()
     done = Done()
     store.barrier(done)
     done.wait()
