@@ -70,7 +70,7 @@ class Recorder:
         self._ceiling = initial.next_id + ID_BLOCK   # ids below this are reserved on disk
         self._stopping: dict[int, list | None] = {}  # tasks alive at a stop -> yielded values
         self._wakeups = _Wakeups()
-        self._checkpoint = self.checkpoint   # one bound method for every task, not one each
+        self.checkpointer = self.checkpoint   # one bound method for every task, not one each
         self._handlers = {"started": self._started, "suspended": self._suspended,
                           "resumed": self._resumed, "restarting": self._restarting,
                           "finished": self._ended, "failed": self._ended, "killed": self._ended,
@@ -87,7 +87,7 @@ class Recorder:
         key = job if parent is None else f"{job}/{name}" if name else None
         text = self.saved.get(key) if key is not None else None
         return {"state": decode_state(text) if text is not None else None,
-                "restored": text is not None, "key": key, "checkpointer": self._checkpoint}
+                "restored": text is not None, "key": key, "checkpointer": self.checkpointer}
 
     async def checkpoint(self, ctx: Any) -> None:
         if ctx._key is None:

@@ -304,13 +304,18 @@ class Supervisor:
         else:   # children share their parent's config table and one policy per job
             policy, config = self._child_policy(job.name), parent.ctx.config
         tid = self.reg.new_id()
-        durable = self.durable.context_args(job.name, parent, name) if self.durable else {}
+        implied = None if name or parent is None else f"{parent.name}.{tid}"
+        if implied is None:
+            durable = self.durable.context_args(job.name, parent, name) if self.durable else {}
+            checkpointer = durable.pop("checkpointer", None)
+            name = self.reg.free_name(name or job.name)
+        else:   # a child spawned without a name keeps no state in the database
+            durable = {}
+            checkpointer = self.durable.checkpointer if self.durable else None
+            name = self.reg.free_implied(implied)
         if state is not None:   # a restart hands the task its own state
             durable["state"] = state
-        implied = None if name or parent is None else f"{parent.name}.{tid}"
-        name = self.reg.free_name(name or job.name) if implied is None else \
-            self.reg.free_implied(implied)
-        shared = self._shared_with(durable.pop("checkpointer", None))
+        shared = self._shared_with(checkpointer)
         if name is implied:   # neither record keeps it: both derive it from the parent's
             t = Task(tid, None, job, policy, fn or job.main, args, parent)
             t.ctx = TaskContext(parent.ctx, tid, _job_logger, config, trigger=trigger,
@@ -391,18 +396,18 @@ class Supervisor:
                 t.starts = deque()
             t.starts.append(time.monotonic())
         t.root = coro.create(t.fn)
-        if t._rare is not None:   # (a first life has none of these)
-            t.error = t.traceback = t.result = None
+        rare = t._rare is not None   # (a first life has none of its fields set: each read
+        if rare:                     # of one is a property call, at every start)
+            t.error = t.traceback = t.result = t.scope = None
         t.state = "running"
-        self.events.task("started", t, restarts=t.restarts)
+        self.events.task("started", t, restarts=t.restarts if rare else 0)
         # A life runs inside a scope of its own only where trio cannot have one spliced
         # in when a kill comes (see cosched.cancels): a million parked tasks pay for it.
         # (Entered and left by hand: a `with` in _supervise would hold its __exit__.)
-        t.scope = None
         if not cancels.SPLICE:
             t.scope = trio.CancelScope()
             t.scope.__enter__()
-        if t.kill_requested:   # killed before its first step
+        if rare and t.kill_requested:   # killed before its first step
             self._cancel(t)
         return resume_call(t.root, (t.ctx, *t.args))
 
