@@ -101,6 +101,47 @@ def test_state_survives_restarts_and_new_tasks_know_they_were_restored(restartab
     assert rc == 1 and "no-such-task" in err
 
 
+FAMILY = """
+    import json
+
+    from cosched import coro
+
+    async def child(task):
+        try:
+            task.state["n"] = task.state.get("n", 0) + 1
+            await task.checkpoint()
+            return {{"name": task.name, "state": task.state, "saved": True}}
+        except Exception as e:
+            return {{"name": task.name, "error": f"{{type(e).__name__}}: {{e}}"}}
+
+    async def main(task):
+        named = await task.spawn(child, name="kept").join()
+        unnamed = await task.spawn(child).join()
+        with open({log!r}, "a") as f:
+            f.write(json.dumps([named, unnamed]) + "\\n")
+        await coro.yield_("done")
+"""
+
+
+def test_a_child_spawned_with_a_name_keeps_its_state_and_one_without_has_none(restartable,
+                                                                               tmp_path):
+    log = tmp_path / "family.log"
+    jobs = {"family": FAMILY.format(log=str(log))}
+    d = restartable(jobs)
+    d.wait_task("family", lambda t: t["state"] == "suspended", "suspended")
+    graceful_stop(d)
+    d = restartable(jobs)
+    d.wait_task("family", lambda t: t["state"] == "suspended", "suspended again")
+    runs = lines(log)
+    assert [run[0] for run in runs] == [{"name": "kept", "state": {"n": 1}, "saved": True},
+                                        {"name": "kept", "state": {"n": 2}, "saved": True}]
+    for run in runs:
+        unnamed = run[1]
+        assert unnamed["name"].startswith("family.") and "error" in unnamed, unnamed
+        assert unnamed["error"].startswith("StateError: task family.") and \
+            "has no durable state" in unnamed["error"], unnamed
+
+
 CHECKPOINTER = """
     import json
     import os
