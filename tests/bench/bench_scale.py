@@ -12,9 +12,12 @@ temporary folder, stopped with SIGTERM. For each size N, per run:
 - ``rss/task``: (RSS with N parked tasks - RSS of the same daemon before the
   spawn) / N, against a plain trio program whose N tasks ``await
   trio.sleep(3600)`` (same measure). Target: at most 1.5x.
-- ``spawn/task``: the job's own timing of its N ``task.spawn`` calls plus the
-  time until all N run, against the plain program's N ``start_soon`` and first
-  steps. Target: at most 2x.
+- ``spawn/task``: the job's own timing of its N ``task.spawn`` calls and the
+  children's first steps (it sleeps 50 ms after the last, as the plain program
+  does), against the plain program's N ``start_soon`` and first steps. Target:
+  at most 2x. ``spawn cpu`` is the same window in CPU time of the whole
+  process (the daemon's: every thread, the history writer's too), which time
+  the VM gives to others does not inflate.
 - ``start``: launch of the spawn until ``status --json`` shows all N (wall),
   against the plain program's start. ``gc`` is the longest collector pause
   the daemon measured (``daemon.gc`` in status), after start and after stop
@@ -65,11 +68,13 @@ SPAWNER = """
         await trio.sleep(3600)
 
     async def main(task):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         for i in range(task.config["n"]):
             task.spawn(child)
             if i % 1000 == 999:
                 await trio.sleep(0)   # let the daemon answer meanwhile
+        await trio.sleep(0.05)        # the last children's first steps (as the plain program)
+        task.state["spawn_cpu"] = time.process_time() - cpu
         task.state["spawn_seconds"] = time.perf_counter() - began
         await trio.sleep(3600)
 """
@@ -83,16 +88,17 @@ async def main():
     p = psutil.Process()
     await trio.sleep(0.2)
     before = p.memory_info().rss
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as n:
         for i in range(N):
             n.start_soon(sleeper)
             if i % 1000 == 999:
                 await trio.sleep(0)
         await trio.sleep(0.05)
+        cpu = time.process_time() - cpu
         spawn = time.perf_counter() - began
         await trio.sleep(0.5)
-        print(spawn, p.memory_info().rss - before, flush=True)
+        print(spawn, p.memory_info().rss - before, cpu, flush=True)
         n.cancel_scope.cancel()
 trio.run(main)
 """
@@ -191,10 +197,11 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - began
 
 
-def plain_trio(n: int) -> tuple[float, float]:
+def plain_trio(n: int) -> tuple[float, float, float]:
+    """(spawn seconds, RSS bytes, spawn CPU seconds) of the plain program."""
     out = subprocess.run([PY, "-c", PLAIN, str(n)], capture_output=True, text=True, check=True)
-    spawn, rss = out.stdout.split()
-    return float(spawn), float(rss)
+    spawn, rss, cpu = out.stdout.split()
+    return float(spawn), float(rss), float(cpu)
 
 
 def one_run(n: int, floor_start: float) -> dict:
@@ -210,7 +217,8 @@ def one_run(n: int, floor_start: float) -> dict:
                 break
             time.sleep(0.2)
         start = time.perf_counter() - began
-        spawn = ctl_json(d.sock, "show", "many")["task_state"]["spawn_seconds"]
+        spawned = ctl_json(d.sock, "show", "many")["task_state"]
+        spawn, spawn_cpu = spawned["spawn_seconds"], spawned["spawn_cpu"]
         time.sleep(0.5)
         rss = d.ps.memory_info().rss - base
         start_gc = max(ctl_json(d.sock, "status", "--state", "suspended")["daemon"]["gc"]["longest_pause"])
@@ -238,7 +246,8 @@ def one_run(n: int, floor_start: float) -> dict:
         filtered = min(ctl(d.sock, "status", "--state", "suspended")[0] for _ in range(3))
         ping = min(ctl(d.sock, "ping")[0] for _ in range(5))
         stop_time = d.stop()
-        return {"rss": rss / n, "spawn": spawn / n, "start": start, "start_gc": start_gc,
+        return {"rss": rss / n, "spawn": spawn / n, "spawn_cpu": spawn_cpu / n, "start": start,
+                "start_gc": start_gc,
                 "table": table, "json": raw, "floor": floor, "stall": max(rtts), "block": block,
                 "filtered": filtered, "ping": ping, "stop": stop_time, "stop_gc": d.stop_gc()}
     finally:
@@ -259,11 +268,15 @@ def plain_line(name: str, values: list[float], unit: str, scale: float) -> None:
 
 
 def bench_size(n: int, runs: int, floor_start: float) -> None:
-    ours = [one_run(n, floor_start) for _ in range(runs)]
-    plain = [plain_trio(n) for _ in range(runs)]
+    ours, plain = [], []
+    for _ in range(runs):   # alternated, so that a slow spell of the machine hits both
+        ours.append(one_run(n, floor_start))
+        plain.append(plain_trio(n))
     print(f"\n{n:,} parked tasks ({runs} runs)")
     ratio_line("rss per task", [o["rss"] for o in ours], [p[1] / n for p in plain], "KB", 1e-3)
     ratio_line("spawn per task", [o["spawn"] for o in ours], [p[0] / n for p in plain], "us", 1e6)
+    ratio_line("spawn cpu per task", [o["spawn_cpu"] for o in ours], [p[2] / n for p in plain],
+               "us", 1e6)
     ratio_line("status (table)", [o["table"] for o in ours], [o["floor"] for o in ours], "ms", 1e3)
     ratio_line("status --json", [o["json"] for o in ours], [o["floor"] for o in ours], "ms", 1e3)
     ratio_line("ping", [o["ping"] for o in ours], [floor_start] * runs, "ms", 1e3)
