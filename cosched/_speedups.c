@@ -156,19 +156,28 @@ static PyObject *cancel_status(PyObject *task);
 
 /* Coroutine(fn): a new coroutine, initial, its body fn. Made here whole (the Python
  * class has no __init__ with the speedups): one is made at every task start. */
+/* The n positional arguments of name(...) into a (and b); -1 with an exception set on
+ * a keyword, a wrong count, or before setup() gave the states to start them in. */
+static int
+new_args(PyObject *args, PyObject *kwds, const char *name, Py_ssize_t n,
+         PyObject **a, PyObject **b)
+{
+    if (S_INITIAL == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cosched._speedups: setup() was not called");
+        return -1;
+    }
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments", name);
+        return -1;
+    }
+    return PyArg_UnpackTuple(args, name, n, n, a, b) ? 0 : -1;
+}
+
 static PyObject *
 coro_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *fn;
-    if (S_INITIAL == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cosched._speedups: setup() was not called");
-        return NULL;
-    }
-    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
-        PyErr_SetString(PyExc_TypeError, "Coroutine() takes no keyword arguments");
-        return NULL;
-    }
-    if (!PyArg_UnpackTuple(args, "Coroutine", 1, 1, &fn))
+    if (new_args(args, kwds, "Coroutine", 1, &fn, NULL) < 0)
         return NULL;
     PyObject *self = type->tp_alloc(type, 0);
     if (self == NULL)
@@ -186,15 +195,7 @@ static PyObject *
 chain_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *kind, *task;
-    if (S_NORMAL == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cosched._speedups: setup() was not called");
-        return NULL;
-    }
-    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
-        PyErr_SetString(PyExc_TypeError, "_Chain() takes no keyword arguments");
-        return NULL;
-    }
-    if (!PyArg_UnpackTuple(args, "_Chain", 2, 2, &kind, &task))
+    if (new_args(args, kwds, "_Chain", 2, &kind, &task) < 0)
         return NULL;
     PyObject *cs = cancel_status(task);
     if (cs == NULL)
