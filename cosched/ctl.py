@@ -29,8 +29,9 @@ Commands:
   reload                  re-read the config file and rescan the jobs folder;
                           jobs whose config changed are restarted, a broken
                           config file is refused and the old one stays
-  jobs                    list the jobs and their state; for timed jobs also the
-                          schedule, the next run and the last one
+  jobs                    list the jobs and their state, each with its top-level
+                          tasks and how many tasks they spawned; for timed jobs
+                          also the schedule, the next run and the last one
   logs TASK|JOB [-n N] [-f]
                           the last N (default 10) log records and printed lines
                           of a task, or of every task of a job; -f: then new
@@ -614,12 +615,20 @@ def render_reload(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _job_tasks(job: dict) -> str:
+    """Its top-level tasks' ids, and how many tasks they spawned that are alive."""
+    ids = job.get("tasks") or []
+    spawned = job.get("num_tasks", len(ids)) - len(ids)   # (an older daemon: no count)
+    text = ",".join(map(_text, ids)) or "-"
+    return f"{text} (+{spawned} spawned)" if isinstance(spawned, int) and spawned > 0 else text
+
+
 def render_jobs(result: dict) -> str:
     jobs = result.get("jobs") or []
     timed = any(j.get("schedule") for j in jobs)   # the timing columns only when needed
     lines = [table(["NAME", "STATE", "TASKS"] + ["SCHEDULE", "NEXT", "LAST"] * timed + ["PATH"],
                    [[j.get("name"), j.get("state"),
-                     ",".join(map(_text, j.get("tasks") or [])) or "-",
+                     _job_tasks(j),
                      *([j.get("schedule"), _when(j.get("next_run")), _when(j.get("last_run"))]
                        if timed else []), j.get("path")]
                     for j in jobs])]

@@ -188,6 +188,11 @@ class Registry:
         # task is in exactly the dict of its state), job -> id -> Task (listed tasks).
         self.by_state: dict[str, dict[int, Task]] = {s: {} for s in STATES}
         self.by_job: dict[str, dict[int, Task]] = {}
+        # What asks about a job's own tasks (reload, timers, `jobs`) must not walk the
+        # children they spawned, a million of them: job -> id -> alive top-level Task, and
+        # job -> how many of its tasks are alive, children included.
+        self._roots: dict[str, dict[int, Task]] = {}
+        self._alive: dict[str, int] = {}
         self._live: dict[str, Task] = {}         # name -> the alive task of that name
         self._suffix: dict[str, int] = {}        # base name -> next suffix worth trying
         self._ended: deque[int] = deque()        # ids of ended tasks still listed, oldest first
@@ -234,9 +239,13 @@ class Registry:
             self._live[t._name] = t
         t._index = self.by_state
         self.by_state[t.state][t.id] = t
-        self.by_job.setdefault(t.job.name, {})[t.id] = t
+        job = t.job.name
+        self.by_job.setdefault(job, {})[t.id] = t
+        self._alive[job] = self._alive.get(job, 0) + 1
         parent = t.parent
-        if parent is not None:
+        if parent is None:
+            self._roots.setdefault(job, {})[t.id] = t
+        else:
             children = parent._children
             if children is None:
                 children = parent._children = {}
@@ -247,9 +256,17 @@ class Registry:
         if self._live.get(t.name) is t:
             del self._live[t.name]
         self._ended_names[t.name] = t
-        children = t.parent._children if t.parent is not None else None
-        if children is not None:
-            children.pop(t.id, None)
+        job = t.job.name
+        if self._alive.get(job, 0) > 1:
+            self._alive[job] -= 1
+        else:
+            self._alive.pop(job, None)
+        if t.parent is None:
+            roots = self._roots.get(job)
+            if roots is not None and roots.pop(t.id, None) is not None and not roots:
+                del self._roots[job]
+        elif t.parent._children is not None:
+            t.parent._children.pop(t.id, None)
         self._ended.append(t.id)
         while len(self._ended) > ENDED_KEPT:
             self._forget(self._ended.popleft())
@@ -279,7 +296,11 @@ class Registry:
 
     def roots_of(self, job: str) -> list[Task]:
         """The alive top-level tasks of a job (children end with their parent)."""
-        return [t for t in self.of_job(job).values() if t.alive and t.parent is None]
+        return [t for t in self._roots.get(job, {}).values() if t.alive]
+
+    def count_alive_of(self, job: str) -> int:
+        """How many tasks of a job are alive, spawned children included."""
+        return self._alive.get(job, 0)
 
     def matching(self, job: str | None = None, state: str | None = None) -> Iterator[Task]:
         """The listed tasks of a job and/or in a shown state, in id order, lazily."""

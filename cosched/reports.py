@@ -252,7 +252,10 @@ def outcome(t: Task) -> dict:
     return {"task": info(t), "outcome": what, "values": values, "error": t.error}
 
 
-def job_row(name: str, entry: dict[str, Any], policy: Any, tasks: list[int]) -> dict:
+def job_row(name: str, entry: dict[str, Any], policy: Any, tasks: list[int],
+            alive: int) -> dict:
+    """A job as `jobs` lists it: ``tasks``, the ids of its alive top-level tasks (those
+    its children, however many, are counted in ``num_tasks``, alive tasks in all)."""
     state = "error" if entry["job"] is None else "loaded" if policy.enabled else "disabled"
     return {"name": name, "path": str(entry["path"]), "state": state, "error": entry["error"],
-            "tasks": tasks}
+            "tasks": tasks, "num_tasks": alive}

@@ -771,7 +771,8 @@ class Supervisor:
 
     def jobs(self) -> dict:
         rows = [reports.job_row(name, e, self.config.job_policy(name),
-                                [t.id for t in self.reg.of_job(name).values() if t.alive])
+                                [t.id for t in self.reg.roots_of(name)],
+                                self.reg.count_alive_of(name))
                 for name, e in sorted(self.job_table.items())]
         for row in rows:
             if row["name"] in self._gave_up and row["state"] != "error":

@@ -519,7 +519,7 @@ def test_start_limit_stops_restarting(daemon, tmp_path):
     assert task["restarts"] == 2
     assert runs.read_text() == "3"
     jobs = {j["name"]: j for j in d.ok("jobs")["jobs"]}
-    assert jobs["eager"]["tasks"] == []
+    assert (jobs["eager"]["tasks"], jobs["eager"]["num_tasks"]) == ([], 0)
     assert [t["id"] for t in d.status()["tasks"]] == [task["id"]]
 
 

@@ -93,6 +93,17 @@ def test_restart_of_a_job_with_nothing_running_starts_it(d):
     assert rc == 1 and "no-such-task" in err
 
 
+def test_jobs_lists_a_job_s_own_tasks_and_counts_what_they_spawned(d):
+    d.wait_status(lambda s: sum(t["state"] == "waiting" for t in s["tasks"]
+                                if t["job"] == "spawner") == 5, "5 waiting")
+    root = next(t for t in d.ok("tree", "--job", "spawner")["tasks"] if t["depth"] == 0)
+    job = next(j for j in d.ok("jobs")["jobs"] if j["name"] == "spawner")
+    assert (job["tasks"], job["num_tasks"]) == ([root["id"]], 5)
+    rc, out, _ = d.ctl("jobs", json_output=False)
+    line = next(line for line in out.splitlines() if line.startswith("spawner "))
+    assert rc == 0 and f" {root['id']} (+4 spawned) " in line, line
+
+
 def test_tree_nests_children_under_their_parents(d):
     d.wait_status(lambda s: sum(t["state"] == "waiting" for t in s["tasks"]
                                 if t["job"] == "spawner") == 5, "5 waiting")

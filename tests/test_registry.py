@@ -75,6 +75,32 @@ def test_the_name_a_new_id_implies_is_free_unless_a_live_task_took_it_explicitly
     trio.run(run)
 
 
+def test_a_job_s_roots_and_alive_count_are_kept_without_walking_its_children():
+    async def run():
+        reg = Registry()
+        root = make(reg, "job")
+        kids = [make(reg, "kid", root) for _ in range(3)]
+        other = Task(reg.new_id(), reg.free_name("x"), SimpleNamespace(name="other"), None,
+                     None, (), None)
+        reg.add(other)
+        assert reg.roots_of("job") == [root] and reg.count_alive_of("job") == 4
+        class Untouchable(dict):   # a job's index of every task: roots_of must not walk it
+            def values(self):
+                raise AssertionError("walked every task of the job")
+            items = keys = __iter__ = values
+        reg.by_job["job"] = Untouchable(reg.by_job["job"])
+        assert reg.roots_of("job") == [root]
+        end(reg, kids[0])
+        assert reg.count_alive_of("job") == 3 and reg.roots_of("job") == [root]
+        end(reg, root)
+        assert reg.roots_of("job") == [] and reg.count_alive_of("job") == 2
+        for kid in kids[1:]:
+            end(reg, kid)
+        assert reg.count_alive_of("job") == 0 and "job" not in reg._alive
+        assert reg.roots_of("other") == [other] and reg.count_alive_of("nosuch") == 0
+    trio.run(run)
+
+
 class CountingDict(dict):
     probes = 0
 
