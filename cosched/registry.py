@@ -294,6 +294,11 @@ class Registry:
     def of_job(self, job: str) -> dict[int, Task]:
         return self.by_job.get(job, {})
 
+    def ended_listed(self) -> list[Task]:
+        """The ended tasks still listed, oldest first (at most ENDED_KEPT)."""
+        tasks = self.tasks
+        return [tasks[tid] for tid in self._ended if tid in tasks]
+
     def roots_of(self, job: str) -> list[Task]:
         """The alive top-level tasks of a job (children end with their parent)."""
         return [t for t in self._roots.get(job, {}).values() if t.alive]

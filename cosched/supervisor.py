@@ -810,11 +810,18 @@ class Supervisor:
             return {"events": self.event_log.recent(lines, job)}
         return self.event_log.follow(lines, job, self.config.follow_queue)
 
-    def tree(self, task: str | int | None = None, job: str | None = None) -> dict:
+    def tree(self, task: str | int | None = None, job: str | None = None) -> dict | Chunked:
+        """Which task spawned which (see cosched.tasktree); a long answer in chunks."""
         if job is not None and job not in self.job_table:
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         top = self.find(task) if task is not None else None
-        return {"tasks": tasktree.tree(list(self.tasks.values()), top, job)}
+        children = tasktree.children_in(self.reg.ended_listed())
+        rows = tasktree.walk(self.tasks, self.reg.scan(), children, top, job)
+        first = list(itertools.islice(rows, STATUS_CHUNK + 1))
+        if len(first) <= STATUS_CHUNK:   # all looked at already
+            return {"tasks": [row for row in first if row is not None]}
+        return Chunked({}, "tasks", itertools.chain(first, rows), lambda chunk: chunk, {},
+                       STATUS_CHUNK)
 
     async def restart(self, task: str | int) -> dict:
         self._require_running()

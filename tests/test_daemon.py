@@ -1012,3 +1012,31 @@ def test_systemd_notifications(daemon, tmp_path):
         assert kinds == ["READY", "RELOADING", "READY", "STOPPING"]
     finally:
         listener.close()
+
+
+def test_a_tree_longer_than_one_piece_comes_whole_with_its_ended_children(daemon):
+    source = """
+        import trio
+
+        async def child(task, i):
+            if i % 100 == 0:
+                return i            # some end at once: listed under their parent, ended
+            await trio.sleep(1000)
+
+        async def main(task):
+            for i in range(1200):
+                task.spawn(child, i)
+            await trio.sleep(1000)
+    """
+    d = daemon(jobs={"wide": source})
+    d.wait_status(lambda s: s["daemon"]["num_tasks"] == 1189 and
+                  sum(t["state"] == "finished" for t in s["tasks"]) == 12, "1,200 children")
+    rows = d.ok("tree", "--job", "wide")["tasks"]   # (answered in pieces: see STATUS_CHUNK)
+    root = rows[0]
+    assert (root["name"], root["depth"], root["parent"]) == ("wide", 0, None)
+    assert [r["id"] for r in rows[1:]] == sorted(r["id"] for r in rows[1:])
+    assert len(rows) == 1201 and all(r["parent"] == root["id"] and r["depth"] == 1
+                                     for r in rows[1:])
+    assert sum(r["state"] == "finished" for r in rows) == 12
+    rc, out, _ = d.ctl("tree", "wide", json_output=False)
+    assert rc == 0 and len(out.splitlines()) == 1201
