@@ -73,8 +73,8 @@ FLUSH_ROWS = 256         # history rows gathered for one executemany at most: CP
                          # by the thousand stayed allocated (0.2 KB a task of a small daemon)
 CACHE_KIB = 64           # SQLite's page cache: it would grow to 2 MB as the history is written
                          # (pages written once, read rarely; the kernel caches the file anyway).
-                         # 64 writes history rows as fast as 128 and a small daemon's RSS is
-                         # 0.3 MB less; at 32 each row cost 2.5x the CPU (its indexes re-read)
+                         # 64 writes history rows as fast as 128 (at 32 each row cost 2.5x
+                         # the CPU: its indexes re-read) and holds less
 LOST = "coschedd ended without stopping the task (it was killed or crashed)"
 
 Done = Callable[[Any, BaseException | None], None]   # (result, error), in the writer thread
