@@ -242,7 +242,9 @@ COMMANDS: dict[str, Command] = {
     }, "Daemon overview and all tasks (or a job's, or those in one state), or one task.", READ),
     "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values.",
                     READ, private=("config",)),
-    "jobs": Command({}, "List the known jobs and their state.", READ),
+    "jobs": Command({}, "List the known jobs and their state, each with its top-level tasks "
+                        "(tasks) and how many of its tasks are alive (num_tasks, spawned "
+                        "children included).", READ),
     "metrics": Command({}, "Prometheus metrics of the daemon, its jobs and tasks, as text.",
                        READ),
     "resume": Command({
