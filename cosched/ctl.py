@@ -618,9 +618,10 @@ def render_reload(result: dict) -> str:
 def _job_tasks(job: dict) -> str:
     """Its top-level tasks' ids, and how many tasks they spawned that are alive."""
     ids = job.get("tasks") or []
-    spawned = job.get("num_tasks", len(ids)) - len(ids)   # (an older daemon: no count)
+    alive = job.get("num_tasks")   # (an older daemon sends no count)
     text = ",".join(map(_text, ids)) or "-"
-    return f"{text} (+{spawned} spawned)" if isinstance(spawned, int) and spawned > 0 else text
+    spawned = alive - len(ids) if type(alive) is int else 0
+    return f"{text} (+{spawned} spawned)" if spawned > 0 else text
 
 
 def render_jobs(result: dict) -> str:

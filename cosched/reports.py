@@ -254,8 +254,9 @@ def outcome(t: Task) -> dict:
 
 def job_row(name: str, entry: dict[str, Any], policy: Any, tasks: list[int],
             alive: int) -> dict:
-    """A job as `jobs` lists it: ``tasks``, the ids of its alive top-level tasks (those
-    its children, however many, are counted in ``num_tasks``, alive tasks in all)."""
+    """A job as `jobs` lists it: ``tasks`` holds the ids of its alive top-level tasks,
+    ``num_tasks`` counts all of its alive tasks, the children they spawned included
+    (however many: they are counted, not listed)."""
     state = "error" if entry["job"] is None else "loaded" if policy.enabled else "disabled"
     return {"name": name, "path": str(entry["path"]), "state": state, "error": entry["error"],
             "tasks": tasks, "num_tasks": alive}

@@ -579,6 +579,19 @@ def test_jobs_shows_schedule_next_and_last_run_of_timed_jobs(daemon):
     assert lines[2].split() == ["plain", "loaded", "3", "-", "-", "-", "/j/plain.py"]
 
 
+def test_jobs_shows_how_many_tasks_a_job_s_tasks_spawned_and_survives_odd_counts():
+    rendered = ctl.render_jobs({"jobs": [
+        {"name": "many", "state": "loaded", "tasks": [1], "num_tasks": 100001, "path": "/m"},
+        {"name": "old", "state": "loaded", "tasks": [2], "path": "/o"},     # no count
+        {"name": "odd", "state": "loaded", "tasks": [3], "num_tasks": "x", "path": "/x"},
+        {"name": "none", "state": "loaded", "tasks": [], "num_tasks": 0, "path": "/n"}]})
+    lines = rendered.splitlines()
+    assert lines[1].split() == ["many", "loaded", "1", "(+100000", "spawned)", "/m"]
+    assert lines[2].split() == ["old", "loaded", "2", "/o"]
+    assert lines[3].split() == ["odd", "loaded", "3", "/x"]
+    assert lines[4].split() == ["none", "loaded", "-", "/n"]
+
+
 # -- status --sort, --reverse, --limit ----------------------------------------------
 
 def _table_rows(stdout):
