@@ -8,6 +8,7 @@ already bounded by ``cosched.saferepr`` when it was stored.
 
 from __future__ import annotations
 
+import itertools
 import linecache
 import os
 import time
@@ -23,6 +24,7 @@ from .registry import Task
 
 __all__ = ["info", "values", "rows", "show", "outcome", "stack", "where", "pack", "unpack"]
 
+SHOWN_CHILDREN = 1000   # child ids `show` lists at most (lowest first); num_children counts all
 _TRIO_DIR = os.path.dirname(trio.__file__)
 _PKG_DIR = os.path.dirname(__file__)
 
@@ -236,7 +238,8 @@ def show(t: Task) -> dict:
         stack=[{"file": f, "line": n, "function": fn} for f, n, fn in stack(t)],
         traceback=t.traceback, longest_step=t.longest_step, started_at=t.started_at,
         config=t.policy.config, parent=t.parent.id if t.parent else None,
-        children=sorted(t.children), path=str(t.job.path),
+        children=list(itertools.islice(t.children, SHOWN_CHILDREN)),   # (added by id)
+        num_children=len(t.children), path=str(t.job.path),
         result=t.result if t.state == "finished" else None,
         task_state=t.ctx.state if t.ctx is not None else None)
     return out

@@ -1040,3 +1040,6 @@ def test_a_tree_longer_than_one_piece_comes_whole_with_its_ended_children(daemon
     assert sum(r["state"] == "finished" for r in rows) == 12
     rc, out, _ = d.ctl("tree", "wide", json_output=False)
     assert rc == 0 and len(out.splitlines()) == 1201
+    shown = d.ok("show", "wide")   # alive children: listed up to a bound, all counted
+    alive = [r["id"] for r in rows[1:] if r["state"] != "finished"]
+    assert (shown["children"], shown["num_children"]) == (alive[:1000], 1188)

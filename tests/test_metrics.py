@@ -203,6 +203,8 @@ def test_the_exposition_is_rendered_in_chunks(tmp_path):
         await trio.lowlevel.checkpoint()
 
     text = trio.run(sup.collector.render, checkpoint)
-    assert len(calls) == (5000 - 1) // metrics.CHUNK   # one before each chunk after the first
+    # one before each chunk after the first, and one before the per-task series
+    assert len(calls) == (5000 - 1) // metrics.CHUNK + 1
+    assert samples(families(text), "cosched_task_series_omitted")[()] == 5000 - 500
     assert samples(families(text), "cosched_tasks")[(("job", "j"), ("state", "suspended"))] \
         == 5000
