@@ -438,6 +438,43 @@ def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
     drive(sup, scenario)
 
 
+def test_a_task_that_ends_with_many_children_ends_them_in_bursts_newest_first(tmp_path,
+                                                                               monkeypatch):
+    """Killing a parent of many children does not cancel them all in one pass of the
+    loop: at most KILL_BURST are being killed at a time, newest first, and the other
+    tasks (and the daemon's answers) go on meanwhile."""
+    import trio
+
+    from cosched import supervisor
+    from test_events import drive, make_supervisor, until
+
+    monkeypatch.setattr(supervisor, "KILL_BURST", 3)
+    sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
+    in_flight: list[int] = []
+    killed: list[int] = []
+    request_kill = sup._request_kill
+
+    def counting(t):
+        killed.append(t.id)
+        in_flight.append(sum(x.kill_requested and not x.done for x in sup.tasks.values()) + 1)
+        request_kill(t)
+
+    async def scenario():
+        await until(lambda: len(sup.tasks) == 11 and all(
+            t.shown_state() == "waiting" for t in sup.tasks.values()))
+        parent = next(t for t in sup.tasks.values() if t.parent is None)
+        children = sorted(t.id for t in sup.tasks.values() if t.parent is parent)
+        sup._request_kill = counting
+        await sup.kill(parent.id)
+        await until(lambda: all(t.done for t in sup.tasks.values()))
+        assert all(t.state == "killed" for t in sup.tasks.values())
+        assert killed[0] == parent.id and killed[1:] == children[::-1], killed
+        assert max(in_flight[1:]) <= 3, in_flight
+        await trio.sleep(0)
+
+    drive(sup, scenario)
+
+
 KILLABLE = """
     import trio
 
