@@ -402,6 +402,19 @@ def test_a_client_that_stops_reading_a_long_status_is_dropped_and_others_go_on(d
     assert d.ok("status", "--state", "waiting")["daemon"]["num_tasks"] == n + 1
 
 
+def counting_kills(sup):
+    """(ids killed in order, kills in flight at each, a _request_kill that records both)."""
+    killed: list[int] = []
+    in_flight: list[int] = []
+    request_kill = sup._request_kill
+
+    def counting(t):
+        killed.append(t.id)
+        in_flight.append(sum(x.kill_requested and not x.done for x in sup.tasks.values()) + 1)
+        request_kill(t)
+    return killed, in_flight, counting
+
+
 def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
     """trio holds a pending cancellation per cancelled task until it runs: the stop
     keeps at most STOP_BURST kills in flight, newest tasks (children) first."""
@@ -412,15 +425,7 @@ def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
 
     monkeypatch.setattr(supervisor, "STOP_BURST", 3)
     sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
-    in_flight: list[int] = []
-    killed: list[int] = []
-    request_kill = sup._request_kill
-
-    def counting(t):
-        killed.append(t.id)
-        in_flight.append(sum(x.kill_requested and not x.done for x in sup.tasks.values()) + 1)
-        request_kill(t)
-
+    killed, in_flight, counting = counting_kills(sup)
     monkeypatch.setattr(sup, "_request_kill", counting)
 
     async def scenario():
@@ -450,14 +455,7 @@ def test_a_task_that_ends_with_many_children_ends_them_in_bursts_newest_first(tm
 
     monkeypatch.setattr(supervisor, "KILL_BURST", 3)
     sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
-    in_flight: list[int] = []
-    killed: list[int] = []
-    request_kill = sup._request_kill
-
-    def counting(t):
-        killed.append(t.id)
-        in_flight.append(sum(x.kill_requested and not x.done for x in sup.tasks.values()) + 1)
-        request_kill(t)
+    killed, in_flight, counting = counting_kills(sup)
 
     async def scenario():
         await until(lambda: len(sup.tasks) == 11 and all(
