@@ -461,8 +461,7 @@ class Supervisor:
         policy = self._restarting.pop(t.id)
         if t.state != "restarting":  # in its restart delay, its last life was announced
             self._life_ended(t)
-        for child in list(t.children.values()):
-            self._request_kill(child)
+        self._end_children(t)
         t.kill_requested = False
         t.restarts += 1
         if policy is not None:
@@ -505,9 +504,9 @@ class Supervisor:
         hooks.on_failure(self, t)
 
     def _end_children(self, t: Task) -> None:
-        """t has ended: so do its children; many of them in bursts, newest first, by a
-        helper (100,000 kills at once held the loop for 8 s, and their last steps for 11 s
-        more)."""
+        """t has ended (or a life of it, restarted): so do its children; many of them in
+        bursts, newest first, by a helper (100,000 kills at once held the loop for 8 s,
+        and their last steps for 11 s more)."""
         children = list(t.children.values())
         if len(children) <= KILL_BURST or self._stopping:   # (a stop kills in bursts itself)
             for child in children:

@@ -473,6 +473,33 @@ def test_a_task_that_ends_with_many_children_ends_them_in_bursts_newest_first(tm
     drive(sup, scenario)
 
 
+def test_a_restarted_task_ends_its_many_children_in_bursts_and_begins_again(tmp_path,
+                                                                             monkeypatch):
+    from cosched import supervisor
+    from test_events import drive, make_supervisor, until
+
+    monkeypatch.setattr(supervisor, "KILL_BURST", 3)
+    sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
+    killed, in_flight, counting = counting_kills(sup)
+
+    async def scenario():
+        await until(lambda: len(sup.tasks) == 11 and all(
+            t.shown_state() == "waiting" for t in sup.tasks.values()))
+        parent = next(t for t in sup.tasks.values() if t.parent is None)
+        old = sorted(t.id for t in sup.tasks.values() if t.parent is parent)
+        sup._request_kill = counting
+        await sup.restart(parent.id)
+        await until(lambda: all(sup.tasks[i].done for i in old) and len(parent.children) == 10
+                    and all(c.shown_state() == "waiting" for c in parent.children.values()))
+        assert all(sup.tasks[i].state == "killed" for i in old)
+        assert killed[0] == parent.id and killed[1:] == old[::-1], killed
+        assert max(in_flight[1:]) <= 3, in_flight
+        assert parent.alive and parent.restarts == 1
+        assert sorted(parent.children) != old   # the new life's own children
+
+    drive(sup, scenario)
+
+
 KILLABLE = """
     import trio
 
