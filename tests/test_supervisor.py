@@ -402,6 +402,16 @@ def test_a_client_that_stops_reading_a_long_status_is_dropped_and_others_go_on(d
     assert d.ok("status", "--state", "waiting")["daemon"]["num_tasks"] == n + 1
 
 
+async def parked_family(sup):
+    """Once MANY's task and its 10 children all wait: (that task, its children's ids)."""
+    from test_events import until
+
+    await until(lambda: len(sup.tasks) == 11 and all(
+        t.shown_state() == "waiting" for t in sup.tasks.values()))
+    parent = next(t for t in sup.tasks.values() if t.parent is None)
+    return parent, sorted(t.id for t in sup.tasks.values() if t.parent is parent)
+
+
 def counting_kills(sup):
     """(ids killed in order, kills in flight at each, a _request_kill that records both)."""
     killed: list[int] = []
@@ -421,7 +431,7 @@ def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
     import trio
 
     from cosched import supervisor
-    from test_events import drive, make_supervisor, until
+    from test_events import drive, make_supervisor
 
     monkeypatch.setattr(supervisor, "STOP_BURST", 3)
     sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
@@ -429,9 +439,7 @@ def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
     monkeypatch.setattr(sup, "_request_kill", counting)
 
     async def scenario():
-        await until(lambda: len(sup.tasks) == 11 and all(
-            t.shown_state() == "waiting" for t in sup.tasks.values()))
-        parent = next(t for t in sup.tasks.values() if t.parent is None)
+        parent, _ = await parked_family(sup)
         left = await sup.stop(10)
         assert left == []
         assert all(t.state == "killed" for t in sup.tasks.values())
@@ -458,10 +466,7 @@ def test_a_task_that_ends_with_many_children_ends_them_in_bursts_newest_first(tm
     killed, in_flight, counting = counting_kills(sup)
 
     async def scenario():
-        await until(lambda: len(sup.tasks) == 11 and all(
-            t.shown_state() == "waiting" for t in sup.tasks.values()))
-        parent = next(t for t in sup.tasks.values() if t.parent is None)
-        children = sorted(t.id for t in sup.tasks.values() if t.parent is parent)
+        parent, children = await parked_family(sup)
         sup._request_kill = counting
         await sup.kill(parent.id)
         await until(lambda: all(t.done for t in sup.tasks.values()))
@@ -483,10 +488,7 @@ def test_a_restarted_task_ends_its_many_children_in_bursts_and_begins_again(tmp_
     killed, in_flight, counting = counting_kills(sup)
 
     async def scenario():
-        await until(lambda: len(sup.tasks) == 11 and all(
-            t.shown_state() == "waiting" for t in sup.tasks.values()))
-        parent = next(t for t in sup.tasks.values() if t.parent is None)
-        old = sorted(t.id for t in sup.tasks.values() if t.parent is parent)
+        parent, old = await parked_family(sup)
         sup._request_kill = counting
         await sup.restart(parent.id)
         await until(lambda: all(sup.tasks[i].done for i in old) and len(parent.children) == 10
