@@ -68,6 +68,7 @@ PRUNE_CHUNK = 5000       # rows one prune statement deletes at most, so a commit
 LINGER = 0.01            # seconds a batch nobody waits for may wait for more to share its commit
 LINGER_OPS = 1000        # ... unless it has this many operations already
 MAX_COMMIT_OPS = 4000    # operations in one transaction at most
+RUN_STARTS = 256         # starts sharing one queued operation at most (see task_started_from)
 FLUSH_ROWS = 256         # history rows gathered for one executemany at most: CPython keeps
                          # up to 2,000 freed tuples of each length for reuse, so rows made
                          # by the thousand stayed allocated (0.2 KB a task of a small daemon)
@@ -133,6 +134,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._queue: deque[tuple] = deque()   # operations not yet taken by the thread
+        self._queued = 0                      # ... counting each start of a run of starts
         self._mutex = threading.Lock()        # the condition's lock, taken directly where the
         self._cond = threading.Condition(self._mutex)   # loop queues (Condition.__enter__ is
                                                         # Python: a frame per operation)
@@ -329,6 +331,7 @@ class Store:
         urgent = op[-1] is not None   # a done callback: someone waits for it
         with self._mutex:
             self._queue.append(op)
+            self._queued += 1
             if self._idle or urgent and self._lingering:
                 self._cond.notify()
             self._urgent = self._urgent or urgent
@@ -340,11 +343,11 @@ class Store:
                     self._idle = True
                     self._cond.wait()
                 self._idle = False
-                if not (self._urgent or self._closing) and len(self._queue) < LINGER_OPS:
+                if not (self._urgent or self._closing) and self._queued < LINGER_OPS:
                     self._lingering = True
                     self._cond.wait(LINGER)
                     self._lingering = False
-                batch, self._queue = self._queue, deque()
+                batch, self._queue, self._queued = self._queue, deque(), 0
                 self._urgent = False
                 closing = self._closing and not batch
             if closing:
@@ -360,22 +363,26 @@ class Store:
         that a backlog is committed in steps and its first waiters hear early), reads
         after what precedes them."""
         writes: list[tuple] = []
+        counted = 0
         for op in batch:
             if op[0] == "read":
-                self._commit(writes)
-                writes = []
+                self._commit(writes, counted)
+                writes, counted = [], 0
                 self._read(op[1], op[2])
                 continue
             writes.append(op)
-            if len(writes) >= MAX_COMMIT_OPS:
-                self._commit(writes)
-                writes = []
-        self._commit(writes)
+            counted += _count(op)
+            if counted >= MAX_COMMIT_OPS:
+                self._commit(writes, counted)
+                writes, counted = [], 0
+        self._commit(writes, counted)
         if self._since_prune >= self.prune_every:
             self._since_prune = 0
             self._guarded(self._prune, self._conn)
 
-    def _commit(self, ops: list[tuple]) -> None:
+    def _commit(self, ops: list[tuple], counted: int) -> None:
+        """Write ``ops`` (``counted`` operations: a run of starts counts each) in one
+        transaction."""
         if not ops:
             return
         conn = self._conn
@@ -391,12 +398,12 @@ class Store:
         except Exception as e:  # noqa: BLE001 - sqlite3.Error, or a value it cannot bind
             self.failed_commits += 1
             log.error("state database: could not commit; these changes are lost",
-                      path=str(self.path), error=str(e), operations=len(ops))
+                      path=str(self.path), error=str(e), operations=counted)
             for done in waiters:
                 done(None, e)
             return
         self.commits += 1
-        self.operations += len(ops)
+        self.operations += counted
         for done in waiters:
             done(None, None)
 
@@ -409,25 +416,19 @@ class Store:
         states: dict[str, tuple] = {}
         rows = _Rows()
         for i, op in enumerate(ops):
-            if i & 255 == 255:
-                time.sleep(0)   # let the event loop have the GIL: it never waits long for us
             kind = op[0]
+            if i & 255 == 255 or kind == "starts":   # (a run holds up to RUN_STARTS)
+                time.sleep(0)   # let the event loop have the GIL: it never waits long for us
             if kind == "state":
                 states[op[1]] = op[1:4]          # the last state of a key in the batch wins
             elif kind == "event":
                 rows.events.append((self._new_seq(), *op[1:6]))
             elif kind == "start":
-                try:
-                    row = op[1](*op[2:-1])
-                    tid, _, job, _, _, started, restarts = row
-                except Exception:  # noqa: BLE001 - one row lost, not the batch
-                    log.exception("state database: a task's start could not be recorded")
-                    continue
-                if tid in rows.ended:
-                    self._flush(conn, rows)
-                rows.starts.append(row)
-                rows.events.append((self._new_seq(), started, tid, job, "started",
-                                    json.dumps({"restarts": restarts}) if restarts else None))
+                self._add_start(conn, rows, op[1], op[2:-1])
+            elif kind == "starts":
+                row, arity, flat = op[1:4]
+                for at in range(0, len(flat), arity):
+                    self._add_start(conn, rows, row, flat[at:at + arity])
             elif kind == "end":
                 tid, when, job, event, data, state, result, error, tb = op[1:10]
                 seq = self._new_seq()
@@ -442,6 +443,22 @@ class Store:
         if states:
             conn.executemany("INSERT OR REPLACE INTO states (key, state, task, saved) "
                              "VALUES (?, ?, ?, ?)", [(*s, self.clock()) for s in states.values()])
+
+    def _add_start(self, conn: sqlite3.Connection, rows: _Rows, row: Callable[..., tuple],
+                   source: Any) -> None:
+        try:
+            made = row(*source)
+            tid, _, job, _, _, started, restarts = made
+        except Exception:  # noqa: BLE001 - one row lost, not the batch
+            log.exception("state database: a task's start could not be recorded")
+            return
+        if tid in rows.ended:
+            self._flush(conn, rows)
+        rows.starts.append(made)
+        rows.events.append((self._new_seq(), started, tid, job, "started",
+                            json.dumps({"restarts": restarts}) if restarts else None))
+        if len(rows.events) >= FLUSH_ROWS:
+            self._flush(conn, rows)
 
     def _new_seq(self) -> int:
         self._seq += 1
@@ -513,9 +530,21 @@ class Store:
         self._submit(("start", _as_is, (tid, name, job, parent, path, started, restarts), None))
 
     def task_started_from(self, row: Callable[..., tuple], *source: Any) -> None:
-        """``task_started(*row(*source))``, with the row made in the writer thread: a burst
-        of starts that waits for the writer then holds a small tuple each, not its row."""
-        self._submit(("start", row, *source, None))
+        """``task_started(*row(*source))``, with the row made in the writer thread. A burst
+        of starts waits for the writer: consecutive ones with the same ``row`` and as many
+        sources share one operation, a run of their sources laid flat (a pointer each,
+        where an operation tuple of its own cost 104 bytes a start)."""
+        with self._mutex:
+            queue = self._queue
+            last = queue[-1] if queue else None
+            if (last is not None and last[0] == "starts" and last[1] is row
+                    and last[2] == len(source) and len(last[3]) < RUN_STARTS * len(source)):
+                last[3].extend(source)
+            else:
+                queue.append(("starts", row, len(source), list(source), None))
+            self._queued += 1
+            if self._idle:
+                self._cond.notify()
 
     def event(self, when: float, task: int | None, job: str, kind: str,
               data: str | None, done: Done | None = None) -> None:
@@ -550,7 +579,7 @@ class Store:
     def stats(self) -> dict:
         """For status: the file, commits so far, their operations, failures, the backlog."""
         return {"path": str(self.path), "commits": self.commits, "operations": self.operations,
-                "failed_commits": self.failed_commits, "queued": len(self._queue)}
+                "failed_commits": self.failed_commits, "queued": self._queued}
 
     def close(self, timeout: float = 10.0) -> bool:
         """Commit what is queued, stop the thread and close the file; whether it finished
@@ -564,6 +593,11 @@ class Store:
                 return False
         self._release()
         return True
+
+
+def _count(op: tuple) -> int:
+    """Operations in ``op``: a run of starts counts each."""
+    return len(op[3]) // op[2] if op[0] == "starts" else 1
 
 
 def _as_is(row: tuple) -> tuple:

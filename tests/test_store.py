@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cosched.store import (CACHE_KIB, DB_NAME, FLUSH_ROWS, ID_BLOCK, LOST, SCHEMA_VERSION, Store, StoreError,
-                           history_query, task_query)
+from cosched.store import (CACHE_KIB, DB_NAME, FLUSH_ROWS, ID_BLOCK, LOST, RUN_STARTS, SCHEMA_VERSION, Store,
+                           StoreError, history_query, task_query)
 
 WAIT = 10.0
 
@@ -331,6 +331,45 @@ def test_a_batch_longer_than_one_flush_keeps_each_task_s_rows_in_order(tmp_path)
     assert (again["state"], again["ended"], again["restarts"]) == ("running", None, 1)
     assert [e["event"] for e in read(store, history_query(1, None, 10))["events"]] == \
         ["started", "finished", "started"]
+    store.close()
+
+
+def test_a_burst_of_starts_is_queued_as_runs_and_written_in_order(tmp_path):
+    store, _ = opened(tmp_path, max_days=0)
+    held, release = threading.Event(), threading.Event()
+    store.barrier(lambda result, error: (held.set(), release.wait(WAIT)))
+    assert held.wait(WAIT)
+
+    def row(tid: int, when: float) -> tuple:
+        if tid == 5:
+            raise ValueError("a broken row")
+        return (tid, f"t{tid}", "job", None, "/j.py", when, 0)
+
+    def other(tid: int) -> tuple:   # another row maker: a run of its own
+        return (tid, f"o{tid}", "job", None, "/j.py", 0.5, 0)
+
+    n = RUN_STARTS + 10
+    for tid in range(1, n + 1):
+        store.task_started_from(row, tid, float(tid))
+    store.task_started_from(other, n + 1)
+    store.task_ended(3, 3.5, "job", "finished", None, "finished", None, None, None)
+    store.task_started_from(row, 3, 4.0)   # after the end: a new run, written after it
+    runs = [op for op in store._queue if op[0] == "starts"]
+    assert [len(op[3]) // op[2] for op in runs] == [RUN_STARTS, 10, 1, 1]
+    assert store.stats()["queued"] == n + 3
+    release.set()
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    assert store.operations == 1 + n + 3 + 1   # each start counted, the two barriers too
+    assert read(store, task_query(5)) is None   # its row failed: only it is lost
+    for tid in (1, RUN_STARTS, n):
+        assert read(store, task_query(tid))["started"] == float(tid)
+    assert read(store, task_query(n + 1))["name"] == f"o{n + 1}"
+    again = read(store, task_query(3))
+    assert (again["state"], again["ended"]) == ("running", None)
+    assert [(e["event"], e["time"]) for e in read(store, history_query(3, None, 10))["events"]] \
+        == [("started", 3.0), ("finished", 3.5), ("started", 4.0)]
     store.close()
 
 
