@@ -21,16 +21,21 @@ TEXTS = [
 NOT_JSON = [b'NaN', b'[Infinity]', b'{"a":-Infinity}', b'[1,', b'{"a" 1}', b'\xff']
 
 
-@pytest.fixture(params=["orjson", "stdlib"])
+@pytest.fixture(params=["orjson", "simdjson", "stdlib"])
 def way(request, monkeypatch):
-    """Every text goes to orjson (ORJSON_FROM = 0), or orjson is taken away."""
+    """Every text goes to orjson (ORJSON_FROM = 0), every check to simdjson
+    (CHECK_FAST_FROM = 0), or both are taken away."""
+    monkeypatch.delenv("COSCHED_PURE_PYTHON", raising=False)
+    monkeypatch.setattr(fastjson, "orjson", False)
+    monkeypatch.setattr(fastjson, "validator", False)
     if request.param == "orjson":
         pytest.importorskip("orjson")
         monkeypatch.setattr(fastjson, "orjson", None)   # imported on first use
         monkeypatch.setattr(fastjson, "ORJSON_FROM", 0)
-        monkeypatch.delenv("COSCHED_PURE_PYTHON", raising=False)
-    else:
-        monkeypatch.setattr(fastjson, "orjson", False)
+    elif request.param == "simdjson":
+        pytest.importorskip("simdjson")
+        monkeypatch.setattr(fastjson, "validator", None)
+        monkeypatch.setattr(fastjson, "CHECK_FAST_FROM", 0)
     return request.param
 
 
@@ -41,6 +46,7 @@ def test_each_way_reads_what_the_standard_library_reads(way, text):
     assert value == expected and _types(value) == _types(expected)
     fastjson.check(text)
     assert (fastjson.orjson is not False) == (way == "orjson")
+    assert (fastjson.validator is not False) == (way == "simdjson")
 
 
 @pytest.mark.parametrize("text", NOT_JSON)
@@ -61,6 +67,30 @@ def test_each_way_writes_compact_json_of_the_same_value(way, text):
         assert "\u00e2" in out   # kept, not \u escaped
 
 
+NOT_JSON_TOO = [b'', b'{"a":1}x', b'{"a":1}\x00', b'["\x01"]', b'[' * 2000 + b']' * 2000]
+
+
+@pytest.mark.parametrize("text", NOT_JSON_TOO)
+def test_a_check_refuses_what_is_not_json_whichever_way(way, text):
+    with pytest.raises((ValueError, RecursionError)):
+        fastjson.check(text)
+
+
+def test_simdjson_checks_a_big_text_without_reading_it(monkeypatch):
+    pytest.importorskip("simdjson")
+    monkeypatch.delenv("COSCHED_PURE_PYTHON", raising=False)
+    monkeypatch.setattr(fastjson, "validator", None)
+    monkeypatch.setattr(fastjson, "orjson", False)
+    read: list[int] = []
+    monkeypatch.setattr(fastjson, "_std_loads", lambda data: read.append(len(data)))
+    big = b'{"tasks":[' + b",".join(b'{"id":%d,"name":"t"}' % i for i in range(20000)) + b"]}"
+    assert len(big) >= fastjson.CHECK_FAST_FROM
+    fastjson.check(big)
+    fastjson.check(b'[' + b"1," * 200000 + b'18446744073709551616]')   # simdjson refuses it
+    fastjson.check(b'[1]')   # small: no simdjson
+    assert read == [400_022, 3]
+
+
 def test_orjson_is_not_imported_for_a_small_text(monkeypatch):
     monkeypatch.setattr(fastjson, "orjson", None)
     assert fastjson.loads(b'{"a":1}') == {"a": 1}
@@ -72,6 +102,10 @@ def test_cosched_pure_python_keeps_orjson_out(monkeypatch):
     monkeypatch.setattr(fastjson, "ORJSON_FROM", 0)
     monkeypatch.setenv("COSCHED_PURE_PYTHON", "1")
     assert fastjson.loads(b"[1]") == [1] and fastjson.orjson is False
+    monkeypatch.setattr(fastjson, "validator", None)
+    monkeypatch.setattr(fastjson, "CHECK_FAST_FROM", 0)
+    fastjson.check(b"[1]")
+    assert fastjson.validator is False
 
 
 def _types(value):
