@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -144,6 +145,19 @@ def test_matching_is_in_id_order_and_takes_each_task_as_it_is_when_taken():
     tasks[1].state = "running"         # changed after the call, before it is taken
     end(reg, tasks[2])
     assert [first.id] + [t.id for t in taken] == [tasks[0].id] + [t.id for t in tasks[3:]]
+
+
+def test_a_state_s_index_that_empties_lets_go_of_its_table():
+    reg = Registry()
+    tasks = [make(reg) for _ in range(5000)]   # all "starting" at once, as in a burst
+    grown = sys.getsizeof(reg.by_state["starting"])
+    for t in tasks:
+        t.state = "running"
+    assert not reg.by_state["starting"]
+    assert sys.getsizeof(reg.by_state["starting"]) < grown // 50
+    assert [t.id for t in reg.matching(state="running")] == [t.id for t in tasks]
+    late = make(reg)   # the fresh index takes new tasks
+    assert list(reg.matching(state="starting")) == [late]
 
 
 def test_matching_by_job_and_state_uses_the_smaller_index():
