@@ -704,7 +704,7 @@ def test_table_pads_escapes_and_strips_like_the_plain_layout():
 # each costs milliseconds to import, the command's budget is twice an empty interpreter.
 HEAVY = {"trio", "cosched.coro", "cosched._coro", "cosched.config", "typing", "socket",
          "shutil", "dataclasses", "orjson", "datetime", "copy", "subprocess", "selectors",
-         "tomllib", "pwd", "grp", "zoneinfo", "cronsim"}
+         "tomllib", "pwd", "grp", "zoneinfo", "cronsim", "simdjson"}
 # Finding the socket in the config file reads TOML (tomllib brings typing and datetime).
 HEAVY_WITH_CONFIG = HEAVY - {"tomllib", "typing", "datetime"}
 
