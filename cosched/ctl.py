@@ -483,20 +483,24 @@ def _job_errors(errors: list[dict]) -> list[str]:
             for e in errors]
 
 
-def render_status(result: dict) -> str:
+def render_status(result: dict, table: TaskTable | None = None) -> str:
+    """The status text; ``table``: the tasks' table made already (from pages), else
+    made here from the result's tasks."""
     d = result.get("daemon") or {}
     cpu = fmt_duration(d.get("cpu_time"))
     if _is_number(d.get("cpu_percent")):
         cpu += f" ({d['cpu_percent']:.1f}%)"
-    tasks = result.get("tasks") or []
+    if table is None:
+        table = TaskTable()
+        table.add(result.get("tasks") or [])
     lines = [
         f"coschedd {_text(d.get('version'))}  pid {_text(d.get('pid'))}  "
         f"up {fmt_duration(d.get('uptime'))}  mem {fmt_bytes(d.get('rss'))}  cpu {cpu}  "
-        f"tasks {_text(d.get('num_tasks'))} alive, {len(tasks)} listed",
+        f"tasks {_text(d.get('num_tasks'))} alive, {table.count} listed",
         f"jobs {_text(d.get('jobs_dir'))}  socket {_text(d.get('socket'))}"
         f"  switch path {_text(d.get('switch_path'))}",
         "",
-        _task_table(tasks) if tasks else "no tasks to list",
+        table.text() if table.count else "no tasks to list",
     ]
     errors = result.get("job_errors") or []
     if errors:
@@ -508,20 +512,34 @@ def render_status(result: dict) -> str:
 _TABLE_FIELDS = ("id", "name", "state", "waiting_on", "busy", "steps", "age")
 
 
-def _task_table(tasks: list) -> str:
-    """The tasks' table, built a column at a time (a status may list a million). Rows
-    are arrays of _TABLE_FIELDS (or objects, as --json, a view and older daemons get)."""
-    if isinstance(tasks[0], dict):
-        columns = [[t.get(key) for t in tasks] for key in _TABLE_FIELDS]
-    else:
-        columns = [list(col) for col in zip(*tasks, strict=True)]
-        if len(columns) != len(_TABLE_FIELDS):
-            raise ValueError("rows of another width than the columns asked for")
-    ids, names, states, waits, busy, steps, ages = columns
-    return table_of_columns(
-        ["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"],
-        [_cells(ids), _cells(names), _cells(states), _cells(waits), _durations(busy),
-         _cells(steps), _durations(ages)])
+class TaskTable:
+    """The tasks' table, its cells made a column at a time as rows come (a status may
+    list a million; a paged one brings them 500 at a time, and their cells are made
+    while the daemon makes the next page). Rows are arrays of _TABLE_FIELDS (or
+    objects, as --json, a view and older daemons get)."""
+
+    HEADERS = ["ID", "NAME", "STATE", "WAITING-ON", "BUSY", "STEPS", "AGE"]
+    _MAKERS = (_cells, _cells, _cells, _cells, _durations, _cells, _durations)
+
+    def __init__(self) -> None:
+        self.columns: list[list[str]] = [[] for _ in _TABLE_FIELDS]   # cells, safe to print
+        self.count = 0   # rows added
+
+    def add(self, tasks: list) -> None:
+        if not tasks:
+            return
+        if isinstance(tasks[0], dict):
+            columns = [[t.get(key) for t in tasks] for key in _TABLE_FIELDS]
+        else:
+            columns = [list(col) for col in zip(*tasks, strict=True)]
+            if len(columns) != len(_TABLE_FIELDS):
+                raise ValueError("rows of another width than the columns asked for")
+        for cells, make, values in zip(self.columns, self._MAKERS, columns, strict=True):
+            cells += make(values)
+        self.count += len(tasks)
+
+    def text(self) -> str:
+        return table_of_columns(self.HEADERS, self.columns)
 
 
 def _started_at(value: Any) -> str:
@@ -852,8 +870,10 @@ def _status_view(ns: argparse.Namespace) -> Callable[[Any], tuple[Any, str]] | N
 
 def _status_args(ns: argparse.Namespace) -> dict:
     args = {k: v for k in ("task", "job", "state") if (v := getattr(ns, k)) is not None}
-    if not ns.json and _status_view(ns) is None:   # the table: a row is an array of its cells
-        args["columns"] = list(_TABLE_FIELDS)
+    if _status_view(ns) is None:
+        if not ns.json:   # the table: a row is an array of its cells
+            args["columns"] = list(_TABLE_FIELDS)
+        args["pages"] = True   # see _paged
     return args
 
 
@@ -1115,6 +1135,11 @@ def _remote(ns: argparse.Namespace, cmd: Cmd, argv: list[str]) -> int:
 
 def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
     args = cmd.build(ns)
+    if args.get("pages"):
+        code = _paged(cmd, ns, path, args)
+        if code is not None:
+            return code
+        del args["pages"]   # a daemon from before status "pages" (upgraded, not restarted)
     line = call_line(path, cmd.method or cmd.name, args, ns.timeout)
     if "columns" in args and _refused(line, "columns"):
         # a daemon from before status "columns" (upgraded, not yet restarted): objects
@@ -1131,6 +1156,126 @@ def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
 
 
 _OK_PREFIX = b'{"id":1,"ok":true,"result":'   # how coschedd answers request 1 (compact)
+_PAGE_PREFIX = b'{"id":1,"ok":true,"stream":'  # ... and sends a page of that answer
+
+
+def _paged(cmd: Cmd, ns: argparse.Namespace, path: str, args: dict[str, Any]) -> int | None:
+    """A status asked for in pages: each page becomes the table's cells (with --json:
+    is checked and kept as it came) while the daemon makes the next, on the other
+    core. None: the daemon does not know pages."""
+    gc.disable()   # (see _once)
+    pages = _JsonPages() if ns.json else _TablePages()
+    try:
+        line = call_pages(path, cmd.method or cmd.name, args, ns.timeout, pages.add)
+        if not pages.count and (_refused(line, "pages") or _refused(line, "columns")):
+            return None
+        result = decode(line)
+        if not pages.count and not (isinstance(result, dict) and "tasks" in result):
+            return _print_result(ns, cmd, result)   # one line, as without pages
+        pages.finish(result)
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as exc:
+        print(f"coschedctl: the daemon's answer has an unexpected shape ({type(exc).__name__})",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def call_pages(path: str, cmd: str, args: dict[str, Any], timeout: float,
+               on_page: Callable[[bytes], None]) -> bytes:
+    """Send a request answered in pages (status "pages"): ``on_page`` gets each page's
+    line as it comes; the final line is returned undecoded. ``timeout`` bounds the whole
+    answer, as for call_line. Raises ``Unreachable``."""
+    deadline = time.monotonic() + timeout
+    with _asking(path, cmd, args, timeout, deadline) as sock:
+        reader = _Lines(sock)
+        while (line := reader.next(deadline)).startswith(_PAGE_PREFIX):
+            on_page(line)
+        return line
+
+
+def _page_rows(line: bytes) -> list:
+    """The rows a page line carries."""
+    page = protocol.decode_response(line, fastjson.loads)   # (ValueError if not JSON)
+    if not page.item or not isinstance(page.result, list):
+        raise TypeError("a page that is not a list of rows")
+    return page.result
+
+
+class _TablePages:
+    """The table of a paged status, made as the pages come."""
+
+    def __init__(self) -> None:
+        self.table = TaskTable()
+        self.count = 0   # pages taken
+
+    def add(self, line: bytes) -> None:
+        self.table.add(_page_rows(line))
+        self.count += 1
+
+    def finish(self, result: dict) -> None:
+        self.table.add(result["tasks"])
+        print(render_status(result, self.table))
+
+
+class _JsonPages:
+    """--json of a paged status: the rows of each page kept as they came when they are
+    what result_text would print as it came (JSON, ASCII without DEL); from the first
+    page that is not, every page is read and the whole result written anew."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []   # the rows of each clean page, without brackets
+        self.rows: list | None = None  # all rows, once a page was not clean
+        self.count = 0
+
+    def add(self, line: bytes) -> None:
+        self.count += 1
+        item = line[len(_PAGE_PREFIX):-1] if line.endswith(b"}") else b""
+        if self.rows is None and _clean_rows(item):
+            if len(item) > 2:
+                self.parts.append(item[1:-1])
+            return
+        if self.rows is None:
+            self.rows = [row for part in self.parts for row in fastjson.loads(b"[" + part + b"]")]
+            self.parts = []
+        self.rows += _page_rows(line)
+
+    def finish(self, result: dict) -> None:
+        if not isinstance(result["tasks"], list):
+            raise TypeError("the tasks are not a list")
+        if self.rows is not None:
+            result["tasks"] = self.rows + result["tasks"]
+            print(json_text(result, sys.stdout.encoding))
+            return
+        encoding = sys.stdout.encoding or "utf-8"
+        out, sep = [b"{"], b""
+        for key, value in result.items():
+            out += [sep, (json_text(key, encoding) + ":").encode(encoding)]
+            if key == "tasks":
+                rows = [*self.parts, json_text(value, encoding)[1:-1].encode(encoding)] \
+                    if value else self.parts
+                out += [b"[", b",".join(rows), b"]"]
+            else:
+                out.append(json_text(value, encoding).encode(encoding))
+            sep = b","
+        out.append(b"}\n")
+        stream = getattr(sys.stdout, "buffer", None)
+        if stream is None:   # a text-only stdout
+            print(b"".join(out).decode(encoding), end="")
+            return
+        sys.stdout.flush()
+        stream.writelines(out)
+        stream.flush()
+
+
+def _clean_rows(item: bytes) -> bool:
+    """Whether a page's item is a JSON array that may be printed as it came."""
+    if not (item.startswith(b"[") and item.isascii()) or b"\x7f" in item:
+        return False
+    try:
+        fastjson.check(item, part_of_more=True)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _refused(line: bytes, arg: str) -> bool:

@@ -68,11 +68,11 @@ def _fast(data: bytes) -> bool:
     return bool(orjson) and len(data) >= ORJSON_FROM
 
 
-def _validator(data: bytes):
-    """simdjson's parser when ``data`` is long enough to be worth it; makes it the
-    first time."""
+def _validator(data: bytes, part_of_more: bool = False):
+    """simdjson's parser when ``data`` is long enough to be worth it (or is one of
+    many parts of a long answer); makes it the first time."""
     global validator
-    if len(data) < CHECK_FAST_FROM or validator is False:
+    if len(data) < CHECK_FAST_FROM and not part_of_more or validator is False:
         return None
     if validator is None:
         try:
@@ -101,11 +101,12 @@ def loads(data: bytes) -> object:
     return _std_loads(data)
 
 
-def check(data: bytes) -> None:
+def check(data: bytes, part_of_more: bool = False) -> None:
     """Raise ValueError (or RecursionError) unless ``data`` is a JSON text. Quicker
     than ``loads`` where the value is not needed: a long integer read as a float
-    does not matter here."""
-    parser = _validator(data)
+    does not matter here. ``part_of_more``: one page of a long answer, checked by
+    simdjson whatever its length (its import is paid once for all of them)."""
+    parser = _validator(data, part_of_more)
     if parser is not None:
         try:
             parser.parse(data)   # the whole text, validated; values made only if asked for

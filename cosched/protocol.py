@@ -32,7 +32,12 @@ the final line (whose result is then null). Items the
 client was too slow to take are dropped, not queued without bound: the stream
 then carries ``{"dropped": N}`` where they were missed. A client that takes no
 line within the daemon's ``control.send_timeout`` is disconnected. Every other
-request is answered by exactly one line.
+request is answered by exactly one line, except a long ``status`` asked for with
+``"pages": true``: its rows then come as stream lines of up to 500 rows each
+(``"stream": [row, ...]``), and the final line is the result with an empty
+``tasks`` list (the rows are those of the stream lines, in order). A client can
+read and check each page while the daemon makes the next; an answer short
+enough for one piece is the usual single line.
 
 Error codes (stable; clients may branch on them):
 
@@ -239,6 +244,7 @@ COMMANDS: dict[str, Command] = {
                      expected=f"one of {', '.join(TASK_STATES)}"),
         "columns": Arg((list,), valid=_row_fields,
                        expected=f"a non-empty list of row fields ({', '.join(ROW_FIELDS)})"),
+        "pages": Arg((bool,), default=False),
     }, "Daemon overview and all tasks (or a job's, or those in one state), or one task.", READ),
     "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values.",
                     READ, private=("config",)),
@@ -587,26 +593,48 @@ class Chunked:
     iterator that filters as it goes bounds each piece's work by what it looked at.
     """
 
-    __slots__ = ("head", "key", "items", "render", "tail", "size")
+    __slots__ = ("head", "key", "items", "render", "tail", "size", "paged")
 
     def __init__(self, head: dict, key: str, items: Iterable, render: Callable[[Any], Any],
-                 tail: dict, size: int = 500) -> None:
+                 tail: dict, size: int = 500, paged: bool = False) -> None:
         self.head, self.key, self.items, self.render = head, key, items, render
         self.tail, self.size = tail, size
+        self.paged = paged   # sent as pages (see _pages): the client asked for them
 
     def pieces(self, request_id: int | str | None):
         """The response line in pieces (bytes), the last one ending in a newline."""
+        if self.paged:
+            yield from self._pages(request_id)
+            return
         opening = encode(ok(request_id, {**self.head, self.key: []}))
         cut = opening.rindex(b"[]")   # `key: []` is the last member of the result
         yield opening[:cut + 1]
-        items, sep = iter(self.items), b""
-        while looked := list(itertools.islice(items, self.size)):
-            chunk = [item for item in looked if item is not None]
-            if not chunk:
-                yield b""   # nothing taken: the loop runs before the next look
-                continue
-            part = encode_plain(self.render(chunk))
-            yield sep + part[1:-2]   # without the brackets and the newline
-            sep = b","
+        sep = b""
+        for part in self._parts():
+            if part:
+                yield sep + part[1:-2]   # without the brackets and the newline
+                sep = b","
+            else:
+                yield part
         closing = encode(self.tail)[1:-2]
         yield b"]" + (b"," + closing if closing else b"") + b"}}\n"
+
+    def _pages(self, request_id: int | str | None):
+        """The answer as a stream: a line ``{"id":..,"ok":true,"stream":[item, ...]}`` per
+        chunk, then the final line, the result with an empty list under ``key`` (the
+        items are those of the stream lines, in order). A client can read and check
+        each page while the next is made."""
+        opening = encode(stream_item(request_id, []))
+        cut = opening.rindex(b"[]")
+        before, after = opening[:cut], opening[cut + 2:]
+        for part in self._parts():
+            yield before + part[:-1] + after if part else part
+        yield encode(ok(request_id, {**self.head, self.key: [], **self.tail}))
+
+    def _parts(self):
+        """Each chunk rendered (a JSON array and a newline), or b"" where nothing of a
+        look was taken (the loop runs before the next look)."""
+        items = iter(self.items)
+        while looked := list(itertools.islice(items, self.size)):
+            chunk = [item for item in looked if item is not None]
+            yield encode_plain(self.render(chunk)) if chunk else b""

@@ -683,10 +683,11 @@ class Supervisor:
         return self.reg.find(ref)
 
     def status(self, task: str | int | None = None, job: str | None = None,
-               state: str | None = None, columns: list[str] | None = None) -> dict | Chunked:
+               state: str | None = None, columns: list[str] | None = None,
+               pages: bool = False) -> dict | Chunked:
         """The daemon and its tasks (a job's, those in a state, or one; with ``columns``
-        each an array of those fields); long lists are sent in chunks (see
-        protocol.Chunked)."""
+        each an array of those fields); long lists are sent in chunks, or with ``pages``
+        as a stream of pages (see protocol.Chunked)."""
         if job is not None and job not in self.job_table and not self.reg.of_job(job):
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         if task is not None:
@@ -702,7 +703,7 @@ class Supervisor:
             return {**head, "tasks": reports.rows([t for t in first if t is not None], columns),
                     **tail}
         return Chunked(head, "tasks", itertools.chain(first, tasks),
-                       lambda chunk: self._rows(chunk, columns), tail, STATUS_CHUNK)
+                       lambda chunk: self._rows(chunk, columns), tail, STATUS_CHUNK, pages)
 
     def _rows(self, tasks: list[Task], columns: list[str] | None) -> list:
         """A chunk of a long status. Its first rendering leaves objects behind in each

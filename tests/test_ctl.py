@@ -4,6 +4,7 @@ which runs in a background thread with a recording backend of our own."""
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -54,10 +55,10 @@ class Backend:
             raise ControlError("no-such-task", f"no task {task!r}")
         return TASK
 
-    def status(self, task, job=None, state=None, columns=None):
+    def status(self, task, job=None, state=None, columns=None, pages=False):
         self.calls.append(("status", task) if job is None and state is None
                           else ("status", task, job, state))
-        self.columns = columns
+        self.columns, self.pages = columns, pages
         tasks = [TASK] if task is None else [self._task(task)]
         if job in MANY:
             tasks = many_tasks(*MANY[job])
@@ -201,10 +202,10 @@ def test_status_prints_daemon_header_task_table_and_job_errors(daemon):
 
 
 def test_status_table_from_a_daemon_that_predates_columns(daemon, monkeypatch):
-    """Upgraded but not yet restarted, a daemon refuses "columns": the table is drawn
-    from its objects (asked again without it)."""
+    """Upgraded but not yet restarted, a daemon refuses "columns" (and "pages", newer
+    still): the table is drawn from its objects (asked again without them)."""
     old = protocol.COMMANDS["status"]
-    args = {k: v for k, v in old.args.items() if k != "columns"}
+    args = {k: v for k, v in old.args.items() if k not in ("columns", "pages")}
     monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
     monkeypatch.setattr(daemon.backend, "status",
                         lambda task, job=None, state=None, _real=daemon.backend.status:
@@ -216,13 +217,39 @@ def test_status_table_from_a_daemon_that_predates_columns(daemon, monkeypatch):
     assert daemon.backend.calls == [("status", None)]   # the refused request never got here
 
 
+@pytest.mark.parametrize("json_out", [False, True])
+def test_status_from_a_daemon_that_predates_pages(daemon, monkeypatch, json_out):
+    """A daemon that knows "columns" but refuses "pages" is asked again without them:
+    the same table, the same JSON."""
+    expected = at(daemon, *(["--json"] if json_out else []), "status").stdout
+    old = protocol.COMMANDS["status"]
+    args = {k: v for k, v in old.args.items() if k != "pages"}
+    monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
+    monkeypatch.setattr(daemon.backend, "status",
+                        lambda task, job=None, state=None, columns=None,
+                        _real=daemon.backend.status: _real(task, job, state, columns))
+    daemon.backend.calls.clear()
+    proc = at(daemon, *(["--json"] if json_out else []), "status")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    assert daemon.backend.calls == [("status", None)]   # the refused request never got here
+    assert _without_uptime(proc.stdout) == _without_uptime(expected)
+
+
+def _without_uptime(text: str) -> str:
+    return re.sub(r"(up |\"uptime\":)[0-9.a-z]+", "", text)
+
+
 def test_status_rows_come_as_objects_for_json_and_views(daemon):
     """--json prints the daemon's rows as they are, and --sort/--limit sort objects: the
-    table alone asks for arrays."""
+    table alone asks for arrays. The table and --json ask for pages; a view sorts or cuts
+    the whole answer, so it asks for one line."""
     for argv in (["--json", "status"], ["status", "--sort", "busy"], ["status", "--limit", "1"]):
         proc = at(daemon, *argv)
         assert proc.returncode == ctl.EXIT_OK, proc.stderr
         assert daemon.backend.columns is None, argv
+        assert daemon.backend.pages is (argv[0] == "--json"), argv
+    at(daemon, "status")
+    assert daemon.backend.pages is True and daemon.backend.columns == list(ctl._TABLE_FIELDS)
     assert json.loads(at(daemon, "--json", "status").stdout)["tasks"][0]["name"] == "ticker"
 
 
@@ -493,6 +520,70 @@ def test_an_answer_of_the_wrong_shape_is_reported_not_a_traceback(tmp_path):
     assert proc.returncode == ctl.EXIT_UNREACHABLE
     assert proc.stderr.decode() == ("coschedctl: the daemon's answer has an unexpected shape "
                                     "(AttributeError); --json prints it as it came\n")
+
+
+def page_line(rows) -> bytes:
+    return json.dumps({"id": 1, "ok": True, "stream": rows}, separators=(",", ":")).encode() + b"\n"
+
+
+HEAD = {"daemon": {"pid": 7, "num_tasks": 3, "version": "0.1.0"}}
+ROWS = [{"id": i, "name": f"t.{i}", "state": "waiting", "waiting_on": "trio.sleep at t.py:3",
+         "busy": 0.0002, "steps": 1, "age": 61.0} for i in (1, 2, 3)]
+
+
+def paged_answer(*pages) -> bytes:
+    return b"".join(map(page_line, pages)) + ok_line({**HEAD, "tasks": [], "job_errors": []})
+
+
+def at_impostor(tmp_path, answer, *argv):
+    path = tmp_path / f"c{len(list(tmp_path.glob('c*.sock')))}.sock"   # a new one each time
+    impostor = Impostor(path, answer)
+    try:
+        return raw_ctl("--socket", path, *argv)
+    finally:
+        impostor.close()
+
+
+def test_a_paged_status_prints_the_same_json_and_table_as_one_line(tmp_path):
+    whole = ok_line({**HEAD, "tasks": ROWS, "job_errors": []})
+    paged = paged_answer(ROWS[:2], [], ROWS[2:])
+    for argv in (["--json", "status"], ["status"]):
+        one, pages = at_impostor(tmp_path, whole, *argv), at_impostor(tmp_path, paged, *argv)
+        assert pages.returncode == one.returncode == ctl.EXIT_OK, pages.stderr
+        assert pages.stdout == one.stdout
+    assert json.loads(pages_json := at_impostor(tmp_path, paged, "--json", "status").stdout) == {
+        **HEAD, "tasks": ROWS, "job_errors": []}
+    assert pages_json.count(b"\n") == 1
+    table = at_impostor(tmp_path, paged, "status").stdout.decode()
+    assert "3 listed" in table and [line.split()[1] for line in table.splitlines()[4:]] == \
+        ["t.1", "t.2", "t.3"]
+
+
+def test_a_page_that_may_not_be_printed_as_it_came_is_read_and_written_safely(tmp_path):
+    evil = [{**ROWS[0], "name": EVIL}]
+    proc = at_impostor(tmp_path, paged_answer(ROWS[1:], evil), "--json", "status")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    assert json.loads(proc.stdout)["tasks"] == [*ROWS[1:], *evil]
+    for raw in UNSAFE_BYTES:
+        assert raw not in proc.stdout
+    forged = b'{"id":1,"ok":true,"stream":[1],"x":[2]}\n'   # JSON, but its item is [1] alone
+    proc = at_impostor(tmp_path, forged + paged_answer(), "--json", "status")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    assert json.loads(proc.stdout)["tasks"] == [1]
+
+
+@pytest.mark.parametrize("answer", [
+    page_line({"not": "rows"}) + ok_line({**HEAD, "tasks": []}),
+    page_line(ROWS) + ok_line({**HEAD, "tasks": "none"}),
+    page_line(ROWS) + ok_line(["not", "an", "object"]),
+    page_line(ROWS) + b"{not json\n",
+])
+def test_pages_of_the_wrong_shape_are_reported_not_a_traceback(tmp_path, answer):
+    for argv in (["--json", "status"], ["status"]):
+        proc = at_impostor(tmp_path, answer, *argv)
+        assert proc.returncode == ctl.EXIT_UNREACHABLE, (argv, proc.stderr)
+        assert b"Traceback" not in proc.stderr
+        assert proc.stderr.startswith(b"coschedctl: ")
 
 
 # -- arguments ------------------------------------------------------------------------

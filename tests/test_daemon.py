@@ -1014,6 +1014,43 @@ def test_systemd_notifications(daemon, tmp_path):
         listener.close()
 
 
+WIDE = """
+    import trio
+
+    async def child(task, i):
+        await trio.sleep(1000)
+
+    async def main(task):
+        for i in range(1200):
+            task.spawn(child, i)
+        await trio.sleep(1000)
+"""
+
+
+def test_a_status_asked_for_in_pages_streams_them_then_the_result(daemon):
+    d = daemon(jobs={"wide": WIDE})
+    d.wait_status(lambda s: s["daemon"]["num_tasks"] == 1201, "1,200 children")
+    lines = raw_exchange(d.socket, json.dumps(
+        {"id": "p", "cmd": "status", "args": {"pages": True, "columns": ["id", "name"]}}
+    ).encode() + b"\n")
+    pages, final = lines[:-1], lines[-1]
+    assert len(pages) == 3 and all(p["id"] == "p" and "result" not in p for p in pages)
+    rows = [row for p in pages for row in p["stream"]]
+    assert [len(p["stream"]) for p in pages] == [500, 500, 201]   # STATUS_CHUNK a page
+    assert rows[0] == [1, "wide"] and [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert final["ok"] and final["result"]["tasks"] == [] and \
+        final["result"]["daemon"]["num_tasks"] == 1201 and "job_errors" in final["result"]
+    one = raw_request(d.socket, {"id": 1, "cmd": "status", "args": {"columns": ["id", "name"]}})
+    assert one["result"]["tasks"] == rows   # the same rows as one line
+    small = raw_exchange(d.socket, json.dumps(
+        {"id": 2, "cmd": "status", "args": {"pages": True, "task": "wide"}}).encode() + b"\n")
+    assert len(small) == 1 and small[0]["result"]["tasks"][0]["name"] == "wide"   # one line
+    got = d.ok("status")   # coschedctl --json: asks for pages, prints one JSON document
+    assert [t["id"] for t in got["tasks"]] == [r[0] for r in rows]
+    rc, out, _ = d.ctl("status", json_output=False)
+    assert rc == 0 and "1201 listed" in out and len(out.splitlines()) == 4 + 1201
+
+
 def test_a_tree_longer_than_one_piece_comes_whole_with_its_ended_children(daemon):
     source = """
         import trio

@@ -65,10 +65,10 @@ def test_decode_request_fills_defaults():
 
 def test_decode_request_without_args_and_with_optional_arg():
     assert protocol.decode_request(b'{"id": 4, "cmd": "status"}').args == {
-        "task": None, "job": None, "state": None, "columns": None}
+        "task": None, "job": None, "state": None, "columns": None, "pages": False}
     assert protocol.decode_request(
         b'{"id": 4, "cmd": "status", "args": {"task": "t", "state": "failed"}}').args == {
-        "task": "t", "job": None, "state": "failed", "columns": None}
+        "task": "t", "job": None, "state": "failed", "columns": None, "pages": False}
 
 
 @pytest.mark.parametrize("columns", [[], ["id", "colour"], ["id", 3], "id", [["id"]],
@@ -355,3 +355,28 @@ def test_chunked_pieces_join_into_one_response_line():
     assert line.count(b"\n") == 1
     assert json.loads(line) == json.loads(protocol.encode(protocol.ok(5, {
         "daemon": {"x": 1}, "tasks": rows, "job_errors": []})))
+
+
+def test_chunked_pages_are_stream_lines_then_the_result_without_the_rows():
+    rows = [{"id": i, "v": [Point(i)] if i == 3 else i} for i in range(7)]
+    looked = [None, None, None, *rows[:3], None, None, *rows[3:], None]   # None: not taken
+    answer = protocol.Chunked({"daemon": {"x": 1}}, "tasks", looked, lambda chunk: chunk,
+                              {"job_errors": []}, size=2, paged=True)
+    pieces = list(answer.pieces("r"))
+    lines = [p for p in pieces if p]
+    assert b"" in pieces   # a look that took nothing: the loop ran, nothing was sent
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    pages = [protocol.decode_response(line) for line in lines]
+    assert all(p.item and p.id == "r" for p in pages[:-1]) and not pages[-1].item
+    assert [row for p in pages[:-1] for row in p.result] == json.loads(
+        protocol.encode(rows))   # (Point rendered as the encoder renders it)
+    assert [len(p.result) for p in pages[:-1]] == [1, 2, 2, 2]   # at most size a page
+    assert pages[-1].result == {"daemon": {"x": 1}, "tasks": [], "job_errors": []}
+
+
+@pytest.mark.parametrize("pages", ["yes", 1, None, [True]])
+def test_status_pages_must_be_a_boolean(pages):
+    line = json.dumps({"id": 1, "cmd": "status", "args": {"pages": pages}}).encode()
+    with pytest.raises(protocol.ControlError) as e:
+        protocol.decode_request(line)
+    assert e.value.code == protocol.BAD_REQUEST and "'pages'" in str(e.value)
