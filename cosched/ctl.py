@@ -1231,8 +1231,8 @@ class _JsonPages:
         self.count += 1
         item = line[len(_PAGE_PREFIX):-1] if line.endswith(b"}") else b""
         if self.rows is None and _clean_rows(item):
-            if len(item) > 2:
-                self.parts.append(item[1:-1])
+            if body := item[1:-1].strip():   # (an empty page adds no comma)
+                self.parts.append(body)
             return
         if self.rows is None:
             self.rows = [row for part in self.parts for row in fastjson.loads(b"[" + part + b"]")]
@@ -1268,8 +1268,10 @@ class _JsonPages:
 
 
 def _clean_rows(item: bytes) -> bool:
-    """Whether a page's item is a JSON array that may be printed as it came."""
-    if not (item.startswith(b"[") and item.isascii()) or b"\x7f" in item:
+    """Whether a page's item is a JSON array that may be printed as it came: JSON that
+    begins with [ and ends with ] is one array, its elements between them."""
+    if not (item.startswith(b"[") and item.endswith(b"]") and item.isascii()) \
+            or b"\x7f" in item:
         return False
     try:
         fastjson.check(item, part_of_more=True)

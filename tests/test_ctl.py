@@ -570,6 +570,11 @@ def test_a_page_that_may_not_be_printed_as_it_came_is_read_and_written_safely(tm
     proc = at_impostor(tmp_path, forged + paged_answer(), "--json", "status")
     assert proc.returncode == ctl.EXIT_OK, proc.stderr
     assert json.loads(proc.stdout)["tasks"] == [1]
+    spaced = [b'{"id":1,"ok":true,"stream":[1] }\n', b'{"id":1,"ok":true,"stream":[ ]}\n',
+              b'{"id":1,"ok":true,"stream":[ 2 ,3 ]}\n']   # valid, but not as coschedd writes
+    proc = at_impostor(tmp_path, b"".join(spaced) + paged_answer([4]), "--json", "status")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    assert json.loads(proc.stdout)["tasks"] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("answer", [
