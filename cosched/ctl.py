@@ -12,7 +12,8 @@ Commands:
                           the tasks by id, name, job or state, or largest first
                           by busy, steps, switches, age or restarts; --reverse
                           the other way; --limit: only the first N (also with
-                          --json; sorting and limiting are done by coschedctl)
+                          --json; sorting is done by coschedctl, --limit alone
+                          by the daemon)
   show TASK               one task in detail: state, yielded values, stack, traceback
   resume TASK [VALUE...]  resume a suspended task with values and wait until it
                           yields, ends, or the daemon stops waiting (5 seconds
@@ -851,7 +852,8 @@ def _sort_key(field: str) -> Callable[[Any], Any]:
 
 
 def _status_view(ns: argparse.Namespace) -> Callable[[Any], tuple[Any, str]] | None:
-    """status --sort, --reverse and --limit, done here: the daemon sends every task."""
+    """status --sort, --reverse and --limit, done here: the daemon sends every task
+    (but for --limit alone, which it does itself: see _status_args)."""
     if ns.sort is None and ns.rows is None and not ns.reverse:
         return None
 
@@ -862,8 +864,11 @@ def _status_view(ns: argparse.Namespace) -> Callable[[Any], tuple[Any, str]] | N
         elif ns.reverse:
             tasks = tasks[::-1]
         shown = tasks[:ns.rows]
-        note = (f"\n({len(shown)} of {len(tasks)} tasks listed: --limit {ns.rows})"
-                if len(shown) < len(tasks) else "")
+        matching = result.get("num_matching")   # the daemon cut the list: how many it had
+        if type(matching) is not int or matching < len(tasks):
+            matching = len(tasks)
+        note = (f"\n({len(shown)} of {matching} tasks listed: --limit {ns.rows})"
+                if len(shown) < matching else "")
         return {**result, "tasks": shown}, note
     return view
 
@@ -874,6 +879,8 @@ def _status_args(ns: argparse.Namespace) -> dict:
         if not ns.json:   # the table: a row is an array of its cells
             args["columns"] = list(_TABLE_FIELDS)
         args["pages"] = True   # see _paged
+    elif ns.rows is not None and ns.sort is None and not ns.reverse:
+        args["limit"] = ns.rows   # the first N by id: the daemon renders those alone
     return args
 
 
@@ -1141,10 +1148,12 @@ def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
             return code
         del args["pages"]   # a daemon from before status "pages" (upgraded, not restarted)
     line = call_line(path, cmd.method or cmd.name, args, ns.timeout)
-    if "columns" in args and _refused(line, "columns"):
-        # a daemon from before status "columns" (upgraded, not yet restarted): objects
-        del args["columns"]
-        line = call_line(path, cmd.method or cmd.name, args, ns.timeout)
+    for arg in ("columns", "limit"):
+        if arg in args and _refused(line, arg):
+            # a daemon from before status "columns" or "limit" (upgraded, not yet
+            # restarted): objects, or every row, cut here
+            del args[arg]
+            line = call_line(path, cmd.method or cmd.name, args, ns.timeout)
     # A big answer is a million objects and no cycles: the cyclic collector would walk
     # them again and again while they are made, for nothing (coschedctl exits next).
     gc.disable()

@@ -245,6 +245,8 @@ COMMANDS: dict[str, Command] = {
         "columns": Arg((list,), valid=_row_fields,
                        expected=f"a non-empty list of row fields ({', '.join(ROW_FIELDS)})"),
         "pages": Arg((bool,), default=False),
+        "limit": Arg((int,), valid=lambda n: 1 <= n <= MAX_TASK_ID,
+                     expected=f"an integer from 1 to {MAX_TASK_ID}"),
     }, "Daemon overview and all tasks (or a job's, or those in one state), or one task.", READ),
     "show": Command({"task": _TASK}, "One task in detail: stack, traceback, yielded values.",
                     READ, private=("config",)),

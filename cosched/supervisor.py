@@ -684,9 +684,10 @@ class Supervisor:
 
     def status(self, task: str | int | None = None, job: str | None = None,
                state: str | None = None, columns: list[str] | None = None,
-               pages: bool = False) -> dict | Chunked:
+               pages: bool = False, limit: int | None = None) -> dict | Chunked:
         """The daemon and its tasks (a job's, those in a state, or one; with ``columns``
-        each an array of those fields); long lists are sent in chunks, or with ``pages``
+        each an array of those fields; with ``limit`` the first that many, and how many
+        matched in ``num_matching``); long lists are sent in chunks, or with ``pages``
         as a stream of pages (see protocol.Chunked)."""
         if job is not None and job not in self.job_table and not self.reg.of_job(job):
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
@@ -696,9 +697,11 @@ class Supervisor:
                 state is None or t.shown_state() == state) else [])
         else:
             tasks = self.reg.scan(job, state)   # (None: looked at, not taken)
+        tail = {"job_errors": self._job_errors()}
+        if limit is not None:
+            tasks = _at_most(tasks, limit, tail)
         first = list(itertools.islice(tasks, STATUS_CHUNK + 1))
         head = {"daemon": self._daemon_info()}
-        tail = {"job_errors": self._job_errors()}
         if len(first) <= STATUS_CHUNK:   # all looked at already
             return {**head, "tasks": reports.rows([t for t in first if t is not None], columns),
                     **tail}
@@ -941,3 +944,19 @@ def _ended_how(t: Task) -> str:
 
 def _short(values: tuple) -> str:
     return safe_repr(values[0] if len(values) == 1 else values, 200)
+
+
+def _at_most(tasks: Iterator[Task | None], limit: int,
+             tail: dict) -> Iterator[Task | None]:
+    """``tasks`` with those past the first ``limit`` taken ones turned into None (looked
+    at, not taken: counted, never rendered); when all are looked at, ``num_matching``
+    in ``tail`` says how many there were. A status limited to 20 of a million tasks
+    renders 20 rows and counts the rest a chunk at a time."""
+    taken = 0
+    for t in tasks:
+        if t is not None:
+            taken += 1
+            if taken > limit:
+                t = None
+        yield t
+    tail["num_matching"] = taken

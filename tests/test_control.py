@@ -53,7 +53,7 @@ class Backend:
             raise RuntimeError("the backend tripped")
         return dict(TASK, id=task if isinstance(task, int) else 1)
 
-    def status(self, task, job=None, state=None, columns=None, pages=False):
+    def status(self, task, job=None, state=None, columns=None, pages=False, limit=None):
         self.calls.append(("status", task) if job is None and state is None
                           else ("status", task, job, state))
         tasks = [TASK] if task is None else [self._task(task)]

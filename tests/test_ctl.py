@@ -55,22 +55,24 @@ class Backend:
             raise ControlError("no-such-task", f"no task {task!r}")
         return TASK
 
-    def status(self, task, job=None, state=None, columns=None, pages=False):
+    def status(self, task, job=None, state=None, columns=None, pages=False, limit=None):
         self.calls.append(("status", task) if job is None and state is None
                           else ("status", task, job, state))
-        self.columns, self.pages = columns, pages
+        self.columns, self.pages, self.limit = columns, pages, limit
         tasks = [TASK] if task is None else [self._task(task)]
         if job in MANY:
             tasks = many_tasks(*MANY[job])
         if columns is not None:   # as coschedd answers: each task an array of those fields
             tasks = [[t.get(c) for c in columns] for t in tasks]
+        cut = {} if limit is None else {"num_matching": len(tasks)}   # as coschedd does
         return {
             "daemon": {"pid": 4321, "uptime": 3700.0, "rss": 12 * 1024 * 1024,
                        "cpu_time": 1.25, "cpu_percent": 0.5, "num_tasks": 1,
                        "version": "0.1.0", "jobs_dir": "/srv/jobs", "socket": self.socket_path},
-            "tasks": tasks,
+            "tasks": tasks if limit is None else tasks[:limit],
             "job_errors": [{"job": "broken", "path": "/srv/jobs/broken.py",
                             "error": "SyntaxError: invalid syntax (line 3)"}],
+            **cut,
         }
 
     def show(self, task):
@@ -202,10 +204,11 @@ def test_status_prints_daemon_header_task_table_and_job_errors(daemon):
 
 
 def test_status_table_from_a_daemon_that_predates_columns(daemon, monkeypatch):
-    """Upgraded but not yet restarted, a daemon refuses "columns" (and "pages", newer
-    still): the table is drawn from its objects (asked again without them)."""
+    """Upgraded but not yet restarted, a daemon refuses "columns" (and "pages" and
+    "limit", newer still): the table is drawn from its objects (asked again without
+    them)."""
     old = protocol.COMMANDS["status"]
-    args = {k: v for k, v in old.args.items() if k not in ("columns", "pages")}
+    args = {k: v for k, v in old.args.items() if k not in ("columns", "pages", "limit")}
     monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
     monkeypatch.setattr(daemon.backend, "status",
                         lambda task, job=None, state=None, _real=daemon.backend.status:
@@ -223,7 +226,7 @@ def test_status_from_a_daemon_that_predates_pages(daemon, monkeypatch, json_out)
     the same table, the same JSON."""
     expected = at(daemon, *(["--json"] if json_out else []), "status").stdout
     old = protocol.COMMANDS["status"]
-    args = {k: v for k, v in old.args.items() if k != "pages"}
+    args = {k: v for k, v in old.args.items() if k not in ("pages", "limit")}
     monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
     monkeypatch.setattr(daemon.backend, "status",
                         lambda task, job=None, state=None, columns=None,
@@ -707,6 +710,7 @@ def test_status_sorts_and_limits_the_tasks_here(daemon):
     assert "3 listed" in proc.stdout
     # the filters went to the daemon; sorting and limiting did not
     assert daemon.backend.calls[-1] == ("status", None, "some", None)
+    assert daemon.backend.limit is None
 
     proc = at(daemon, "--json", "status", "--job", "some", "--sort", "name", "--reverse",
               "--limit", "2")
@@ -720,6 +724,37 @@ def test_status_sorts_and_limits_the_tasks_here(daemon):
 
     proc = at(daemon, "--json", "status", "--job", "some", "--sort", "id")
     assert [t["id"] for t in json.loads(proc.stdout)["tasks"]] == list(range(30))
+
+
+def test_status_limit_alone_is_done_by_the_daemon(daemon, monkeypatch):
+    """--limit without --sort or --reverse: the daemon sends the first N by id and how
+    many matched; a daemon from before "limit" sends all, cut here, the same output."""
+    tasks = many_tasks(*MANY["some"])
+    proc = at(daemon, "status", "--job", "some", "--limit", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert daemon.backend.limit == 3
+    assert [int(row[0]) for row in _table_rows(proc.stdout)] == [t["id"] for t in tasks[:3]]
+    assert proc.stdout.rstrip("\n").endswith("(3 of 30 tasks listed: --limit 3)")
+    got = json.loads(at(daemon, "--json", "status", "--job", "some", "--limit", "2").stdout)
+    assert [t["id"] for t in got["tasks"]] == [t["id"] for t in tasks[:2]]
+    assert got["num_matching"] == 30
+    old = protocol.COMMANDS["status"]
+    args = {k: v for k, v in old.args.items() if k != "limit"}
+    monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
+    monkeypatch.setattr(daemon.backend, "status",
+                        lambda task, job=None, state=None, columns=None, pages=False,
+                        _real=daemon.backend.status: _real(task, job, state, columns, pages))
+    again = at(daemon, "status", "--job", "some", "--limit", "3")
+    assert again.returncode == 0, again.stderr
+    assert _table_rows(again.stdout) == _table_rows(proc.stdout)
+    assert again.stdout.rstrip("\n").endswith("(3 of 30 tasks listed: --limit 3)")
+
+
+def test_a_count_of_matches_that_is_not_a_count_is_not_believed(tmp_path):
+    result = {**HEAD, "tasks": ROWS, "job_errors": [], "num_matching": "lots"}
+    proc = at_impostor(tmp_path, ok_line(result), "status", "--limit", "2")
+    assert proc.returncode == ctl.EXIT_OK, proc.stderr
+    assert proc.stdout.decode().rstrip("\n").endswith("(2 of 3 tasks listed: --limit 2)")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1051,6 +1051,22 @@ def test_a_status_asked_for_in_pages_streams_them_then_the_result(daemon):
     assert rc == 0 and "1201 listed" in out and len(out.splitlines()) == 4 + 1201
 
 
+def test_a_status_limited_renders_the_first_rows_and_counts_the_others(daemon):
+    d = daemon(jobs={"wide": WIDE})
+    d.wait_status(lambda s: s["daemon"]["num_tasks"] == 1201, "1,200 children")
+    got = raw_request(d.socket, {"id": 1, "cmd": "status", "args": {"limit": 3}})["result"]
+    assert [t["id"] for t in got["tasks"]] == [1, 2, 3] and got["num_matching"] == 1201
+    assert list(got) == ["daemon", "tasks", "job_errors", "num_matching"]
+    none = raw_request(d.socket, {"id": 2, "cmd": "status",
+                                  "args": {"limit": 3, "state": "suspended"}})["result"]
+    assert (none["tasks"], none["num_matching"]) == ([], 0)
+    few = raw_request(d.socket, {"id": 3, "cmd": "status",
+                                 "args": {"limit": 5000, "task": "wide"}})["result"]
+    assert [t["name"] for t in few["tasks"]] == ["wide"] and few["num_matching"] == 1
+    rc, out, _ = d.ctl("status", "--limit", "4", json_output=False)
+    assert rc == 0 and out.rstrip("\n").endswith("(4 of 1201 tasks listed: --limit 4)")
+
+
 def test_a_tree_longer_than_one_piece_comes_whole_with_its_ended_children(daemon):
     source = """
         import trio

@@ -65,10 +65,11 @@ def test_decode_request_fills_defaults():
 
 def test_decode_request_without_args_and_with_optional_arg():
     assert protocol.decode_request(b'{"id": 4, "cmd": "status"}').args == {
-        "task": None, "job": None, "state": None, "columns": None, "pages": False}
+        "task": None, "job": None, "state": None, "columns": None, "pages": False, "limit": None}
     assert protocol.decode_request(
         b'{"id": 4, "cmd": "status", "args": {"task": "t", "state": "failed"}}').args == {
-        "task": "t", "job": None, "state": "failed", "columns": None, "pages": False}
+        "task": "t", "job": None, "state": "failed", "columns": None, "pages": False,
+        "limit": None}
 
 
 @pytest.mark.parametrize("columns", [[], ["id", "colour"], ["id", 3], "id", [["id"]],
@@ -380,3 +381,11 @@ def test_status_pages_must_be_a_boolean(pages):
     with pytest.raises(protocol.ControlError) as e:
         protocol.decode_request(line)
     assert e.value.code == protocol.BAD_REQUEST and "'pages'" in str(e.value)
+
+
+@pytest.mark.parametrize("limit", [0, -1, "3", True, 2**63, 1.5])
+def test_status_limit_must_be_a_positive_integer(limit):
+    line = json.dumps({"id": 1, "cmd": "status", "args": {"limit": limit}}).encode()
+    with pytest.raises(protocol.ControlError) as e:
+        protocol.decode_request(line)
+    assert e.value.code == protocol.BAD_REQUEST and "'limit'" in str(e.value)
