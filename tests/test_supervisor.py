@@ -425,17 +425,25 @@ def counting_kills(sup):
     return killed, in_flight, counting
 
 
+def burst_supervisor(tmp_path, monkeypatch, burst: str):
+    """A supervisor of MANY (a task that spawns 10 children) with ``burst`` (STOP_BURST
+    or KILL_BURST) set to 3: (it, *counting_kills(it))."""
+    from cosched import supervisor
+    from test_events import make_supervisor
+
+    monkeypatch.setattr(supervisor, burst, 3)
+    sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
+    return (sup, *counting_kills(sup))
+
+
 def test_a_stop_kills_in_bursts_children_before_parents(tmp_path, monkeypatch):
     """trio holds a pending cancellation per cancelled task until it runs: the stop
     keeps at most STOP_BURST kills in flight, newest tasks (children) first."""
     import trio
 
-    from cosched import supervisor
-    from test_events import drive, make_supervisor
+    from test_events import drive
 
-    monkeypatch.setattr(supervisor, "STOP_BURST", 3)
-    sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
-    killed, in_flight, counting = counting_kills(sup)
+    sup, killed, in_flight, counting = burst_supervisor(tmp_path, monkeypatch, "STOP_BURST")
     monkeypatch.setattr(sup, "_request_kill", counting)
 
     async def scenario():
@@ -458,12 +466,9 @@ def test_a_task_that_ends_with_many_children_ends_them_in_bursts_newest_first(tm
     tasks (and the daemon's answers) go on meanwhile."""
     import trio
 
-    from cosched import supervisor
-    from test_events import drive, make_supervisor, until
+    from test_events import drive, until
 
-    monkeypatch.setattr(supervisor, "KILL_BURST", 3)
-    sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
-    killed, in_flight, counting = counting_kills(sup)
+    sup, killed, in_flight, counting = burst_supervisor(tmp_path, monkeypatch, "KILL_BURST")
 
     async def scenario():
         parent, children = await parked_family(sup)
@@ -480,12 +485,9 @@ def test_a_task_that_ends_with_many_children_ends_them_in_bursts_newest_first(tm
 
 def test_a_restarted_task_ends_its_many_children_in_bursts_and_begins_again(tmp_path,
                                                                              monkeypatch):
-    from cosched import supervisor
-    from test_events import drive, make_supervisor, until
+    from test_events import drive, until
 
-    monkeypatch.setattr(supervisor, "KILL_BURST", 3)
-    sup = make_supervisor(tmp_path, {"many": MANY}, '[job.many]\nconfig = { n = 10 }\n')
-    killed, in_flight, counting = counting_kills(sup)
+    sup, killed, in_flight, counting = burst_supervisor(tmp_path, monkeypatch, "KILL_BURST")
 
     async def scenario():
         parent, old = await parked_family(sup)
