@@ -35,6 +35,7 @@ both ways agree.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -54,17 +55,22 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _optional(name: str):
+    """The optional module ``name``, or False when it is not installed or
+    COSCHED_PURE_PYTHON asks for the standard library only."""
+    if os.environ.get("COSCHED_PURE_PYTHON"):
+        return False
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return False
+
+
 def _fast(data: bytes) -> bool:
     """Whether to read ``data`` with orjson; imports it the first time."""
     global orjson
     if orjson is None and len(data) >= ORJSON_FROM:
-        try:
-            if os.environ.get("COSCHED_PURE_PYTHON"):
-                raise ImportError
-            import orjson as module
-            orjson = module
-        except ImportError:
-            orjson = False
+        orjson = _optional("orjson")
     return bool(orjson) and len(data) >= ORJSON_FROM
 
 
@@ -75,15 +81,9 @@ def _validator(data: bytes, part_of_more: bool = False):
     if len(data) < CHECK_FAST_FROM and not part_of_more or validator is False:
         return None
     if validator is None:
-        try:
-            if os.environ.get("COSCHED_PURE_PYTHON"):
-                raise ImportError
-            import simdjson
-            validator = simdjson.Parser()
-        except ImportError:
-            validator = False
-            return None
-    return validator
+        module = _optional("simdjson")
+        validator = module.Parser() if module else False
+    return validator or None
 
 
 def _std_loads(data: bytes) -> object:
