@@ -1159,7 +1159,7 @@ def _once(cmd: Cmd, ns: argparse.Namespace, path: str) -> int:
     gc.disable()
     view = cmd.view(ns) if cmd.view is not None else None
     if ns.json and view is None and (raw := result_text(line)) is not None:
-        _write_raw(raw)
+        _write_raw([raw])
         return EXIT_OK
     return _print_result(ns, cmd, decode(line), view)
 
@@ -1266,14 +1266,8 @@ class _JsonPages:
             else:
                 out.append(json_text(value, encoding).encode(encoding))
             sep = b","
-        out.append(b"}\n")
-        stream = getattr(sys.stdout, "buffer", None)
-        if stream is None:   # a text-only stdout
-            print(b"".join(out).decode(encoding), end="")
-            return
-        sys.stdout.flush()
-        stream.writelines(out)
-        stream.flush()
+        out.append(b"}")
+        _write_raw(out, encoding)
 
 
 def _clean_rows(item: bytes) -> bool:
@@ -1313,13 +1307,14 @@ def result_text(line: bytes) -> bytes | None:
     return raw
 
 
-def _write_raw(raw: bytes) -> None:
+def _write_raw(parts: list[bytes], encoding: str = "ascii") -> None:
+    """Write ``parts`` (text in ``encoding``) and a newline to stdout as they are."""
     out = getattr(sys.stdout, "buffer", None)
     if out is None:   # a text-only stdout
-        print(raw.decode("ascii"))
+        print(b"".join(parts).decode(encoding))
         return
     sys.stdout.flush()
-    out.write(raw)
+    out.writelines(parts)
     out.write(b"\n")
     out.flush()
 
