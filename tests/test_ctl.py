@@ -203,16 +203,25 @@ def test_status_prints_daemon_header_task_table_and_job_errors(daemon):
     assert daemon.backend.columns == list(ctl._TABLE_FIELDS)   # rows came as arrays
 
 
+def daemon_before(monkeypatch, daemon, *newer: str) -> None:
+    """Make ``daemon`` one from before these status arguments (upgraded, not yet
+    restarted): it refuses them, and its backend must never be asked with them."""
+    old = protocol.COMMANDS["status"]
+    args = {k: v for k, v in old.args.items() if k not in newer}
+    monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
+    real = daemon.backend.status
+
+    def status(task, job=None, state=None, **known):
+        assert not set(known) & set(newer), known
+        return real(task, job, state, **known)
+    monkeypatch.setattr(daemon.backend, "status", status)
+
+
 def test_status_table_from_a_daemon_that_predates_columns(daemon, monkeypatch):
     """Upgraded but not yet restarted, a daemon refuses "columns" (and "pages" and
     "limit", newer still): the table is drawn from its objects (asked again without
     them)."""
-    old = protocol.COMMANDS["status"]
-    args = {k: v for k, v in old.args.items() if k not in ("columns", "pages", "limit")}
-    monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
-    monkeypatch.setattr(daemon.backend, "status",
-                        lambda task, job=None, state=None, _real=daemon.backend.status:
-                        _real(task, job, state))
+    daemon_before(monkeypatch, daemon, "columns", "pages", "limit")
     proc = at(daemon, "status")
     assert proc.returncode == ctl.EXIT_OK, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.startswith("7 "))
@@ -225,12 +234,7 @@ def test_status_from_a_daemon_that_predates_pages(daemon, monkeypatch, json_out)
     """A daemon that knows "columns" but refuses "pages" is asked again without them:
     the same table, the same JSON."""
     expected = at(daemon, *(["--json"] if json_out else []), "status").stdout
-    old = protocol.COMMANDS["status"]
-    args = {k: v for k, v in old.args.items() if k not in ("pages", "limit")}
-    monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
-    monkeypatch.setattr(daemon.backend, "status",
-                        lambda task, job=None, state=None, columns=None,
-                        _real=daemon.backend.status: _real(task, job, state, columns))
+    daemon_before(monkeypatch, daemon, "pages", "limit")
     daemon.backend.calls.clear()
     proc = at(daemon, *(["--json"] if json_out else []), "status")
     assert proc.returncode == ctl.EXIT_OK, proc.stderr
@@ -738,12 +742,7 @@ def test_status_limit_alone_is_done_by_the_daemon(daemon, monkeypatch):
     got = json.loads(at(daemon, "--json", "status", "--job", "some", "--limit", "2").stdout)
     assert [t["id"] for t in got["tasks"]] == [t["id"] for t in tasks[:2]]
     assert got["num_matching"] == 30
-    old = protocol.COMMANDS["status"]
-    args = {k: v for k, v in old.args.items() if k != "limit"}
-    monkeypatch.setitem(protocol.COMMANDS, "status", old._replace(args=args))
-    monkeypatch.setattr(daemon.backend, "status",
-                        lambda task, job=None, state=None, columns=None, pages=False,
-                        _real=daemon.backend.status: _real(task, job, state, columns, pages))
+    daemon_before(monkeypatch, daemon, "limit")
     again = at(daemon, "status", "--job", "some", "--limit", "3")
     assert again.returncode == 0, again.stderr
     assert _table_rows(again.stdout) == _table_rows(proc.stdout)
