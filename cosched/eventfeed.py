@@ -6,8 +6,8 @@ new event through their own bounded ``cosched.feeds.Feed``, optionally only
 those of one job.
 
 Cost: with ``kept`` > 0 every state change costs the event dict that
-``Events`` builds and one append here (the ring keeps a tuple, not the dict:
-a thousand dicts were 0.3 MB); values that jobs yielded or returned are
+``Events`` builds and one append here (the ring keeps the event in columns,
+not the dict: see ``_Ring``); values that jobs yielded or returned are
 stored bounded (``_bounded``), so the ring neither pins big job objects nor
 keeps anything a hostile ``__repr__`` could break later. With ``kept`` = 0 the
 listener is subscribed only while someone follows, so nothing is built at all.
@@ -15,8 +15,8 @@ listener is subscribed only while someone follows, so nothing is built at all.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .events import Events
@@ -50,19 +50,91 @@ def _bounded(value: Any, depth: int = 0) -> Any:
 
 _SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}   # one key tuple per kind of event
 MAX_SHAPES = 256   # (the fields are the daemon's: a few dozen shapes in all)
+COLUMNS = 5        # values after the time kept in a column each; the others in one tuple
+_IMPLIED = object()   # in the task column: the name is <job>.<id>
+_PADS = [[None] * (COLUMNS - n) for n in range(COLUMNS)]   # for an event of fewer fields
 
 
-def _packed(event: dict) -> tuple:
-    """An event as kept in the ring: its keys (shared by events of its shape) and values.
-    A tuple of eight costs 104 bytes where the dict cost 288."""
-    keys = tuple(event)
-    keys = _SHAPES.get(keys, keys) if len(_SHAPES) >= MAX_SHAPES else \
-        _SHAPES.setdefault(keys, keys)
-    return (keys, *event.values())
+def _shape(keys: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The shared key tuple of an event of these keys; None for another form."""
+    if keys[:1] != ("time",):
+        return None
+    return keys if len(_SHAPES) >= MAX_SHAPES else _SHAPES.setdefault(keys, keys)
 
 
-def _unpacked(packed: tuple) -> dict:
-    return dict(zip(packed[0], packed[1:], strict=True))
+class _Ring:
+    """The newest events, at most ``size``, oldest first, laid out in columns.
+
+    An event costs a slot of 8 bytes a column: its time in an array of doubles, its
+    keys (one tuple shared by the events of that shape), its next COLUMNS values in a
+    list each, any others in one tuple. A task's name that its job's name and its id
+    make (``<job>.<id>``: every task a job's own task spawns) is not kept but made
+    again when read. A thousand "started" events of a spawn were 185 KB as a tuple,
+    a float and a name each; they are 64 KB here. The columns grow with the events
+    kept, to ``size``; then the oldest slot is written over.
+
+    Invariant: slot ``k % size`` holds the k-th event appended, for the newest
+    ``len(self)`` values of k; an event of another form (no float time first) is
+    kept whole in the rest column, its shape slot None.
+    """
+
+    __slots__ = ("size", "_added", "_times", "_shapes", "_columns", "_rest")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._added = 0   # events ever appended
+        self._times = array("d")
+        self._shapes: list[tuple[str, ...] | None] = []
+        self._columns: list[list[Any]] = [[] for _ in range(COLUMNS)]
+        self._rest: list[Any] = []
+
+    def __len__(self) -> int:
+        return min(self._added, self.size)
+
+    def append(self, event: dict) -> None:
+        """Keep ``event`` (written out: this runs at every state change of every task)."""
+        keys = tuple(event)
+        shape = _SHAPES.get(keys) or _shape(keys)
+        time, *values = event.values()
+        n = len(values)
+        if n < COLUMNS:
+            values += _PADS[n]
+        if shape is None or type(time) is not float:
+            shape, time, values, rest = None, 0.0, _PADS[0], (keys, (time, *values[:n]))
+        elif n > COLUMNS:
+            rest = tuple(values[COLUMNS:])
+        else:
+            rest = None
+        a, b, c, d, e = values[:COLUMNS]
+        if n > 3 and keys[2] == "task" and b == f"{d}.{c}":
+            b = _IMPLIED
+        c0, c1, c2, c3, c4 = self._columns
+        if self._added < self.size:
+            self._times.append(time)
+            self._shapes.append(shape)
+            self._rest.append(rest)
+            c0.append(a), c1.append(b), c2.append(c), c3.append(d), c4.append(e)
+        elif self.size:
+            i = self._added % self.size
+            self._times[i], self._shapes[i], self._rest[i] = time, shape, rest
+            c0[i], c1[i], c2[i], c3[i], c4[i] = a, b, c, d, e
+        self._added += 1
+
+    def _event(self, i: int) -> dict:
+        shape, rest = self._shapes[i], self._rest[i]
+        if shape is None:
+            return dict(zip(*rest, strict=True))
+        values = [self._times[i], *(column[i] for column in self._columns)]
+        if values[2] is _IMPLIED:
+            values[2] = f"{values[4]}.{values[3]}"
+        if rest is not None:
+            values += rest
+        return dict(zip(shape, values[:len(shape)], strict=True))
+
+    def __iter__(self) -> Iterator[dict]:
+        """The events, oldest first (made as they are reached)."""
+        first = self._added - len(self)
+        return (self._event(k % self.size) for k in range(first, self._added))
 
 
 class EventLog:
@@ -70,13 +142,13 @@ class EventLog:
 
     def __init__(self, events: Events, kept: int) -> None:
         self._events = events
-        self._history: deque[dict] = deque(maxlen=kept)
+        self._ring = _Ring(kept)
         self._feeds: dict[Feed, str | None] = {}   # feed -> the job it wants, None: all
         self._unsubscribe: Callable[[], None] | None = None
         self._listen()
 
     def _listen(self) -> None:
-        wanted = bool(self._history.maxlen or self._feeds)
+        wanted = bool(self._ring.size or self._feeds)
         if wanted and self._unsubscribe is None:
             self._unsubscribe = self._events.subscribe(self._heard)
         elif not wanted and self._unsubscribe is not None:
@@ -84,13 +156,16 @@ class EventLog:
             self._unsubscribe = None
 
     def resize(self, kept: int) -> None:
-        self._history = deque(self._history, maxlen=kept)
+        ring = _Ring(kept)
+        for event in list(self._ring)[-kept:] if kept else ():
+            ring.append(event)
+        self._ring = ring
         self._listen()
 
     def _heard(self, event: dict) -> None:
         if not _JOB_VALUES.isdisjoint(event):  # a copy: other listeners get theirs
             event = {k: _bounded(v) if k in _JOB_VALUES else v for k, v in event.items()}
-        self._history.append(_packed(event))
+        self._ring.append(event)
         if self._feeds:
             job = event.get("job")
             for feed, wanted in self._feeds.items():
@@ -101,8 +176,7 @@ class EventLog:
         """The newest ``lines`` events (of ``job``), oldest first."""
         if not lines:
             return []
-        events = map(_unpacked, self._history)
-        return [e for e in events if job is None or e.get("job") == job][-lines:]
+        return [e for e in self._ring if job is None or e.get("job") == job][-lines:]
 
     def follow(self, lines: int, job: str | None, queue: int) -> Stream:
         """A stream of the newest ``lines`` events, then of every new one."""

@@ -4,11 +4,12 @@ and end to end with `coschedctl events [-f]` against a real coschedd."""
 from __future__ import annotations
 
 import signal
+import tracemalloc
 
 import pytest
 import trio
 
-from cosched.eventfeed import MAX_ITEMS, EventLog
+from cosched.eventfeed import COLUMNS, MAX_ITEMS, EventLog, _Ring
 from cosched.events import Events
 
 from test_daemon import BASE_CONFIG, SLEEPER, Daemon, daemon  # noqa: F401
@@ -41,6 +42,76 @@ def test_the_ring_gives_back_each_event_as_it_was_heard():
     events.task("killed", task, error="boom", traceback=None)
     assert log.recent(10) == seen
     assert [list(e) for e in log.recent(10)] == [list(e) for e in seen]   # key order kept
+
+
+class Child:
+    """A spawned task as events see it: its name made on each read, as Task makes an
+    implied name."""
+
+    def __init__(self, id, job="many", parent="many", state="starting"):
+        self.id, self.parent, self.state = id, parent, state
+        self.job = type("J", (), {"name": job})
+
+    @property
+    def name(self):
+        return f"{self.parent}.{self.id}"
+
+
+def test_the_ring_keeps_the_newest_in_order_whatever_their_shape():
+    events = Events()
+    seen: list[dict] = []
+    events.subscribe(seen.append)
+    log = EventLog(events, kept=7)
+    wide = {f"f{i}": i for i in range(COLUMNS + 3)}   # more fields than columns
+    events.task("started", Child(1))                  # a name the id implies
+    events.task("started", Child(2, parent="many.1")) # a grandchild: <parent>.<id>, kept
+    events.task("started", Child(3, job="other"))     # many.3 of job other: kept
+    events.task("failed", Child(4), error="x", **wide)
+    events.job("reload", "*")                         # fewer fields than columns
+    events.job("job-loaded", "j", **wide)
+    odd = {"event": "odd", "time": "not first"}
+    log._heard(odd)                                   # another form: kept whole
+    seen.append(odd)
+    events.task("killed", Child(5))
+    assert log.recent(10) == seen[1:]                 # the first went out of the ring
+    assert [list(e) for e in log.recent(10)] == [list(e) for e in seen[1:]]
+    assert log.recent(1)[0]["task"] == "many.5" and log.recent(10)[0]["task"] == "many.1.2"
+    assert [e["id"] for e in log.recent(10, "other")] == [3]
+
+
+def test_a_resized_ring_keeps_the_newest_events_it_can():
+    events = Events()
+    log = EventLog(events, kept=4)
+    for i in range(1, 7):
+        events.task("started", Child(i))
+    log.resize(2)
+    assert [e["id"] for e in log.recent(10)] == [5, 6]
+    events.task("started", Child(7))
+    log.resize(5)
+    events.task("started", Child(8))
+    assert [e["id"] for e in log.recent(10)] == [6, 7, 8]
+    assert [e["task"] for e in log.recent(10)] == ["many.6", "many.7", "many.8"]
+    log.resize(0)
+    events.task("started", Child(9))
+    assert log.recent(10) == [] and not events
+
+
+def test_a_thousand_spawns_cost_the_ring_under_a_hundred_bytes_each():
+    # a tuple of the fields, a float and the name string were 185 bytes an event
+    ring, children = _Ring(1000), [Child(1000 + i) for i in range(1000)]
+    events = Events()
+    events.subscribe(ring.append)
+    events.task("started", children[0])   # the columns' first growth and the shape
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for child in children[1:]:
+            events.task("started", child)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(ring) == 1000 and grown / 999 < 100
+    assert [e["task"] for e in ring][-1] == "many.1999"
 
 
 def test_job_values_are_stored_bounded_and_other_listeners_see_them_as_sent():
