@@ -52,6 +52,7 @@ _SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}   # one key tuple per kind 
 MAX_SHAPES = 256   # (the fields are the daemon's: a few dozen shapes in all)
 COLUMNS = 5        # values after the time kept in a column each; the others in one tuple
 _IMPLIED = object()   # in the task column: the name is <job>.<id>
+FIRST_SLOTS = 4096  # slots made with the ring (256 KB at most); more are made as needed
 _PADS = [[None] * (COLUMNS - n) for n in range(COLUMNS)]   # for an event of fewer fields
 
 
@@ -70,8 +71,12 @@ class _Ring:
     list each, any others in one tuple. A task's name that its job's name and its id
     make (``<job>.<id>``: every task a job's own task spawns) is not kept but made
     again when read. A thousand "started" events of a spawn were 185 KB as a tuple,
-    a float and a name each; they are 64 KB here. The columns grow with the events
-    kept, to ``size``; then the oldest slot is written over.
+    a float and a name each; they are 70 KB here.
+
+    The first FIRST_SLOTS slots are made with the ring (64 KB for the default
+    thousand): columns grown by appending while a spawn allocated its tasks cost
+    twice their size in RSS, the heap fragmented. Beyond that they grow with the
+    events kept, to ``size``; then the oldest slot is written over.
 
     Invariant: slot ``k % size`` holds the k-th event appended, for the newest
     ``len(self)`` values of k; an event of another form (no float time first) is
@@ -83,10 +88,11 @@ class _Ring:
     def __init__(self, size: int) -> None:
         self.size = size
         self._added = 0   # events ever appended
-        self._times = array("d")
-        self._shapes: list[tuple[str, ...] | None] = []
-        self._columns: list[list[Any]] = [[] for _ in range(COLUMNS)]
-        self._rest: list[Any] = []
+        first = min(size, FIRST_SLOTS)
+        self._times = array("d", bytes(8 * first))
+        self._shapes: list[tuple[str, ...] | None] = [None] * first
+        self._columns: list[list[Any]] = [[None] * first for _ in range(COLUMNS)]
+        self._rest: list[Any] = [None] * first
 
     def __len__(self) -> int:
         return min(self._added, self.size)
@@ -108,17 +114,19 @@ class _Ring:
         a, b, c, d, e = values[:COLUMNS]
         if n > 3 and keys[2] == "task" and b == f"{d}.{c}":
             b = _IMPLIED
+        if not self.size:
+            return
+        i = self._added % self.size
+        self._added += 1
         c0, c1, c2, c3, c4 = self._columns
-        if self._added < self.size:
+        if i < len(self._shapes):
+            self._times[i], self._shapes[i], self._rest[i] = time, shape, rest
+            c0[i], c1[i], c2[i], c3[i], c4[i] = a, b, c, d, e
+        else:   # (slots are used in order: i is the length)
             self._times.append(time)
             self._shapes.append(shape)
             self._rest.append(rest)
             c0.append(a), c1.append(b), c2.append(c), c3.append(d), c4.append(e)
-        elif self.size:
-            i = self._added % self.size
-            self._times[i], self._shapes[i], self._rest[i] = time, shape, rest
-            c0[i], c1[i], c2[i], c3[i], c4[i] = a, b, c, d, e
-        self._added += 1
 
     def _event(self, i: int) -> dict:
         shape, rest = self._shapes[i], self._rest[i]

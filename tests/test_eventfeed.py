@@ -9,6 +9,7 @@ import tracemalloc
 import pytest
 import trio
 
+from cosched import eventfeed
 from cosched.eventfeed import COLUMNS, MAX_ITEMS, EventLog, _Ring
 from cosched.events import Events
 
@@ -96,21 +97,34 @@ def test_a_resized_ring_keeps_the_newest_events_it_can():
     assert log.recent(10) == [] and not events
 
 
-def test_a_thousand_spawns_cost_the_ring_under_a_hundred_bytes_each():
-    # a tuple of the fields, a float and the name string were 185 bytes an event
-    ring, children = _Ring(1000), [Child(1000 + i) for i in range(1000)]
+def test_a_ring_larger_than_its_first_slots_grows_then_writes_over_the_oldest(monkeypatch):
+    monkeypatch.setattr(eventfeed, "FIRST_SLOTS", 2)
+    ring = _Ring(5)
     events = Events()
     events.subscribe(ring.append)
-    events.task("started", children[0])   # the columns' first growth and the shape
+    for i in range(1, 4):
+        events.task("started", Child(i))
+    assert [e["id"] for e in ring] == [1, 2, 3]
+    for i in range(4, 9):
+        events.task("started", Child(i))
+    assert [e["id"] for e in ring] == [4, 5, 6, 7, 8] and len(ring._shapes) == 5
+
+
+def test_a_ring_of_a_thousand_spawns_costs_under_a_hundred_bytes_an_event():
+    # a tuple of the fields, a float and the name string were 185 bytes an event
+    children = [Child(1000 + i) for i in range(1000)]
+    events = Events()
+    events.task("started", children[0])   # (the shape is made once per process)
     tracemalloc.start()
     try:
-        before = tracemalloc.get_traced_memory()[0]
-        for child in children[1:]:
+        ring = _Ring(1000)
+        events.subscribe(ring.append)
+        for child in children:
             events.task("started", child)
-        grown = tracemalloc.get_traced_memory()[0] - before
+        size = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert len(ring) == 1000 and grown / 999 < 100
+    assert len(ring) == 1000 and size / 1000 < 100
     assert [e["task"] for e in ring][-1] == "many.1999"
 
 
