@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .events import Events
-from .feeds import Feed, Stream
+from .feeds import LOOKED, Feed, Stream
+from .protocol import Chunked
 from .saferepr import safe_repr
 
 __all__ = ["EventLog"]
@@ -141,8 +142,73 @@ class _Ring:
 
     def __iter__(self) -> Iterator[dict]:
         """The events, oldest first (made as they are reached)."""
-        first = self._added - len(self)
-        return (self._event(k % self.size) for k in range(first, self._added))
+        return map(self.event, range(self._added - len(self), self._added))
+
+    def event(self, k: int) -> dict | None:
+        """The k-th event appended (from 0), or None if it is no longer kept."""
+        if not self._added - len(self) <= k < self._added:
+            return None
+        return self._event(k % self.size)
+
+    def job_of(self, k: int) -> Any:
+        """The "job" field of the k-th event (None if it has none or is no longer kept),
+        read from its column: no event is made."""
+        if not self._added - len(self) <= k < self._added:
+            return None
+        i = k % self.size
+        shape = self._shapes[i]
+        if shape is None:
+            return dict(zip(*self._rest[i], strict=True)).get("job")
+        at = _JOB_AT.get(shape)
+        if at is None:
+            at = _JOB_AT[shape] = shape.index("job") - 1 if "job" in shape else -1
+        if at < 0:
+            return None
+        return self._columns[at][i] if at < COLUMNS else self._rest[i][at - COLUMNS]
+
+    def newest(self, count: int, job: str | None = None,
+               before: int | None = None) -> Iterator[int | None]:
+        """The numbers of the newest ``count`` events (of ``job``; numbered below
+        ``before``), newest first, with a None after each event looked at: a caller may
+        stop between any two looks (the ring may take new events meanwhile; the search
+        goes on where it was, and ends where the events it has not reached yet are no
+        longer kept)."""
+        k = self._added if before is None else before
+        while count and k > self._added - len(self):
+            k -= 1
+            if job is None or self.job_of(k) == job:
+                count -= 1
+                yield k
+            yield None
+
+    def resized(self, size: int) -> _Ring:
+        """A ring of ``size`` with the newest of these events (their slots copied in
+        order, a column at a time: a million events in milliseconds)."""
+        ring = _Ring(size)
+        kept = min(len(self), size)
+        if not kept:
+            return ring
+        start = (self._added - kept) % self.size   # the slot of the oldest event copied
+        def ordered(column):
+            return (column[start:] + column[:start])[:kept] if start + kept > len(column) \
+                else column[start:start + kept]
+        ring._times = array("d", ordered(self._times))
+        ring._shapes, ring._rest = ordered(self._shapes), ordered(self._rest)
+        ring._columns = [ordered(column) for column in self._columns]
+        ring._added = kept
+        return ring
+
+
+_JOB_AT: dict[tuple[str, ...], int] = {}   # shape -> where its job is among the values after
+                                          # the time (-1: nowhere); as many as _SHAPES
+
+
+CHUNK = 1000   # events looked at (or sent) between two turns of the loop
+
+
+def _made(ring: _Ring) -> Callable[[list[int]], list[dict]]:
+    """Chunked's render: the events of these numbers still in ``ring``."""
+    return lambda numbers: [e for e in map(ring.event, numbers) if e is not None]
 
 
 class EventLog:
@@ -164,10 +230,7 @@ class EventLog:
             self._unsubscribe = None
 
     def resize(self, kept: int) -> None:
-        ring = _Ring(kept)
-        for event in list(self._ring)[-kept:] if kept else ():
-            ring.append(event)
-        self._ring = ring
+        self._ring = self._ring.resized(kept)
         self._listen()
 
     def _heard(self, event: dict) -> None:
@@ -181,21 +244,54 @@ class EventLog:
                     feed.put(event)
 
     def recent(self, lines: int, job: str | None = None) -> list[dict]:
-        """The newest ``lines`` events (of ``job``), oldest first."""
-        if not lines:
-            return []
-        return [e for e in self._ring if job is None or e.get("job") == job][-lines:]
+        """The newest ``lines`` events (of ``job``), oldest first: looked for from the
+        newest, an event made only for each one taken."""
+        ring = self._ring
+        found = [k for k in ring.newest(lines, job) if k is not None]
+        return [e for e in map(ring.event, reversed(found)) if e is not None]
+
+    def answer(self, lines: int, job: str | None = None) -> dict | Chunked:
+        """``{"events": recent(lines, job)}``; from a ring longer than a chunk, made a
+        chunk at a time (events_kept may be a million: made at once, the answer held
+        the loop for seconds). Events that leave the ring while the answer is sent
+        (new ones wrote over them) are left out of it."""
+        if len(self._ring) <= CHUNK:
+            return {"events": self.recent(lines, job)}
+        return Chunked({}, "events", self._search(lines, job, None), _made(self._ring), {},
+                       size=CHUNK)
+
+    def _search(self, lines: int, job: str | None, looked: Any,
+                before: int | None = None) -> Iterator[Any]:
+        """The numbers of the newest ``lines`` events (of ``job``; numbered below
+        ``before``), oldest first, after a ``looked`` for each event looked at while
+        searching for them (newest first)."""
+        found = []
+        for k in self._ring.newest(lines, job, before):
+            if k is None:
+                yield looked
+            else:
+                found.append(k)
+        yield from reversed(found)
 
     def follow(self, lines: int, job: str | None, queue: int) -> Stream:
-        """A stream of the newest ``lines`` events, then of every new one."""
+        """A stream of the newest ``lines`` events, then of every new one (the newest
+        are searched for as the stream is sent: see ``answer``)."""
         feed = Feed(queue)
         self._feeds[feed] = job
         self._listen()
+        ring = self._ring
+        heard = ring._added   # events from this one on reach the feed: not searched for
+
+        def backlog() -> Iterator[Any]:
+            for k in self._search(lines, job, LOOKED, heard):
+                event = ring.event(k) if k is not LOOKED else LOOKED
+                if event is not None:
+                    yield event
 
         def forget() -> None:
             self._feeds.pop(feed, None)
             self._listen()
-        return Stream(feed, self.recent(lines, job), close=forget)
+        return Stream(feed, backlog(), close=forget)
 
     def close(self) -> None:
         """The daemon stops: end every follower's stream."""

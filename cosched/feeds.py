@@ -31,9 +31,11 @@ from typing import Any
 
 import trio
 
-__all__ = ["Feed", "Stream", "DEFAULT_LIMIT"]
+__all__ = ["Feed", "Stream", "DEFAULT_LIMIT", "LOOKED"]
 
 DEFAULT_LIMIT = 1000  # items a follower may lag behind before items are dropped
+LOOKED = object()     # a backlog item looked at and not taken: the loop may run there
+LOOKS = 1000          # ... and does, after this many in a row
 
 
 class Feed:
@@ -94,13 +96,16 @@ class Feed:
 
 class Stream:
     """A backend's streamed answer: ``backlog`` items first, then those of ``feed``
-    until it closes; ``result`` is the last line's result; ``close`` runs once at the end."""
+    until it closes; ``result`` is the last line's result; ``close`` runs once at the end.
+
+    The backlog is taken lazily: it may be a search that yields LOOKED for each thing
+    it looked at and did not take, so that a long search lets the loop run."""
 
     def __init__(self, feed: Feed, backlog: Iterable[Any] = (),
                  close: Callable[[], None] | None = None,
                  result: Callable[[Feed], Any] = lambda feed: feed.result) -> None:
         self.feed = feed
-        self._backlog = deque(backlog)
+        self._backlog = iter(backlog)
         self._close = close
         self._result = result
 
@@ -108,8 +113,14 @@ class Stream:
         return self
 
     async def __anext__(self) -> Any:
-        if self._backlog:
-            return self._backlog.popleft()
+        looks = 0
+        for item in self._backlog:
+            if item is not LOOKED:
+                return item
+            looks += 1
+            if looks == LOOKS:
+                looks = 0
+                await trio.lowlevel.checkpoint()
         return await self.feed.__anext__()
 
     @property

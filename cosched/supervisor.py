@@ -830,7 +830,7 @@ class Supervisor:
     def event_history(self, lines: int = 10, follow: bool = False,
                       job: str | None = None) -> Any:
         if not follow:
-            return {"events": self.event_log.recent(lines, job)}
+            return self.event_log.answer(lines, job)
         return self.event_log.follow(lines, job, self.config.follow_queue)
 
     def tree(self, task: str | int | None = None, job: str | None = None) -> dict | Chunked:

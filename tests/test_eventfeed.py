@@ -3,6 +3,7 @@ and end to end with `coschedctl events [-f]` against a real coschedd."""
 
 from __future__ import annotations
 
+import json
 import signal
 import tracemalloc
 
@@ -10,8 +11,10 @@ import pytest
 import trio
 
 from cosched import eventfeed
-from cosched.eventfeed import COLUMNS, MAX_ITEMS, EventLog, _Ring
+from cosched.eventfeed import CHUNK, COLUMNS, MAX_ITEMS, EventLog, _Ring
 from cosched.events import Events
+from cosched.feeds import LOOKED, Feed, Stream
+from cosched.protocol import Chunked
 
 from test_daemon import BASE_CONFIG, SLEEPER, Daemon, daemon  # noqa: F401
 from test_tasklog import followers  # noqa: F401
@@ -128,6 +131,100 @@ def test_a_ring_of_a_thousand_spawns_costs_under_a_hundred_bytes_an_event():
     assert [e["task"] for e in ring][-1] == "many.1999"
 
 
+def wire(answer):
+    """An answer as a client reads it: one JSON line (a Chunked one sent in pieces)."""
+    if isinstance(answer, Chunked):
+        return json.loads(b"".join(answer.pieces(1)))["result"]
+    return json.loads(json.dumps(answer))
+
+
+def spawned(events, n, rare_every=0):
+    for i in range(1, n + 1):
+        events.task("started", Child(i, job="rare" if rare_every and i % rare_every == 0
+                                     else "many"))
+
+
+def test_the_newest_are_searched_for_from_the_newest_and_looks_are_told():
+    events = Events()
+    log = EventLog(events, kept=10)
+    spawned(events, 12, rare_every=4)   # kept: 3..12; of rare: 4, 8, 12
+    ring = log._ring
+    looks = list(ring.newest(2, "rare"))
+    assert [ring.event(k)["id"] for k in looks if k is not None] == [12, 8]
+    assert looks.count(None) == 5   # 12, 11, 10, 9, 8 looked at
+    assert [ring.event(k)["id"] for k in ring.newest(5, "rare") if k is not None] == [12, 8, 4]
+    assert [ring.event(k)["id"] for k in ring.newest(9, before=5) if k is not None] == [5, 4, 3]
+    assert ring.event(0) is None and ring.event(12) is None and ring.job_of(1) is None
+    assert [e["id"] for e in log.recent(2, "rare")] == [8, 12]
+
+
+def test_a_long_ring_answers_a_chunk_at_a_time_the_same_events(monkeypatch):
+    events = Events()
+    log = EventLog(events, kept=5 * CHUNK)
+    spawned(events, 3 * CHUNK, rare_every=7)
+    events.job("reload", "*")
+    for lines, job in ((10, None), (CHUNK + 5, None), (5 * CHUNK, None), (3, "rare"),
+                       (5 * CHUNK, "rare"), (5, "*"), (5, "nothing")):
+        answer = log.answer(lines, job)
+        assert isinstance(answer, Chunked)
+        assert wire(answer) == {"events": wire(log.recent(lines, job))}
+    assert [e["id"] for e in wire(log.answer(2, "rare"))["events"]] == [2989, 2996]
+    assert len(wire(log.answer(5 * CHUNK))["events"]) == 3 * CHUNK + 1
+    small = EventLog(events, kept=CHUNK)
+    assert not isinstance(small.answer(10), Chunked)
+
+
+def test_events_written_over_while_an_answer_is_sent_are_left_out():
+    events = Events()
+    log = EventLog(events, kept=2 * CHUNK)
+    spawned(events, 2 * CHUNK)
+    pieces = log.answer(2 * CHUNK).pieces(1)
+    sent = [next(pieces) for _ in range(4)]   # the opening, the search, the oldest chunk
+    for i in range(1, CHUNK + 2):             # new events write over the next chunk's
+        events.task("finished", Child(10_000 + i))
+    got = json.loads(b"".join(sent + list(pieces)))["result"]["events"]
+    ids = [e["id"] for e in got]
+    assert ids[:CHUNK] == list(range(1, CHUNK + 1)) and len(ids) < 2 * CHUNK
+    assert all(e["event"] == "started" for e in got) and ids == sorted(ids)
+
+
+def test_a_follower_gets_the_newest_searched_lazily_and_no_event_twice():
+    events = Events()
+    log = EventLog(events, kept=5 * CHUNK)
+    spawned(events, 4 * CHUNK, rare_every=1000)
+
+    async def main():
+        stream = log.follow(2, "rare", queue=10)
+        events.task("started", Child(99_000, job="rare"))   # after the follow: the feed's
+        got = [await stream.__anext__() for _ in range(3)]
+        stream.close()
+        return [e["id"] for e in got]
+
+    assert trio.run(main) == [3000, 4000, 99_000]
+
+
+def test_a_stream_lets_the_loop_run_while_its_backlog_is_searched():
+    turns = []
+
+    async def main():
+        async def other():
+            while True:
+                turns.append(len(turns))
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await trio.lowlevel.checkpoint()
+            stream = Stream(Feed(), [LOOKED] * 10_000 + ["found"])
+            before = len(turns)
+            item = await stream.__anext__()
+            nursery.cancel_scope.cancel()
+        return item, len(turns) - before
+
+    item, ran = trio.run(main)
+    assert item == "found" and ran >= 5   # a turn at least every LOOKS looks
+
+
 def test_job_values_are_stored_bounded_and_other_listeners_see_them_as_sent():
     events = Events()
     seen = []
@@ -231,3 +328,19 @@ def test_followers_get_a_clean_end_when_the_daemon_stops(daemon, followers):  # 
         assert f.wait_exit() == 0
         assert f.lines[-1] == "-- ended: coschedd is stopping --"
     assert any(" killed sleeper[" in line for line in events.lines)
+
+
+def test_events_from_a_long_ring_come_whole_from_a_real_daemon(daemon):  # noqa: F811
+    from test_daemon import WIDE, raw_request
+
+    d = daemon(jobs={"wide": WIDE}, config={"log": {"events_kept": 5000}})
+    d.wait_status(lambda s: s["daemon"]["num_tasks"] == 1201, "1,200 children")
+    got = d.ok("events", "-n", "1201", "--job", "wide")["events"]   # more than a chunk
+    assert len(got) == 1201 and [e["event"] for e in got] == ["started"] * 1201
+    assert [e["id"] for e in got] == sorted(e["id"] for e in got) and got[0]["task"] == "wide"
+    assert got[-1]["task"] == f"wide.{got[-1]['id']}"   # a name made again from its id
+    newest = raw_request(d.socket, {"id": 7, "cmd": "events", "args": {"lines": 3}})
+    assert newest["id"] == 7 and [e["id"] for e in newest["result"]["events"]] == \
+        [e["id"] for e in got[-3:]]
+    rc, out, _ = d.ctl("events", "-n", "1100", json_output=False)
+    assert rc == 0 and len(out.splitlines()) == 1100
