@@ -817,8 +817,10 @@ class Supervisor:
 
     def logs(self, task: str | int, lines: int = 10, follow: bool = False) -> Any:
         job, t = self._job_or_task(task)
-        tids = self.task_logs.job_tasks(job) if job is not None else [t.id]
-        backlog = self.task_logs.records(tids, lines)
+        if job is not None and not follow:
+            return self.task_logs.job_answer(job, lines)
+        backlog = self.task_logs.job_records(job, lines) if job is not None else \
+            self.task_logs.records([t.id], lines)
         if not follow:
             return {"records": backlog}
         stream = self.task_logs.follow(tid=None if t is None else t.id, job=job,

@@ -337,8 +337,11 @@ def test_events_from_a_long_ring_come_whole_from_a_real_daemon(daemon):  # noqa:
     d.wait_status(lambda s: s["daemon"]["num_tasks"] == 1201, "1,200 children")
     got = d.ok("events", "-n", "1201", "--job", "wide")["events"]   # more than a chunk
     assert len(got) == 1201 and [e["event"] for e in got] == ["started"] * 1201
-    assert [e["id"] for e in got] == sorted(e["id"] for e in got) and got[0]["task"] == "wide"
-    assert got[-1]["task"] == f"wide.{got[-1]['id']}"   # a name made again from its id
+    assert sorted(e["id"] for e in got) == list(range(1, 1202)) and got[0]["task"] == "wide"
+    assert [e["time"] for e in got] == sorted(e["time"] for e in got)   # as they were heard
+    everything = [e for e in d.ok("events", "-n", "5000")["events"] if e["job"] == "wide"]
+    assert got == everything[-1201:]
+    assert all(e["task"] == f"wide.{e['id']}" for e in got[1:])   # names made again
     newest = raw_request(d.socket, {"id": 7, "cmd": "events", "args": {"lines": 3}})
     assert newest["id"] == 7 and [e["id"] for e in newest["result"]["events"]] == \
         [e["id"] for e in got[-3:]]

@@ -54,6 +54,52 @@ def test_records_are_filed_by_task_id_and_bounded():
     assert logs.records([1], 0) == []
 
 
+def test_a_jobs_newest_records_are_the_brute_force_ones_found_in_a_few_buffers():
+    import random
+
+    rng = random.Random(7)
+    tasks = [fake_task(i, f"w.{i}", job="w" if i % 5 else "other") for i in range(1, 301)]
+    logs = logs_of(*tasks, size=4)
+    written = []   # (time, task id, message): every record of job w, in time order
+    for n in range(3000):   # distinct times, tasks written in random order and amounts
+        t = rng.choice(tasks)
+        logs.add(t.id, (1000.0 + n, "stdout", None, f"m{n}", None))
+        if t.job.name == "w":
+            written.append((t.id, f"m{n}"))
+    kept = [(tid, m) for i, (tid, m) in enumerate(written)   # the newest 4 of each task
+            if sum(1 for later in written[i + 1:] if later[0] == tid) < 4]
+    for lines in (1, 3, 10, 57, 400, 5000):
+        got = logs.job_records("w", lines)
+        assert [(r["id"], r["message"]) for r in got] == kept[-lines:], lines
+        assert {r["job"] for r in got} == {"w"}
+    looks = list(logs.search("w", 3))
+    assert looks.count(None) <= 4 and len([x for x in looks if x is not None]) == 3
+    assert logs.job_records("w", 0) == [] and logs.job_records("nothing", 5) == []
+
+
+def test_a_forgotten_buffer_leaves_the_jobs_search():
+    a, b = fake_task(1, "a"), fake_task(2, "b")
+    logs = logs_of(a, b)
+    logs.add(1, (1.0, "stdout", None, "a0", None))
+    logs.add(2, (2.0, "stdout", None, "b0", None))
+    logs._forget(2)
+    assert messages(logs.job_records("j", 5)) == ["a0"]
+    logs._forget(1)
+    assert logs._written == {} and logs.job_records("j", 5) == []
+
+
+def test_a_jobs_records_answer_comes_in_chunks_with_the_same_records():
+    from test_eventfeed import wire
+
+    tasks = [fake_task(i, f"c.{i}") for i in range(1, 2501)]
+    logs = logs_of(*tasks, size=2)
+    for i, t in enumerate(tasks):
+        logs.add(t.id, (float(i), "stdout", None, f"line {i}", None))
+    for lines in (5, 2500, 3000):
+        assert wire(logs.job_answer("j", lines)) == {"records": logs.job_records("j", lines)}
+    assert messages(wire(logs.job_answer("j", 2))["records"]) == ["line 2498", "line 2499"]
+
+
 def test_field_values_are_kept_as_bounded_text():
     class Hostile:
         def __repr__(self):
