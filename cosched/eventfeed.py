@@ -51,10 +51,12 @@ def _bounded(value: Any, depth: int = 0) -> Any:
 
 _SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}   # one key tuple per kind of event
 MAX_SHAPES = 256   # (the fields are the daemon's: a few dozen shapes in all)
-COLUMNS = 5        # values after the time kept in a column each; the others in one tuple
+COLUMNS = 6        # values after the time kept in a column each; the others in one tuple
+                   # (a task event has 5, and most one more: restarts, values, result)
 _IMPLIED = object()   # in the task column: the name is <job>.<id>
-FIRST_SLOTS = 4096  # slots made with the ring (256 KB at most); more are made as needed
-_PADS = [[None] * (COLUMNS - n) for n in range(COLUMNS)]   # for an event of fewer fields
+FIRST_SLOTS = 4096  # slots made with the ring (288 KB at most); more are made as needed
+STRIDE = COLUMNS + 2   # a slot: the shape, COLUMNS values, the tuple of the others
+_PADS = [(None,) * (COLUMNS - n) for n in range(COLUMNS)]   # for an event of fewer fields
 
 
 def _shape(keys: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -65,80 +67,77 @@ def _shape(keys: tuple[str, ...]) -> tuple[str, ...] | None:
 
 
 class _Ring:
-    """The newest events, at most ``size``, oldest first, laid out in columns.
+    """The newest events, at most ``size``, oldest first, in slots of a flat list.
 
-    An event costs a slot of 8 bytes a column: its time in an array of doubles, its
-    keys (one tuple shared by the events of that shape), its next COLUMNS values in a
-    list each, any others in one tuple. A task's name that its job's name and its id
-    make (``<job>.<id>``: every task a job's own task spawns) is not kept but made
-    again when read. A thousand "started" events of a spawn were 185 KB as a tuple,
-    a float and a name each; they are 70 KB here.
+    An event costs 8 bytes a field: its time in an array of doubles; in the list, a
+    slot of STRIDE items: its keys (one tuple shared by the events of that shape), its
+    next COLUMNS values, and a tuple of any others (or None). A task's name that its
+    job's name and its id make (``<job>.<id>``: every task a job's own task spawns)
+    is not kept but made again when read. A thousand "started" events of a spawn were
+    193 KB as a tuple, a float and a name each; they are 72 KB here.
 
-    The first FIRST_SLOTS slots are made with the ring (64 KB for the default
-    thousand): columns grown by appending while a spawn allocated its tasks cost
-    twice their size in RSS, the heap fragmented. Beyond that they grow with the
-    events kept, to ``size``; then the oldest slot is written over.
+    The first FIRST_SLOTS slots are made with the ring (72 KB for the default
+    thousand): a list grown by appending while a spawn allocated its tasks cost
+    twice its size in RSS, the heap fragmented. Beyond that it grows with the events
+    kept, to ``size`` slots; then the oldest slot is written over.
 
     Invariant: slot ``k % size`` holds the k-th event appended, for the newest
-    ``len(self)`` values of k; an event of another form (no float time first) is
-    kept whole in the rest column, its shape slot None.
+    ``len(self)`` values of k; an event of another form (no float time first) is kept
+    whole in the slot's last item, (keys, values), its shape None.
     """
 
-    __slots__ = ("size", "_added", "_times", "_shapes", "_columns", "_rest")
+    __slots__ = ("size", "_added", "_times", "_slots")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._added = 0   # events ever appended
         first = min(size, FIRST_SLOTS)
         self._times = array("d", bytes(8 * first))
-        self._shapes: list[tuple[str, ...] | None] = [None] * first
-        self._columns: list[list[Any]] = [[None] * first for _ in range(COLUMNS)]
-        self._rest: list[Any] = [None] * first
+        self._slots: list[Any] = [None] * (first * STRIDE)
 
     def __len__(self) -> int:
         return min(self._added, self.size)
 
     def append(self, event: dict) -> None:
         """Keep ``event`` (written out: this runs at every state change of every task)."""
-        keys = tuple(event)
-        shape = _SHAPES.get(keys) or _shape(keys)
-        time, *values = event.values()
-        n = len(values)
-        if n < COLUMNS:
-            values += _PADS[n]
-        if shape is None or type(time) is not float:
-            shape, time, values, rest = None, 0.0, _PADS[0], (keys, (time, *values[:n]))
-        elif n > COLUMNS:
-            rest = tuple(values[COLUMNS:])
-        else:
-            rest = None
-        a, b, c, d, e = values[:COLUMNS]
-        if n > 3 and keys[2] == "task" and b == f"{d}.{c}":
-            b = _IMPLIED
         if not self.size:
             return
+        keys = tuple(event)
+        shape = _SHAPES.get(keys) or _shape(keys)
+        if len(keys) == COLUMNS + 1:   # a task event of one more field: the usual one
+            time, *values = event.values()
+            slot = (shape, *values, None)
+        else:
+            time, *values = event.values()
+            n = len(values)
+            slot = (shape, *values, *_PADS[n], None) if n < COLUMNS else \
+                (shape, *values[:COLUMNS], tuple(values[COLUMNS:]) or None)
+        if shape is None or type(time) is not float:   # kept whole
+            slot, time = (None, *_PADS[0], (keys, tuple(event.values()))), 0.0
+        elif keys[2:3] == ("task",) and slot[2] == f"{slot[4]}.{slot[3]}":
+            slot = (shape, slot[1], _IMPLIED, *slot[3:])
         i = self._added % self.size
         self._added += 1
-        c0, c1, c2, c3, c4 = self._columns
-        if i < len(self._shapes):
-            self._times[i], self._shapes[i], self._rest[i] = time, shape, rest
-            c0[i], c1[i], c2[i], c3[i], c4[i] = a, b, c, d, e
-        else:   # (slots are used in order: i is the length)
+        if i < len(self._times):
+            self._times[i] = time
+            self._slots[i * STRIDE:(i + 1) * STRIDE] = slot
+        else:   # (slots are used in order: i is the number made)
             self._times.append(time)
-            self._shapes.append(shape)
-            self._rest.append(rest)
-            c0.append(a), c1.append(b), c2.append(c), c3.append(d), c4.append(e)
+            self._slots += slot
 
     def _event(self, i: int) -> dict:
-        shape, rest = self._shapes[i], self._rest[i]
+        j = i * STRIDE
+        slot = self._slots[j:j + STRIDE]
+        shape, rest = slot[0], slot[-1]
         if shape is None:
             return dict(zip(*rest, strict=True))
-        values = [self._times[i], *(column[i] for column in self._columns)]
-        if values[2] is _IMPLIED:
-            values[2] = f"{values[4]}.{values[3]}"
+        slot[0] = self._times[i]
+        if slot[2] is _IMPLIED:
+            slot[2] = f"{slot[4]}.{slot[3]}"
+        del slot[-1]
         if rest is not None:
-            values += rest
-        return dict(zip(shape, values[:len(shape)], strict=True))
+            slot += rest
+        return dict(zip(shape, slot[:len(shape)], strict=True))
 
     def __iter__(self) -> Iterator[dict]:
         """The events, oldest first (made as they are reached)."""
@@ -152,19 +151,20 @@ class _Ring:
 
     def job_of(self, k: int) -> Any:
         """The "job" field of the k-th event (None if it has none or is no longer kept),
-        read from its column: no event is made."""
+        read from its slot: no event is made."""
         if not self._added - len(self) <= k < self._added:
             return None
-        i = k % self.size
-        shape = self._shapes[i]
+        j = k % self.size * STRIDE
+        shape = self._slots[j]
         if shape is None:
-            return dict(zip(*self._rest[i], strict=True)).get("job")
+            return dict(zip(*self._slots[j + STRIDE - 1], strict=True)).get("job")
         at = _JOB_AT.get(shape)
         if at is None:
-            at = _JOB_AT[shape] = shape.index("job") - 1 if "job" in shape else -1
-        if at < 0:
+            at = _JOB_AT[shape] = shape.index("job") if "job" in shape else 0
+        if not at:
             return None
-        return self._columns[at][i] if at < COLUMNS else self._rest[i][at - COLUMNS]
+        return self._slots[j + at] if at <= COLUMNS else \
+            self._slots[j + STRIDE - 1][at - COLUMNS - 1]
 
     def newest(self, count: int, job: str | None = None,
                before: int | None = None) -> Iterator[int | None]:
@@ -183,27 +183,44 @@ class _Ring:
 
     def resized(self, size: int) -> _Ring:
         """A ring of ``size`` with the newest of these events (their slots copied in
-        order, a column at a time: a million events in milliseconds)."""
+        order by slices: a million events in milliseconds)."""
         ring = _Ring(size)
         kept = min(len(self), size)
         if not kept:
             return ring
         start = (self._added - kept) % self.size   # the slot of the oldest event copied
-        def ordered(column):
-            return (column[start:] + column[:start])[:kept] if start + kept > len(column) \
-                else column[start:start + kept]
-        ring._times = array("d", ordered(self._times))
-        ring._shapes, ring._rest = ordered(self._shapes), ordered(self._rest)
-        ring._columns = [ordered(column) for column in self._columns]
+        ring._times = array("d", _ordered(self._times, start, kept))
+        ring._slots = _ordered(self._slots, start * STRIDE, kept * STRIDE)
         ring._added = kept
         return ring
 
 
-_JOB_AT: dict[tuple[str, ...], int] = {}   # shape -> where its job is among the values after
-                                          # the time (-1: nowhere); as many as _SHAPES
+def _ordered(items: Any, start: int, count: int) -> Any:
+    """``count`` items of a ring's list (or array) from ``start`` on, wrapping at its end."""
+    if start + count <= len(items):
+        return items[start:start + count]
+    return (items[start:] + items[:start])[:count]
+
+
+_JOB_AT: dict[tuple[str, ...], int] = {}   # shape -> where its job is in a slot (0: nowhere);
+                                          # as many as _SHAPES
 
 
 CHUNK = 1000   # events looked at (or sent) between two turns of the loop
+
+
+def _search(ring: _Ring, lines: int, job: str | None, looked: Any,
+            before: int | None = None) -> Iterator[Any]:
+    """The numbers of the newest ``lines`` events (of ``job``; numbered below
+    ``before``), oldest first, after a ``looked`` for each event looked at while
+    searching for them (newest first)."""
+    found = []
+    for k in ring.newest(lines, job, before):
+        if k is None:
+            yield looked
+        else:
+            found.append(k)
+    yield from reversed(found)
 
 
 def _made(ring: _Ring) -> Callable[[list[int]], list[dict]]:
@@ -255,23 +272,11 @@ class EventLog:
         chunk at a time (events_kept may be a million: made at once, the answer held
         the loop for seconds). Events that leave the ring while the answer is sent
         (new ones wrote over them) are left out of it."""
-        if len(self._ring) <= CHUNK:
+        ring = self._ring   # (a reload may put another in its place meanwhile)
+        if len(ring) <= CHUNK:
             return {"events": self.recent(lines, job)}
-        return Chunked({}, "events", self._search(lines, job, None), _made(self._ring), {},
+        return Chunked({}, "events", _search(ring, lines, job, None), _made(ring), {},
                        size=CHUNK)
-
-    def _search(self, lines: int, job: str | None, looked: Any,
-                before: int | None = None) -> Iterator[Any]:
-        """The numbers of the newest ``lines`` events (of ``job``; numbered below
-        ``before``), oldest first, after a ``looked`` for each event looked at while
-        searching for them (newest first)."""
-        found = []
-        for k in self._ring.newest(lines, job, before):
-            if k is None:
-                yield looked
-            else:
-                found.append(k)
-        yield from reversed(found)
 
     def follow(self, lines: int, job: str | None, queue: int) -> Stream:
         """A stream of the newest ``lines`` events, then of every new one (the newest
@@ -283,7 +288,7 @@ class EventLog:
         heard = ring._added   # events from this one on reach the feed: not searched for
 
         def backlog() -> Iterator[Any]:
-            for k in self._search(lines, job, LOOKED, heard):
+            for k in _search(ring, lines, job, LOOKED, heard):
                 event = ring.event(k) if k is not LOOKED else LOOKED
                 if event is not None:
                     yield event

@@ -241,12 +241,12 @@ class TaskLogs:
             buf = self._buffers.get(tid)
             if buf is not None:
                 found += [(r, tid, buf) for r in list(buf.records)[-lines:]]
-        found.sort(key=lambda x: x[0][0])  # stable: a task's records keep their order
-        return [_item(tid, buf, r) for r, tid, buf in found[-lines:]]
+        found.sort(key=_when)  # stable: a task's records keep their order
+        return _items(found[-lines:])
 
     def job_records(self, job: str, lines: int) -> list[dict]:
         """The last ``lines`` records of a job's tasks together, oldest first."""
-        return [_item(tid, buf, r) for r, tid, buf in filter(None, self.search(job, lines))]
+        return _items([found for found in self.search(job, lines) if found is not None])
 
     def job_answer(self, job: str, lines: int) -> Chunked:
         """``{"records": job_records(job, lines)}``, searched for and sent a chunk at a
@@ -259,9 +259,11 @@ class TaskLogs:
         looked at: a caller may let the loop run between any two.
 
         The buffers written last are looked at first, and the search stops at a buffer
-        whose newest record is older than the ``lines`` newest found: ``logs`` of a job
-        whose 100,000 tasks each printed a line read every buffer (540 ms with the loop
-        held) for ten lines; now it reads a few dozen."""
+        whose newest record is older than the ``lines`` newest found (the records of
+        the buffers written before it are older still, as long as the wall clock that
+        times them is not set back): ``logs`` of a job whose 100,000 tasks each printed
+        a line read every buffer (540 ms with the loop held) for ten lines; now it
+        reads a few dozen."""
         found: list[tuple[Record, int, _Buffer]] = []
         cutoff = -math.inf   # a time no record of the answer is older than, once known
         for tid in list(reversed(self._written.get(job, {}))) if lines else ():
