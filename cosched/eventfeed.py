@@ -6,8 +6,8 @@ new event through their own bounded ``cosched.feeds.Feed``, optionally only
 those of one job.
 
 Cost: with ``kept`` > 0 every state change costs the event dict that
-``Events`` builds and one append here (the ring keeps the event in columns,
-not the dict: see ``_Ring``); values that jobs yielded or returned are
+``Events`` builds and one append here (the ring keeps the event's values in a
+slot of a flat list, not the dict: see ``_Ring``); values that jobs yielded or returned are
 stored bounded (``_bounded``), so the ring neither pins big job objects nor
 keeps anything a hostile ``__repr__`` could break later. With ``kept`` = 0 the
 listener is subscribed only while someone follows, so nothing is built at all.
@@ -51,9 +51,9 @@ def _bounded(value: Any, depth: int = 0) -> Any:
 
 _SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}   # one key tuple per kind of event
 MAX_SHAPES = 256   # (the fields are the daemon's: a few dozen shapes in all)
-COLUMNS = 6        # values after the time kept in a column each; the others in one tuple
+COLUMNS = 6        # values after the time kept in a slot each; the others in one tuple
                    # (a task event has 5, and most one more: restarts, values, result)
-_IMPLIED = object()   # in the task column: the name is <job>.<id>
+_IMPLIED = object()   # in a slot, for the task's name: it is <job>.<id>
 FIRST_SLOTS = 4096  # slots made with the ring (288 KB at most); more are made as needed
 STRIDE = COLUMNS + 2   # a slot: the shape, COLUMNS values, the tuple of the others
 _PADS = [(None,) * (COLUMNS - n) for n in range(COLUMNS)]   # for an event of fewer fields
@@ -104,14 +104,14 @@ class _Ring:
             return
         keys = tuple(event)
         shape = _SHAPES.get(keys) or _shape(keys)
-        if len(keys) == COLUMNS + 1:   # a task event of one more field: the usual one
-            time, *values = event.values()
+        time, *values = event.values()
+        n = len(values)
+        if n == COLUMNS:   # a task event of one more field: the usual one
             slot = (shape, *values, None)
+        elif n < COLUMNS:
+            slot = (shape, *values, *_PADS[n], None)
         else:
-            time, *values = event.values()
-            n = len(values)
-            slot = (shape, *values, *_PADS[n], None) if n < COLUMNS else \
-                (shape, *values[:COLUMNS], tuple(values[COLUMNS:]) or None)
+            slot = (shape, *values[:COLUMNS], tuple(values[COLUMNS:]))
         if shape is None or type(time) is not float:   # kept whole
             slot, time = (None, *_PADS[0], (keys, tuple(event.values()))), 0.0
         elif keys[2:3] == ("task",) and slot[2] == f"{slot[4]}.{slot[3]}":
