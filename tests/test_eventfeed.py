@@ -114,7 +114,7 @@ def test_a_ring_larger_than_its_first_slots_grows_then_writes_over_the_oldest(mo
 
 
 def test_a_ring_of_a_thousand_spawns_costs_under_a_hundred_bytes_an_event():
-    # a tuple of the fields, a float and the name string were 193 bytes an event
+    # a tuple of the fields, a float and the name string were 196 bytes an event
     children = [Child(1000 + i) for i in range(1000)]
     events = Events()
     events.task("started", children[0], restarts=0)   # (the shape is made once per process)
