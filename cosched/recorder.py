@@ -215,8 +215,15 @@ class Recorder:
         return {**found, "recording": True}
 
     def _knows(self, target: int | str) -> bool:
-        return target in self.sup.tasks or target in self.sup.job_table or any(
-            t.name == target for t in self.sup.tasks.values())
+        """A job, or a task the registry lists, by id or by name: looked up, not
+        searched for (the names of 100,000 tasks were 58 ms of the loop per typo)."""
+        if target in self.sup.job_table:
+            return True
+        try:
+            self.sup.find(target)
+        except ControlError:
+            return False
+        return True
 
     async def task_record(self, ref: int | str) -> dict | None:
         """``show`` of a task that only the history still knows (it ended before a

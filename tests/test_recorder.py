@@ -439,3 +439,52 @@ def test_a_checkpoint_whose_commit_fails_raises_state_error(tmp_path):
         "could not save task.state of saver (#1) in the state database: Cannot operate on a "
         "closed database"), out["answer"]
     assert out["stats"]["failed_commits"] >= 1
+
+
+def test_history_of_a_name_no_one_has_is_refused_without_looking_at_every_task(tmp_path):
+    """In process: an unknown target is looked up by id and name in the registry (the
+    test makes walking the tasks fail), known ones are answered."""
+    import trio
+    from textwrap import dedent
+
+    from cosched.config import load_config
+    from cosched.protocol import ControlError
+    from cosched.recorder import Recorder
+    from cosched.store import Store
+    from cosched.supervisor import Supervisor
+    from test_supervisor import MANY
+
+    class Untouchable(dict):
+        def values(self):
+            raise AssertionError("every task looked at")
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "many.py").write_text(dedent(MANY))
+    (tmp_path / "c.toml").write_text('[daemon]\njobs_dir = "jobs"\nruntime_dir = "run"\n'
+                                     'state_dir = "state"\n[job.many]\nconfig = { n = 5 }\n')
+    sup = Supervisor(load_config(tmp_path / "c.toml"))
+    out = {}
+
+    async def main():
+        store = Store(sup.config.state_dir)
+        initial = store.open()
+        store.start()
+        recorder = Recorder(store, initial, sup, history=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            with trio.fail_after(WAIT):
+                while len(sup.tasks) < 6:
+                    await trio.sleep(0.01)
+                sup.tasks = sup.reg.tasks = Untouchable(sup.reg.tasks)
+                for target in ("nosuch", 99, "many.3", 4, "many"):
+                    try:
+                        found = await recorder.history(target, None, 10)
+                        out[target] = ("known", found["recording"])
+                    except ControlError as e:
+                        out[target] = ("refused", e.code)
+            nursery.cancel_scope.cancel()
+        store.close()
+
+    trio.run(main)
+    assert out["nosuch"] == out[99] == ("refused", "no-such-task")
+    assert out["many.3"] == out[4] == out["many"] == ("known", True)
