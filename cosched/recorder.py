@@ -57,6 +57,7 @@ log = structlog.get_logger("cosched.recorder")
 
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))   # ASCII: storable text
 MAX_EVENT_DATA = 160 * 1024  # characters of one event's fields (values, traceback) kept
+CHUNK = 1000                 # history events sent between two turns of the loop
 
 
 class Recorder:
@@ -202,7 +203,8 @@ class Recorder:
         self.store.read(query, waiter.done)
         return await waiter.wait(what)
 
-    async def history(self, target: int | str | None, since: float | None, limit: int) -> dict:
+    async def history(self, target: int | str | None, since: float | None,
+                      limit: int) -> dict | protocol.Chunked:
         """Recorded events (see ``store.history_query``); refuses a target the history and
         the daemon have never heard of, so that a typo is not an empty answer."""
         if not self.recording:
@@ -212,7 +214,12 @@ class Recorder:
             if not await self.read(known_query(target), "the history"):
                 raise ControlError(NO_SUCH_TASK, f"no task or job {target!r} in the history "
                                                  "(see coschedctl jobs and status)")
-        return {**found, "recording": True}
+        if len(found["events"]) <= CHUNK:
+            return {**found, "recording": True}
+        # Encoded at once, 100,000 events held the loop for half a second: a chunk at a
+        # time (they were made in the writer's thread, off the loop)
+        return protocol.Chunked({}, "events", found["events"], list,
+                                {"more": found["more"], "recording": True}, size=CHUNK)
 
     def _knows(self, target: int | str) -> bool:
         """A job, or a task the registry lists, by id or by name: looked up, not

@@ -731,7 +731,7 @@ class Supervisor:
         return out
 
     async def history(self, target: str | int | None = None, since: float | None = None,
-                      limit: int = 50) -> dict:
+                      limit: int = 50) -> dict | Chunked:
         if self.durable is None:
             return {"events": [], "more": False, "recording": False}
         return await self.durable.history(target, since, limit)

@@ -488,3 +488,18 @@ def test_history_of_a_name_no_one_has_is_refused_without_looking_at_every_task(t
     trio.run(main)
     assert out["nosuch"] == out[99] == ("refused", "no-such-task")
     assert out["many.3"] == out[4] == out["many"] == ("known", True)
+
+
+def test_a_long_history_answer_comes_whole_and_in_order(restartable):
+    from test_daemon import WIDE
+
+    d = restartable({"wide": WIDE})
+    whole = wait_for(lambda: (h := d.ok("history", "wide", "--limit", "5000"))["events"] and
+                     sum(e["event"] == "started" for e in h["events"]) == 1201 and h,
+                     "1,201 starts recorded", d)   # more than a chunk: sent in pieces
+    events = whole["events"]
+    assert whole["more"] is False and whole["recording"] is True
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert sorted(e["task"] for e in events if e["event"] == "started") == list(range(1, 1202))
+    last = d.ok("history", "wide", "--limit", "3")
+    assert last["more"] is True and last["events"] == events[-3:]
