@@ -253,9 +253,8 @@ class TaskLogs:
         time (a job of 100,000 tasks that printed is 100,000 buffers to look at)."""
         return Chunked({}, "records", self.search(job, lines), _items, {}, size=CHUNK)
 
-    def search(self, job: str, lines: int,
-               looked: Any = None) -> Iterator[Any]:
-        """``job_records`` as (record, task id, buffer), after a ``looked`` for each buffer
+    def search(self, job: str, lines: int) -> Iterator[tuple[Record, int, _Buffer] | None]:
+        """``job_records`` as (record, task id, buffer), after a None for each buffer
         looked at: a caller may let the loop run between any two.
 
         The buffers written last are looked at first, and the search stops at a buffer
@@ -278,7 +277,7 @@ class TaskLogs:
                     found.sort(key=_when)   # stable: a task's records keep their order
                     del found[:-lines]
                     cutoff = found[0][0][0]
-            yield looked
+            yield None
         found.sort(key=_when)
         yield from found[-lines:] if lines else ()
 
