@@ -385,9 +385,9 @@ def test_a_bad_schedule_stops_startup_before_any_job_runs(restartable, tmp_path)
     assert not marker.exists(), "a job ran"
 
 
-def test_a_checkpoint_whose_commit_fails_raises_state_error(tmp_path):
-    """In process: a real Supervisor, Recorder and Store; the database connection is closed
-    under the writer, so the next commit fails for real."""
+def with_recorder(tmp_path, jobs: dict[str, str], extra: str, scenario) -> None:
+    """In process: a real Supervisor of ``jobs`` with a Store and a Recorder of its
+    history, and ``await scenario(sup, store, recorder)`` beside them (within WAIT)."""
     import trio
     from textwrap import dedent
 
@@ -397,7 +397,32 @@ def test_a_checkpoint_whose_commit_fails_raises_state_error(tmp_path):
     from cosched.supervisor import Supervisor
 
     (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / "saver.py").write_text(dedent("""
+    for name, source in jobs.items():
+        (tmp_path / "jobs" / f"{name}.py").write_text(dedent(source))
+    (tmp_path / "c.toml").write_text('[daemon]\njobs_dir = "jobs"\nruntime_dir = "run"\n'
+                                     'state_dir = "state"\n' + extra)
+    sup = Supervisor(load_config(tmp_path / "c.toml"))
+
+    async def main():
+        store = Store(sup.config.state_dir)
+        initial = store.open()
+        store.start()
+        recorder = Recorder(store, initial, sup, history=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            with trio.fail_after(WAIT):
+                await scenario(sup, store, recorder)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_checkpoint_whose_commit_fails_raises_state_error(tmp_path):
+    """The database connection is closed under the writer, so the next commit fails for
+    real."""
+    import trio
+
+    saver = """
         from cosched import StateError, coro
 
         async def main(task):
@@ -410,30 +435,19 @@ def test_a_checkpoint_whose_commit_fails_raises_state_error(tmp_path):
             except StateError as e:
                 return str(e)
             return "no error"
-    """))
-    (tmp_path / "c.toml").write_text('[daemon]\njobs_dir = "jobs"\nruntime_dir = "run"\n'
-                                     'state_dir = "state"\n')
-    sup = Supervisor(load_config(tmp_path / "c.toml"))
+    """
     out = {}
 
-    async def main():
-        store = Store(sup.config.state_dir)
-        initial = store.open()
-        store.start()
-        recorder = Recorder(store, initial, sup, history=True)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sup.run)
-            with trio.fail_after(WAIT):
-                while "saver" not in sup.job_table or sup.reg.roots_of("saver") == [] or \
-                        sup.find("saver").state != "suspended":
-                    await trio.sleep(0.01)
-                assert store.stats()["commits"] >= 1 and store.stats()["failed_commits"] == 0
-                await recorder.read(lambda conn: conn.close(), "the test")   # in the writer
-                out["answer"] = await sup.resume("saver", [], WAIT)
-                out["stats"] = store.stats()
-            nursery.cancel_scope.cancel()
+    async def scenario(sup, store, recorder):
+        while "saver" not in sup.job_table or sup.reg.roots_of("saver") == [] or \
+                sup.find("saver").state != "suspended":
+            await trio.sleep(0.01)
+        assert store.stats()["commits"] >= 1 and store.stats()["failed_commits"] == 0
+        await recorder.read(lambda conn: conn.close(), "the test")   # in the writer
+        out["answer"] = await sup.resume("saver", [], WAIT)
+        out["stats"] = store.stats()
 
-    trio.run(main)
+    with_recorder(tmp_path, {"saver": saver}, "", scenario)
     assert out["answer"]["outcome"] == "finished"
     assert out["answer"]["values"][0].startswith(
         "could not save task.state of saver (#1) in the state database: Cannot operate on a "
@@ -442,50 +456,30 @@ def test_a_checkpoint_whose_commit_fails_raises_state_error(tmp_path):
 
 
 def test_history_of_a_name_no_one_has_is_refused_without_looking_at_every_task(tmp_path):
-    """In process: an unknown target is looked up by id and name in the registry (the
-    test makes walking the tasks fail), known ones are answered."""
+    """An unknown target is looked up by id and name in the registry (the test makes
+    walking the tasks fail); known ones are answered."""
     import trio
-    from textwrap import dedent
 
-    from cosched.config import load_config
     from cosched.protocol import ControlError
-    from cosched.recorder import Recorder
-    from cosched.store import Store
-    from cosched.supervisor import Supervisor
     from test_supervisor import MANY
 
     class Untouchable(dict):
         def values(self):
             raise AssertionError("every task looked at")
-
-    (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / "many.py").write_text(dedent(MANY))
-    (tmp_path / "c.toml").write_text('[daemon]\njobs_dir = "jobs"\nruntime_dir = "run"\n'
-                                     'state_dir = "state"\n[job.many]\nconfig = { n = 5 }\n')
-    sup = Supervisor(load_config(tmp_path / "c.toml"))
     out = {}
 
-    async def main():
-        store = Store(sup.config.state_dir)
-        initial = store.open()
-        store.start()
-        recorder = Recorder(store, initial, sup, history=True)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sup.run)
-            with trio.fail_after(WAIT):
-                while len(sup.tasks) < 6:
-                    await trio.sleep(0.01)
-                sup.tasks = sup.reg.tasks = Untouchable(sup.reg.tasks)
-                for target in ("nosuch", 99, "many.3", 4, "many"):
-                    try:
-                        found = await recorder.history(target, None, 10)
-                        out[target] = ("known", found["recording"])
-                    except ControlError as e:
-                        out[target] = ("refused", e.code)
-            nursery.cancel_scope.cancel()
-        store.close()
+    async def scenario(sup, store, recorder):
+        while len(sup.tasks) < 6:
+            await trio.sleep(0.01)
+        sup.tasks = sup.reg.tasks = Untouchable(sup.reg.tasks)
+        for target in ("nosuch", 99, "many.3", 4, "many"):
+            try:
+                found = await recorder.history(target, None, 10)
+                out[target] = ("known", found["recording"])
+            except ControlError as e:
+                out[target] = ("refused", e.code)
 
-    trio.run(main)
+    with_recorder(tmp_path, {"many": MANY}, "[job.many]\nconfig = { n = 5 }\n", scenario)
     assert out["nosuch"] == out[99] == ("refused", "no-such-task")
     assert out["many.3"] == out[4] == out["many"] == ("known", True)
 
