@@ -247,7 +247,9 @@ class EventLog:
             self._unsubscribe = None
 
     def resize(self, kept: int) -> None:
-        self._ring = self._ring.resized(kept)
+        """A new events_kept (each reload passes it: unchanged, the ring stays)."""
+        if kept != self._ring.size:
+            self._ring = self._ring.resized(kept)
         self._listen()
 
     def _heard(self, event: dict) -> None:

@@ -88,6 +88,9 @@ def test_a_resized_ring_keeps_the_newest_events_it_can():
     log = EventLog(events, kept=4)
     for i in range(1, 7):
         events.task("started", Child(i))
+    ring = log._ring
+    log.resize(4)   # every reload passes the setting: the same, the ring stays
+    assert log._ring is ring
     log.resize(2)
     assert [e["id"] for e in log.recent(10)] == [5, 6]
     events.task("started", Child(7))

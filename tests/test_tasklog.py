@@ -100,6 +100,18 @@ def test_a_jobs_records_answer_comes_in_chunks_with_the_same_records():
     assert messages(wire(logs.job_answer("j", 2))["records"]) == ["line 2498", "line 2499"]
 
 
+def test_a_reload_that_keeps_task_lines_leaves_the_buffers_alone():
+    a = fake_task(1, "a")
+    logs = logs_of(a, size=3)
+    for n in range(5):
+        logs.add(1, (float(n), "stdout", None, f"a{n}", None))
+    records = logs._buffers[1].records
+    logs.resize(3)   # every reload passes the setting: the same, nothing is rebuilt
+    assert logs._buffers[1].records is records
+    logs.resize(2)
+    assert logs._buffers[1].records.maxlen == 2 and messages(logs.records([1], 5)) == ["a3", "a4"]
+
+
 def test_field_values_are_kept_as_bounded_text():
     class Hostile:
         def __repr__(self):
