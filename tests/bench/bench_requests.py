@@ -89,7 +89,7 @@ def main() -> int:
             worst = max([worst, *found])
             block = f"{max(found) * 1e3:.0f} ms ({len(found)})" if found else "none >= 20 ms"
             print(f"  {' '.join(args):<40} {wall * 1e3:6.0f} ms  {block}"
-                  + ("" if proc.returncode in (0, 1) else f"  exit {proc.returncode}"))
+                  + ("" if proc.returncode in (0, 1) else f"  exit {proc.returncode}"), flush=True)
         since = time.monotonic()
         d.proc.send_signal(signal.SIGHUP)
         time.sleep(3)
