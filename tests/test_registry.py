@@ -205,6 +205,28 @@ def test_scan_marks_each_task_looked_at_and_not_taken():
     assert list(reg.scan()) == [tasks[0], None, tasks[2], tasks[3], tasks[4]]
 
 
+def test_a_filter_matching_more_than_at_once_walks_the_tasks_instead_of_copying(monkeypatch):
+    from cosched import registry
+
+    class Uncopyable(dict):
+        def __iter__(self):
+            raise AssertionError("the index was copied")
+    monkeypatch.setattr(registry, "AT_ONCE", 3)
+    reg = Registry()
+    other = SimpleNamespace(name="other")
+    tasks = [make(reg) for _ in range(6)]
+    stranger = Task(reg.new_id(), reg.free_name("x"), other, None, None, (), None)
+    reg.add(stranger)
+    for t in [*tasks[:5], stranger]:
+        t.state = "suspended"
+    reg.by_state["suspended"] = Uncopyable(reg.by_state["suspended"])
+    reg.by_job["job"] = Uncopyable(reg.by_job["job"])
+    assert list(reg.scan(state="suspended")) == [*tasks[:5], None, stranger]
+    assert list(reg.matching(job="job")) == tasks
+    assert list(reg.matching(job="job", state="suspended")) == tasks[:5]
+    assert list(reg.matching(job="other")) == [stranger]   # a small index: copied
+
+
 def test_rare_fields_read_their_defaults_until_one_is_set_and_then_keep_every_value():
     reg = Registry()
     t = make(reg, "t")

@@ -77,6 +77,27 @@ def test_a_jobs_newest_records_are_the_brute_force_ones_found_in_a_few_buffers()
     assert logs.job_records("w", 0) == [] and logs.job_records("nothing", 5) == []
 
 
+def test_a_long_search_of_a_jobs_records_gives_no_buffer_twice_when_written_meanwhile(
+        monkeypatch):
+    from cosched import tasklog
+
+    monkeypatch.setattr(tasklog, "CHUNK", 2)   # the first 2 from the index, then a copy
+    tasks = [fake_task(i, f"c.{i}") for i in range(1, 7)]
+    logs = logs_of(*tasks, size=3)
+    for i, t in enumerate(tasks):
+        logs.add(t.id, (float(i), "stdout", None, f"old {i}", None))
+    search = logs.search("j", 10)
+    taken = [next(search), next(search)]   # buffers 6 and 5 read; the rest not listed yet
+    logs.add(6, (10.0, "stdout", None, "new 6", None))   # written meanwhile: to the end
+    logs.add(2, (11.0, "stdout", None, "new 2", None))
+    found = [x for x in [*taken, *search] if x is not None]
+    messages_found = [r[3] for r, _, _ in found]
+    assert len(messages_found) == len(set(messages_found)), messages_found
+    # every record there when the search began; of the new, the one in a buffer not
+    # read yet (buffer 6 was read before "new 6" came)
+    assert sorted(messages_found) == sorted([f"old {i}" for i in range(6)] + ["new 2"])
+
+
 def test_a_forgotten_buffer_leaves_the_jobs_search():
     a, b = fake_task(1, "a"), fake_task(2, "b")
     logs = logs_of(a, b)
