@@ -24,9 +24,11 @@ Design principles
   record at most ``MAX_TEXT`` characters per text, and buffers of ended tasks
   are forgotten like the registry forgets the tasks (``ENDED_KEPT``). A task
   that never logs or prints has no buffer.
-- Free while nobody follows: a record costs one tuple appended to a deque; the
-  fan-out to followers (``cosched.feeds.Feed``) happens only when the follower
-  tables are not empty.
+- Free while nobody follows: a record costs one tuple appended to a deque and
+  its task's id moved to the end of its job's index of buffers (the order they
+  were last written in, which lets ``logs JOB -n N`` read only the buffers that
+  can hold the newest N); the fan-out to followers (``cosched.feeds.Feed``)
+  happens only when the follower tables are not empty.
 - Loop-only state: records made in another thread (a job's worker thread, the
   step guard's watchdog) are handed to the event loop with
   ``TrioToken.run_sync_soon`` before they touch any buffer or follower.
