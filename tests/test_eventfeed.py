@@ -66,12 +66,12 @@ def test_the_ring_keeps_the_newest_in_order_whatever_their_shape():
     seen: list[dict] = []
     events.subscribe(seen.append)
     log = EventLog(events, kept=7)
-    wide = {f"f{i}": i for i in range(COLUMNS + 3)}   # more fields than columns
+    wide = {f"f{i}": i for i in range(COLUMNS + 3)}   # more fields than a slot holds
     events.task("started", Child(1))                  # a name the id implies
     events.task("started", Child(2, parent="many.1")) # a grandchild: <parent>.<id>, kept
     events.task("started", Child(3, job="other"))     # many.3 of job other: kept
     events.task("failed", Child(4), error="x", **wide)
-    events.job("reload", "*")                         # fewer fields than columns
+    events.job("reload", "*")                         # fewer fields than a slot holds
     events.job("job-loaded", "j", **wide)
     odd = {"event": "odd", "time": "not first"}
     log._heard(odd)                                   # another form: kept whole
