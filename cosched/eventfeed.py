@@ -266,8 +266,7 @@ class EventLog:
         """The newest ``lines`` events (of ``job``), oldest first: looked for from the
         newest, an event made only for each one taken."""
         ring = self._ring
-        found = [k for k in ring.newest(lines, job) if k is not None]
-        return [e for e in map(ring.event, reversed(found)) if e is not None]
+        return _made(ring)([k for k in _search(ring, lines, job, None) if k is not None])
 
     def answer(self, lines: int, job: str | None = None) -> dict | Chunked:
         """``{"events": recent(lines, job)}``; from a ring longer than a chunk, made a
