@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .events import Events
+from .events import Events, task_event
 from .feeds import LOOKED, Feed, Stream
 from .protocol import Chunked
 from .saferepr import safe_repr
@@ -57,6 +57,29 @@ _IMPLIED = object()   # in a slot, for the task's name: it is <job>.<id>
 FIRST_SLOTS = 4096  # slots made with the ring (288 KB at most); more are made as needed
 STRIDE = COLUMNS + 2   # a slot: the shape, COLUMNS values, the tuple of the others
 _PADS = [(None,) * (COLUMNS - n) for n in range(COLUMNS)]   # for an event of fewer fields
+
+
+def _slot(shape: tuple[str, ...], first: Any, second: Any, rest: Any) -> tuple:
+    """A slot of an event of this shape, from its values after the time."""
+    n = len(rest) + 2
+    if n == COLUMNS:   # a task event of one more field: the usual one
+        return (shape, first, second, *rest, None)
+    if n < COLUMNS:
+        return (shape, first, second, *rest, *_PADS[n], None)
+    rest = tuple(rest)
+    return (shape, first, second, *rest[:COLUMNS - 2], rest[COLUMNS - 2:])
+
+
+_TASK_KEYS = ("time", "event", "task", "id", "job", "state")   # a task event's first keys
+_TASK_SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}   # its other keys -> its shape
+
+
+def _task_shape(keys: tuple[str, ...]) -> tuple[str, ...]:
+    shape = _shape(_TASK_KEYS + keys)
+    assert shape is not None
+    if len(_TASK_SHAPES) < MAX_SHAPES:
+        _TASK_SHAPES[keys] = shape
+    return shape
 
 
 def _shape(keys: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -105,17 +128,43 @@ class _Ring:
         keys = tuple(event)
         shape = _SHAPES.get(keys) or _shape(keys)
         time, *values = event.values()
-        n = len(values)
-        if n == COLUMNS:   # a task event of one more field: the usual one
-            slot = (shape, *values, None)
-        elif n < COLUMNS:
-            slot = (shape, *values, *_PADS[n], None)
-        else:
-            slot = (shape, *values[:COLUMNS], tuple(values[COLUMNS:]))
         if shape is None or type(time) is not float:   # kept whole
-            slot, time = (None, *_PADS[0], (keys, tuple(event.values()))), 0.0
-        elif keys[2:3] == ("task",) and slot[2] == f"{slot[4]}.{slot[3]}":
-            slot = (shape, slot[1], _IMPLIED, *slot[3:])
+            self._put(0.0, (None, *_PADS[0], (keys, tuple(event.values()))))
+        elif keys[2:3] == ("task",) and values[1] == f"{values[3]}.{values[2]}":
+            self._put(time, _slot(shape, values[0], _IMPLIED, values[2:]))
+        else:
+            self._put(time, _slot(shape, values[0], values[1], values[2:]))
+
+    def append_task(self, when: float, kind: str, t: Any, fields: dict) -> None:
+        """``append(task_event(when, kind, t, fields))`` without the dict, nor the name
+        of a task named <job>.<id> (a Task tells it by ``own_name``). Written out: it
+        runs at every start of every task."""
+        if not self.size:
+            return
+        keys = tuple(fields)
+        shape = _TASK_SHAPES.get(keys) or _task_shape(keys)
+        job, tid = t.job.name, t.id
+        own = getattr(t, "own_name", None)
+        if own is not None:
+            name = own()
+        else:
+            name = t.name
+            name = None if name == f"{job}.{tid}" else name
+        if name is None:
+            name = _IMPLIED
+        if len(keys) == 1:   # the usual
+            slot = (shape, kind, name, tid, job, t.state, *fields.values(), None)
+        else:
+            slot = _slot(shape, kind, name, (tid, job, t.state, *fields.values()))
+        i = self._added % self.size
+        if i < len(self._times):
+            self._added += 1
+            self._times[i] = when
+            self._slots[i * STRIDE:(i + 1) * STRIDE] = slot
+        else:
+            self._put(when, slot)
+
+    def _put(self, time: float, slot: tuple) -> None:
         i = self._added % self.size
         self._added += 1
         if i < len(self._times):
@@ -241,7 +290,10 @@ class EventLog:
     def _listen(self) -> None:
         wanted = bool(self._ring.size or self._feeds)
         if wanted and self._unsubscribe is None:
-            self._unsubscribe = self._events.subscribe(self._heard)
+            events = self._events
+            unsubscribes = (events.subscribe(self._heard, tasks=False),
+                            events.watch_tasks(self._watched))
+            self._unsubscribe = lambda: [stop() for stop in unsubscribes]
         elif not wanted and self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -251,6 +303,13 @@ class EventLog:
         if kept != self._ring.size:
             self._ring = self._ring.resized(kept)
         self._listen()
+
+    def _watched(self, when: float, kind: str, t: Any, fields: dict) -> None:
+        """A task event: kept without its dict unless a follower or a job's value needs it."""
+        if self._feeds or not _JOB_VALUES.isdisjoint(fields):
+            self._heard(task_event(when, kind, t, fields))
+        else:
+            self._ring.append_task(when, kind, t, fields)
 
     def _heard(self, event: dict) -> None:
         if not _JOB_VALUES.isdisjoint(event):  # a copy: other listeners get theirs

@@ -10,6 +10,12 @@ Design: emitting costs one truth test while nobody listens, so tasks pay
 nothing for features nobody uses. A listener is a plain function called on
 the event loop; it must not block (queue the event and return) and must not
 raise (a failing listener is logged and dropped, never the emitter's problem).
+
+The daemon's own listeners of task events (the event ring, the state store)
+hear them as they are made, ``(time, kind, task, fields)`` (``watch_tasks``):
+at every start of a million children, a dict made and read key by key by each
+was a fifth of the cost of a spawn. The event's dict (``task_event``) is made
+once, and only when a listener of dicts listens.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["Events", "TASK_EVENTS", "JOB_EVENTS"]
+__all__ = ["Events", "TASK_EVENTS", "JOB_EVENTS", "task_event"]
 
 log = structlog.get_logger("cosched.events")
 
@@ -28,10 +34,17 @@ TASK_EVENTS = ("started", "suspended", "resumed", "finished", "failed", "killed"
 JOB_EVENTS = ("job-loaded", "job-refused", "job-removed", "reload", "stopping")
 
 Listener = Callable[[dict[str, Any]], None]
+TaskWatcher = Callable[[float, str, Any, dict[str, Any]], None]   # (time, kind, task, fields)
+
+
+def task_event(when: float, kind: str, t: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """A task event as a dict: time, event, task (name), id, job, state, plus ``fields``."""
+    return {"time": when, "event": kind, "task": t.name, "id": t.id, "job": t.job.name,
+            "state": t.state, **fields}
 
 
 class Events:
-    __slots__ = ("_of_tasks", "_of_jobs")
+    __slots__ = ("_of_tasks", "_of_jobs", "_watchers")
 
     def __init__(self) -> None:
         # Tuples, replaced on each change: emitting (every start) iterates one as it is,
@@ -40,9 +53,10 @@ class Events:
         # is not called at each of a million starts.
         self._of_tasks: tuple[Listener, ...] = ()
         self._of_jobs: tuple[Listener, ...] = ()
+        self._watchers: tuple[TaskWatcher, ...] = ()   # hear task events undressed
 
     def __bool__(self) -> bool:
-        return bool(self._of_tasks or self._of_jobs)
+        return bool(self._of_tasks or self._of_jobs or self._watchers)
 
     def subscribe(self, listener: Listener, *, tasks: bool = True,
                   jobs: bool = True) -> Callable[[], None]:
@@ -54,16 +68,32 @@ class Events:
             self._of_jobs += (listener,)
         return lambda: self._remove(listener)
 
-    def _remove(self, listener: Listener) -> None:
+    def watch_tasks(self, watcher: TaskWatcher) -> Callable[[], None]:
+        """Add a listener of task events that takes ``(time, kind, task, fields)`` (the
+        task object as it is when the event is made: read what is needed at once);
+        returns the function that removes it."""
+        self._watchers += (watcher,)
+        return lambda: self._remove(watcher)
+
+    def _remove(self, listener: Callable[..., None]) -> None:
         self._of_tasks = tuple(x for x in self._of_tasks if x is not listener)
         self._of_jobs = tuple(x for x in self._of_jobs if x is not listener)
+        self._watchers = tuple(x for x in self._watchers if x is not listener)
 
     def task(self, kind: str, t: Any, **fields: Any) -> None:
         """A task event: time, event, task (name), id, job, state, plus ``fields``."""
-        if self._of_tasks:
-            self._send(self._of_tasks, {"time": time.time(), "event": kind, "task": t.name,
-                                        "id": t.id, "job": t.job.name, "state": t.state,
-                                        **fields})
+        watchers, of_tasks = self._watchers, self._of_tasks
+        if not (watchers or of_tasks):
+            return
+        now = time.time()
+        for watcher in watchers:
+            try:
+                watcher(now, kind, t, fields)
+            except Exception:  # noqa: BLE001 - as _send
+                log.exception("event listener failed; removing it", listener=repr(watcher))
+                self._remove(watcher)
+        if of_tasks:
+            self._send(of_tasks, task_event(now, kind, t, fields))
 
     def job(self, kind: str, job: str, **fields: Any) -> None:
         if self._of_jobs:

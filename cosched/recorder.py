@@ -46,6 +46,7 @@ import structlog
 import trio
 
 from . import protocol
+from .events import task_event
 from .protocol import NO_SUCH_TASK, ControlError
 from .saferepr import safe_repr
 from .statejson import StateError, decode_state, encode_state
@@ -72,14 +73,16 @@ class Recorder:
         self._stopping: dict[int, list | None] = {}  # tasks alive at a stop -> yielded values
         self._wakeups = _Wakeups()
         self.checkpointer = self.checkpoint   # one bound method for every task, not one each
-        self._handlers = {"started": self._started, "suspended": self._suspended,
+        self._handlers = {"suspended": self._suspended,
                           "resumed": self._resumed, "restarting": self._restarting,
                           "finished": self._ended, "failed": self._ended, "killed": self._ended,
                           "stopping": self._stop, "job-loaded": self._job,
                           "job-refused": self._job, "job-removed": self._job}
         sup.reg.next_id = max(sup.reg.next_id, initial.next_id)
         sup.durable = self
-        self.unsubscribe = sup.events.subscribe(self.on_event)
+        unsubscribes = (sup.events.subscribe(self.on_event, tasks=False),
+                        sup.events.watch_tasks(self.on_task))
+        self.unsubscribe = lambda: [stop() for stop in unsubscribes]
 
     # ------------------------------------------------------------ task.state
 
@@ -125,6 +128,17 @@ class Recorder:
 
     # ------------------------------------------------------------ events
 
+    def on_task(self, when: float, kind: str, t: Any, fields: dict) -> None:
+        """A task event: a start is taken as it is (a million children start at once),
+        the others as the dict on_event takes."""
+        if kind == "started":
+            try:
+                self._started(when, t, fields.get("restarts", 0))
+            except Exception:  # noqa: BLE001 - as on_event
+                log.exception("recording an event failed", event=kind, task=t.id)
+        else:
+            self.on_event(task_event(when, kind, t, fields))
+
     def on_event(self, e: dict) -> None:
         handler = self._handlers.get(e["event"])
         if handler is None:
@@ -134,14 +148,13 @@ class Recorder:
         except Exception:  # noqa: BLE001 - raising would unsubscribe us: log, carry on
             log.exception("recording an event failed", event=e.get("event"), task=e.get("id"))
 
-    def _started(self, e: dict) -> None:
-        tid = e["id"]
+    def _started(self, when: float, t: Any, restarts: int) -> None:
+        tid = t.id
         if tid >= self._ceiling - ID_BLOCK // 2:   # reserve the next block well before use
             self._ceiling = max(self._ceiling, tid) + ID_BLOCK
             self.store.reserve_ids(self._ceiling)
         if self.recording:
-            self.store.task_started_from(_start_row, self.sup.tasks[tid], e["time"],
-                                         e.get("restarts", 0))
+            self.store.task_started_from(_start_row, t, when, restarts)
 
     def _suspended(self, e: dict) -> None:
         self._save(self.sup.tasks[e["id"]])

@@ -119,6 +119,15 @@ class Task:
         name = self._name
         return name if name is not None else f"{self.parent.name}.{self.id}"
 
+    def own_name(self) -> str | None:
+        """Its name, or None when that is its job's name and its id, ``<job>.<id>`` (a
+        task its job's own task spawned without a name): told without making it."""
+        name = self._name
+        if name is None:
+            parent = self.parent.name
+            return None if parent == self.job.name else f"{parent}.{self.id}"
+        return name
+
     @property
     def state(self) -> str:
         return self._state

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from cosched import eventfeed
-from cosched.eventfeed import CHUNK, COLUMNS, MAX_ITEMS, EventLog, _Ring
+from cosched.eventfeed import CHUNK, COLUMNS, MAX_ITEMS, STRIDE, EventLog, _Ring
 from cosched.events import Events
 from cosched.feeds import LOOKED, Feed, Stream
 from cosched.protocol import Chunked
@@ -132,6 +132,34 @@ def test_a_ring_of_a_thousand_spawns_costs_under_a_hundred_bytes_an_event():
         tracemalloc.stop()
     assert len(ring) == 1000 and size / 1000 < 100
     assert [e["task"] for e in ring][-1] == "many.1999"
+
+
+def test_the_ring_keeps_a_spawned_tasks_event_without_making_its_name():
+    from cosched.registry import Task
+
+    class Named(Task):
+        __slots__ = ("made",)
+
+        @property
+        def name(self):
+            self.made = getattr(self, "made", 0) + 1
+            return super().name
+
+    job = type("J", (), {"name": "many"})
+    root = Task(1, "many", job, None, None, (), None)
+    other = Task(2, "many.x", job, None, None, (), None)
+    child, grandchild = Named(3, None, job, None, None, (), root), Named(4, None, job, None,
+                                                                       None, (), other)
+    events = Events()
+    log = EventLog(events, kept=10)
+    events.task("started", child, restarts=0)
+    events.task("started", grandchild, restarts=0)
+    events.task("started", root, restarts=1)
+    assert not hasattr(child, "made") and not hasattr(grandchild, "made")
+    ring = log._ring
+    assert ring._slots[2] is eventfeed._IMPLIED and ring._slots[2 + STRIDE] == "many.x.4"
+    assert [(e["task"], e["id"], e["restarts"]) for e in log.recent(10)] == [
+        ("many.3", 3, 0), ("many.x.4", 4, 0), ("many", 1, 1)]
 
 
 def wire(answer):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import trio
 
 from cosched.config import load_config
-from cosched.events import Events
+from cosched.events import Events, task_event
 from cosched.supervisor import Supervisor
 
 ASKER = """
@@ -108,6 +108,58 @@ def test_a_listener_hears_only_the_kinds_of_events_it_subscribed_to():
     events.task("finished", task)
     events.job("job-removed", "a")
     assert len(both) == 2 and len(jobs_only) == 2 and len(tasks_only) == 2
+
+
+class CountedName:
+    """A task whose name is counted each time it is made."""
+
+    def __init__(self):
+        self.id, self.job, self.state, self.made = 7, SimpleNamespace(name="a"), "running", 0
+
+    @property
+    def name(self):
+        self.made += 1
+        return "a.7"
+
+
+def test_a_watcher_hears_task_events_as_they_are_made_and_no_dict_is_made_for_it():
+    events = Events()
+    watched: list[tuple] = []
+    task = CountedName()
+    stop = events.watch_tasks(lambda *event: watched.append(event))
+    assert bool(events)
+    events.job("job-loaded", "a")   # job events are not a watcher's
+    events.task("started", task, restarts=0)
+    assert len(watched) == 1 and task.made == 0   # no dict, no name, for a watcher
+    when, kind, t, fields = watched[0]
+    assert isinstance(when, float) and (kind, t, fields) == ("started", task, {"restarts": 0})
+    heard: list[dict] = []
+    events.subscribe(heard.append)
+    events.task("killed", task, error="x")
+    assert heard == [{"time": watched[1][0], "event": "killed", "task": "a.7", "id": 7,
+                      "job": "a", "state": "running", "error": "x"}]
+    assert heard[0] == task_event(*watched[1])
+    stop()
+    events.task("finished", task)
+    assert len(watched) == 2 and len(heard) == 2
+
+
+def test_a_failing_watcher_is_dropped_and_the_others_still_hear():
+    events = Events()
+    watched, heard = [], []
+
+    def broken(*event):
+        raise RuntimeError("watcher bug")
+
+    events.watch_tasks(broken)
+    events.watch_tasks(lambda *event: watched.append(event[1]))
+    events.subscribe(heard.append)
+    task = SimpleNamespace(name="t", id=1, job=SimpleNamespace(name="a"), state="running")
+    events.task("started", task)
+    events.task("finished", task)
+    assert watched == ["started", "finished"]
+    assert [e["event"] for e in heard] == ["started", "finished"]
+    assert events._watchers == (events._watchers[0],)   # broken went at its first failure
 
 
 def test_a_stop_is_announced_before_the_tasks_it_kills(tmp_path):
