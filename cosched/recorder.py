@@ -153,8 +153,12 @@ class Recorder:
         if tid >= self._ceiling - ID_BLOCK // 2:   # reserve the next block well before use
             self._ceiling = max(self._ceiling, tid) + ID_BLOCK
             self.store.reserve_ids(self._ceiling)
-        if self.recording:
+        if not self.recording:
+            return
+        if restarts:
             self.store.task_started_from(_start_row, t, when, restarts)
+        else:   # a first life: queued as the task alone (a burst of a million waits for
+            self.store.task_started_from(_first_start_row, t)   # the writer: 40 B each fewer)
 
     def _suspended(self, e: dict) -> None:
         self._save(self.sup.tasks[e["id"]])
@@ -326,6 +330,11 @@ def _start_row(t: Any, when: float, restarts: int) -> tuple:
     """A task's row in the history (made in the writer thread: these fields never change)."""
     return (t.id, _text(t.name), t.job.name, t.parent.id if t.parent is not None else None,
             _text(str(t.job.path)), when, restarts)
+
+
+def _first_start_row(t: Any) -> tuple:
+    """``_start_row`` of a task's first life: it started when it was made."""
+    return _start_row(t, t.started_at, 0)
 
 
 def _text(value: str | None) -> str | None:

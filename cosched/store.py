@@ -69,9 +69,10 @@ LINGER = 0.01            # seconds a batch nobody waits for may wait for more to
 LINGER_OPS = 1000        # ... unless it has this many operations already
 MAX_COMMIT_OPS = 4000    # operations in one transaction at most
 RUN_STARTS = 256         # starts sharing one queued operation at most (see task_started_from)
-FLUSH_ROWS = 256         # history rows gathered for one executemany at most: CPython keeps
+FLUSH_ROWS = 64          # history rows gathered for one executemany at most: CPython keeps
                          # up to 2,000 freed tuples of each length for reuse, so rows made
-                         # by the thousand stayed allocated (0.2 KB a task of a small daemon)
+                         # by the thousand stayed allocated (0.2 KB a task of a small daemon);
+                         # 256 rows with their names and paths held 85 KB while a spawn ran
 CACHE_KIB = 64           # SQLite's page cache: it would grow to 2 MB as the history is written
                          # (pages written once, read rarely; the kernel caches the file anyway).
                          # 64 writes history rows as fast as 128 (at 32 each row cost 2.5x

@@ -497,3 +497,36 @@ def test_a_long_history_answer_comes_whole_and_in_order(restartable):
     assert sorted(e["task"] for e in events if e["event"] == "started") == list(range(1, 1202))
     last = d.ok("history", "wide", "--limit", "3")
     assert last["more"] is True and last["events"] == events[-3:]
+
+
+def test_a_first_start_is_recorded_from_the_task_and_a_restart_with_its_time(tmp_path):
+    """A task's first life is queued as the task alone: its row and its "started" event
+    take the time it was made; a restart's event takes the restart's time, its row the
+    count."""
+    import trio
+
+    from cosched.store import task_query
+    from test_supervisor import MANY
+    out = {}
+
+    async def scenario(sup, store, recorder):
+        while len(sup.tasks) < 4:
+            await trio.sleep(0.01)
+        child = sup.reg.find("many.3")
+        out["made"], out["root made"] = child.started_at, sup.tasks[1].started_at
+        sup.tasks[1].restarts = 2   # as if the job's own task had begun its third life
+        recorder.on_task(12345.5, "started", sup.tasks[1], {"restarts": 2})
+        out["child"] = await recorder.read(task_query(3), "a task")
+        out["root"] = await recorder.read(task_query(1), "a task")
+        out["events"] = (await recorder.history(None, None, 100))["events"]
+
+    with_recorder(tmp_path, {"many": MANY}, "[job.many]\nconfig = { n = 3 }\n", scenario)
+    child, root = out["child"], out["root"]
+    assert (child["name"], child["job"], child["parent"], child["restarts"]) == (
+        "many.3", "many", 1, 0)
+    assert child["started"] == pytest.approx(out["made"], abs=0.01)
+    assert root["restarts"] == 2   # and its first life's time
+    assert root["started"] == pytest.approx(out["root made"], abs=0.01)
+    started = [(e["task"], e["time"]) for e in out["events"] if e["event"] == "started"]
+    assert dict(started)[3] == pytest.approx(out["made"], abs=0.01)
+    assert started[-1] == (1, 12345.5)
