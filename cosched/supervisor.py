@@ -689,7 +689,7 @@ class Supervisor:
         each an array of those fields; with ``limit`` the first that many, and how many
         matched in ``num_matching``); long lists are sent in chunks, or with ``pages``
         as a stream of pages (see protocol.Chunked)."""
-        if job is not None and job not in self.job_table and not self.reg.of_job(job):
+        if job is not None and job not in self.job_table and not self.reg.count_listed_of(job):
             raise ControlError(NO_SUCH_JOB, f"no job {job!r} in {self.config.jobs_dir}")
         if task is not None:
             t = self.find(task)

@@ -85,11 +85,11 @@ def test_a_job_s_roots_and_alive_count_are_kept_without_walking_its_children():
                      None, (), None)
         reg.add(other)
         assert reg.roots_of("job") == [root] and reg.count_alive_of("job") == 4
-        class Untouchable(dict):   # a job's index of every task: roots_of must not walk it
+        class Untouchable(dict):   # every task: roots_of must not walk them
             def values(self):
-                raise AssertionError("walked every task of the job")
+                raise AssertionError("walked every task")
             items = keys = __iter__ = values
-        reg.by_job["job"] = Untouchable(reg.by_job["job"])
+        reg.tasks = Untouchable(reg.tasks)
         assert reg.roots_of("job") == [root]
         end(reg, kids[0])
         assert reg.count_alive_of("job") == 3 and reg.roots_of("job") == [root]
@@ -211,6 +211,7 @@ def test_a_filter_matching_more_than_at_once_walks_the_tasks_instead_of_copying(
     class Uncopyable(dict):
         def __iter__(self):
             raise AssertionError("the index was copied")
+        values = items = __iter__
     monkeypatch.setattr(registry, "AT_ONCE", 3)
     reg = Registry()
     other = SimpleNamespace(name="other")
@@ -220,7 +221,7 @@ def test_a_filter_matching_more_than_at_once_walks_the_tasks_instead_of_copying(
     for t in [*tasks[:5], stranger]:
         t.state = "suspended"
     reg.by_state["suspended"] = Uncopyable(reg.by_state["suspended"])
-    reg.by_job["job"] = Uncopyable(reg.by_job["job"])
+    reg._roots["job"] = Uncopyable(reg._roots["job"])   # where a job's tasks are found from
     assert list(reg.scan(state="suspended")) == [*tasks[:5], None, stranger]
     assert list(reg.matching(job="job")) == tasks
     assert list(reg.matching(job="job", state="suspended")) == tasks[:5]
@@ -246,3 +247,37 @@ def test_rare_fields_read_their_defaults_until_one_is_set_and_then_keep_every_va
     assert other.error is None and other._rare is None   # one record per task, not shared
     child = make(reg, "child", parent=other)
     assert other.children == {child.id: child} and child._rare is None
+
+
+def test_a_job_s_tasks_are_found_through_its_top_level_tasks_and_their_children(monkeypatch):
+    from cosched import registry
+    reg = Registry()
+    other = SimpleNamespace(name="other")
+
+    def stranger():
+        t = Task(reg.new_id(), reg.free_name("x"), other, None, None, (), None)
+        reg.add(t)
+        return t
+    strangers = [stranger() for _ in range(5)]
+    root = make(reg, "job")
+    kid = make(reg, "kid", root)
+    strangers.append(stranger())
+    grandkid = make(reg, "grandkid", kid)
+    ended_kid = make(reg, "kid", root)
+    end(reg, ended_kid)
+    root2 = make(reg, "job")
+    kid2 = make(reg, "kid", root2)
+    end(reg, root2)   # its child is alive until it ends too
+    ours = [root, kid, grandkid, ended_kid, root2, kid2]
+    assert list(reg.scan(job="job")) == ours   # in id order; no other task looked at
+    assert list(reg.matching(job="job", state="finished")) == [ended_kid, root2]
+    assert list(reg.matching(job="other")) == strangers
+    assert reg.count_listed_of("job") == 6 and reg.count_listed_of("nosuch") == 0
+    assert list(reg.scan(job="nosuch")) == []
+    monkeypatch.setattr(registry, "ENDED_KEPT", 1)
+    end(reg, stranger())   # root2 and ended_kid are forgotten; kid2 is still alive
+    assert reg.count_listed_of("job") == 4
+    assert list(reg.matching(job="job")) == [root, kid, grandkid, kid2]   # every task walked
+    for t in (kid2, grandkid, kid, root):
+        end(reg, t)
+    assert list(reg.matching(job="job")) == [root] and reg.count_listed_of("job") == 1
