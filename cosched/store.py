@@ -34,7 +34,8 @@ Design
   has recorded so far.
 - Retention: after every ``PRUNE_EVERY`` new events (and at start) the thread
   deletes, in bounded chunks, events beyond ``max_rows`` or older than
-  ``max_days``, and ended tasks that no event is left for.
+  ``max_days`` (those before the first event young enough, in order: no index
+  by time is written at every event), and ended tasks that no event is left for.
 
 Nothing here knows trio: callbacks run in the writer thread; the caller turns
 them into event-loop wake-ups (``cosched.recorder``).
@@ -101,6 +102,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX events_time ON events (time)",
         "CREATE TABLE timers (job TEXT PRIMARY KEY, last_due REAL, last_run REAL,"
         " last_task INTEGER) WITHOUT ROWID",
+    ],
+    [   # 2: fewer index entries a start writes (a burst of a million starts writes them
+        # all): only ended tasks in tasks_ended, the only ones pruning looks for there;
+        # no index by time (events are pruned by age in seq order, see _prune)
+        "DROP INDEX tasks_ended",
+        "CREATE INDEX tasks_ended ON tasks (ended_seq) WHERE ended_seq IS NOT NULL",
+        "DROP INDEX events_time",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -276,7 +284,7 @@ class Store:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            if n:
+            if version:   # (a new database is made, not migrated)
                 log.info("state database migrated", path=str(self.path), version=n + 1)
 
     def _read_initial(self, conn: sqlite3.Connection) -> Initial:
@@ -505,10 +513,12 @@ class Store:
         cutoff = top - self.max_rows
         statements = [("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? "
                        "ORDER BY seq LIMIT ?)", (cutoff, PRUNE_CHUNK))]
-        if self.max_days > 0:
-            old = self.clock() - self.max_days * 86400
-            statements.append(("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE "
-                               "time < ? ORDER BY time LIMIT ?)", (old, PRUNE_CHUNK)))
+        if self.max_days > 0:   # the events before the first one young enough (times
+            old = self.clock() - self.max_days * 86400   # follow seqs; after a clock step
+            statements.append((                         # back, max_rows prunes the rest)
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < (SELECT "
+                "coalesce((SELECT seq FROM events WHERE time >= ? ORDER BY seq LIMIT 1), "
+                "1 << 62)) ORDER BY seq LIMIT ?)", (old, PRUNE_CHUNK)))
         first = "(SELECT coalesce(min(seq), 1 << 62) FROM events)"
         statements.append((f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
                            f"ended_seq < {first} ORDER BY ended_seq LIMIT ?)", (PRUNE_CHUNK,)))

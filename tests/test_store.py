@@ -396,3 +396,53 @@ def test_a_later_migration_upgrades_an_existing_database_and_keeps_its_data(tmp_
     conn = sqlite3.connect(tmp_path / DB_NAME)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(states)")]
+
+
+def test_retention_by_age_goes_in_order_and_stops_at_the_first_young_event(tmp_path):
+    """Events are pruned by age from the oldest seq up to the first one young enough: an
+    old time after it (the clock stepped back) is kept, for max_rows to prune."""
+    now = [1_000_000.0]
+    store, _ = opened(tmp_path, max_rows=10_000, max_days=1, clock=lambda: now[0])
+    store.prune_every = 1
+    for kind, age in (("a", 3), ("b", 2), ("c", 0), ("d", 5), ("e", 0)):
+        store.event(now[0] - age * 86400, None, "job", kind, None)
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    store.event(now[0], None, "job", "f", None)   # a prune follows
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    events = read(store, history_query(None, None, 50))["events"]
+    assert [e["event"] for e in events] == ["c", "d", "e", "f"]
+    store.close()
+
+
+def test_a_database_of_the_first_schema_migrates_keeping_its_history(tmp_path):
+    from cosched import store as store_module
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    for statement in store_module.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO tasks (id, name, job, started, ended, ended_seq, state) "
+                 "VALUES (1, 'a', 'job', 1.0, 2.0, 2, 'finished'), (2, 'b', 'job', 3.0, NULL, "
+                 "NULL, 'running')")
+    conn.execute("INSERT INTO events (seq, time, task, job, event) VALUES (1, 1.0, 1, 'job', "
+                 "'started'), (2, 2.0, 1, 'job', 'finished'), (3, 3.0, 2, 'job', 'started')")
+    conn.commit()
+    conn.close()
+    store, initial = opened(tmp_path, max_days=0)
+    assert initial.next_id >= 3
+    events = read(store, history_query(None, None, 50))["events"]
+    assert [(e["seq"], e["event"]) for e in events] == [(1, "started"), (2, "finished"),
+                                                        (3, "started"), (4, "lost")]
+    store.close()
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                "AND sql IS NOT NULL"))
+    assert "events_time" not in indexes and "WHERE ended_seq IS NOT NULL" in indexes[
+        "tasks_ended"]
+    assert conn.execute("SELECT count(*) FROM tasks INDEXED BY tasks_ended "
+                        "WHERE ended_seq < 10").fetchone()[0] == 2   # (both ended now)
+    conn.close()
