@@ -339,8 +339,8 @@ def _first_start_row(t: Any) -> tuple:
 
 def _text(value: str | None) -> str | None:
     """A string SQLite can store (text from jobs may hold lone surrogates)."""
-    if value is None:
-        return None
+    if value is None or value.isascii():
+        return value
     try:
         value.encode("utf-8")
         return value

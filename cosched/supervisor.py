@@ -328,7 +328,8 @@ class Supervisor:
         if name is implied:   # neither record keeps it: both derive it from the parent's
             t = Task(tid, None, job, policy, fn or job.main, args, parent)
             t.ctx = TaskContext(parent.ctx, tid, _job_logger, config, trigger=trigger,
-                                shared=shared, **durable)
+                                shared=shared, **durable) if trigger or durable else \
+                TaskContext.child_of(parent.ctx, tid, _job_logger, config, shared)
         else:
             t = Task(tid, name, job, policy, fn or job.main, args, parent)
             t.ctx = TaskContext(name, tid, _job_logger, config, trigger=trigger, shared=shared,

@@ -101,6 +101,17 @@ class TaskContext:
         if trigger is not None or restored or key is not None:
             self.trigger, self.restored, self._key = trigger, restored, key
 
+    @classmethod
+    def child_of(cls, parent: TaskContext, id: int, log: Any, config: dict[str, Any],
+                 shared: Shared) -> TaskContext:
+        """``cls(parent, id, log, config, shared=shared)``: a child spawned without a name,
+        trigger or saved state, made without parsing keywords (a burst makes a million)."""
+        ctx = cls.__new__(cls)
+        ctx._name, ctx.id, ctx._log, ctx.config = parent, id, log, config
+        ctx._state = ctx._more = None
+        ctx._shared = shared
+        return ctx
+
     @property
     def name(self) -> str:
         """The task's name, unique among alive tasks."""

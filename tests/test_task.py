@@ -155,3 +155,16 @@ def test_what_few_tasks_have_is_made_only_when_set_and_services_are_shared():
     assert (hooked.trigger, hooked.restored, hooked._key) == ({"task": "x"}, True, "c")
     plain._finish("finished", 42)
     assert run(plain.join) == 42 and other._more is None
+
+
+def test_a_child_s_context_made_without_keywords_is_the_one_the_constructor_makes():
+    from cosched.task import Shared, TaskContext
+    shared = Shared()
+    parent = TaskContext("job", 1, lambda name, tid: (name, tid), {"k": 1}, shared=shared)
+    made = TaskContext(parent, 7, parent._log, parent.config, shared=shared)
+    quick = TaskContext.child_of(parent, 7, parent._log, parent.config, shared)
+    for ctx in (made, quick):
+        assert (ctx.name, ctx.id, ctx.config, ctx._shared) == ("job.7", 7, {"k": 1}, shared)
+        assert (ctx.trigger, ctx.restored, ctx._key, ctx.state) == (None, False, None, {})
+    assert {s: getattr(quick, s) for s in TaskContext.__slots__ if s != "_state"} == \
+        {s: getattr(made, s) for s in TaskContext.__slots__ if s != "_state"}
