@@ -475,14 +475,13 @@ class Store:
 
     def _flush(self, conn: sqlite3.Connection, rows: _Rows) -> None:
         if rows.starts:
-            conn.executemany(
-                "INSERT INTO tasks (id, name, job, parent, path, started, state, restarts) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) ON CONFLICT (id) DO UPDATE SET "
-                "ended = NULL, ended_seq = NULL, state = 'running', restarts = excluded.restarts",
-                rows.starts)
+            _insert(conn, "INSERT INTO tasks (id, name, job, parent, path, started, state, "
+                          "restarts) VALUES ", "(?, ?, ?, ?, ?, ?, 'running', ?)",
+                    " ON CONFLICT (id) DO UPDATE SET ended = NULL, ended_seq = NULL, "
+                    "state = 'running', restarts = excluded.restarts", rows.starts)
         if rows.events:
-            conn.executemany("INSERT INTO events (seq, time, task, job, event, data) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", rows.events)
+            _insert(conn, "INSERT INTO events (seq, time, task, job, event, data) VALUES ",
+                    "(?, ?, ?, ?, ?, ?)", "", rows.events)
             self._since_prune += len(rows.events)
         if rows.ends:
             conn.executemany("UPDATE tasks SET ended = ?, ended_seq = ?, state = ?, result = ?, "
@@ -625,6 +624,17 @@ class _Rows:
         self.events: list[tuple] = []
         self.ends: list[tuple] = []
         self.ended: set[int] = set()   # tasks with an end among them
+
+
+def _insert(conn: sqlite3.Connection, head: str, values: str, tail: str,
+            rows: list[tuple]) -> None:
+    """``executemany(head + values + tail, rows)`` as one statement of FLUSH_ROWS rows at
+    most: fewer steps of SQLite's, each of which lets the GIL go and takes it back from
+    the event loop (7,500 instructions fewer a start, by callgrind)."""
+    for at in range(0, len(rows), FLUSH_ROWS):
+        chunk = rows[at:at + FLUSH_ROWS]
+        conn.execute(head + ", ".join([values] * len(chunk)) + tail,
+                     [value for row in chunk for value in row])
 
 
 def _interrupted(conn: sqlite3.Connection, job: str, task: int | None, when: float) -> None:

@@ -446,3 +446,24 @@ def test_a_database_of_the_first_schema_migrates_keeping_its_history(tmp_path):
     assert conn.execute("SELECT count(*) FROM tasks INDEXED BY tasks_ended "
                         "WHERE ended_seq < 10").fetchone()[0] == 2   # (both ended now)
     conn.close()
+
+
+def test_a_burst_of_starts_and_ends_is_written_in_statements_of_many_rows(tmp_path):
+    """More rows than one statement takes, a task started again after its end in the
+    same batch: every row is written, in order."""
+    store, _ = opened(tmp_path, max_days=0)
+    n = FLUSH_ROWS * 2 + 5
+    for tid in range(1, n + 1):
+        store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
+    store.task_ended(3, 1e6, "job", "finished", None, "finished", None, None, None)
+    store.task_started(3, "t3", "job", None, "/j.py", 2e6, 1)
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    events = read(store, history_query(None, None, 10 * n))["events"]
+    assert len(events) == n + 2 and [e["seq"] for e in events] == list(range(1, n + 3))
+    assert [(e["task"], e["event"]) for e in events[-2:]] == [(3, "finished"), (3, "started")]
+    assert read(store, task_query(3))["state"] == "running"
+    assert read(store, task_query(3))["restarts"] == 1
+    assert read(store, task_query(n))["name"] == f"t{n}"
+    store.close()
