@@ -64,6 +64,30 @@ class _State:
     capture = None   # fn(event_dict) -> None, or None
 
 
+class _Logger(structlog.make_filtering_bound_logger(logging.DEBUG)):   # type: ignore[misc]
+    """Reads the level in force before a record is made: a call below it costs a
+    comparison, not a dict and a pass through the processors (a stop of 100,000
+    tasks makes 100,000 "task killed" calls; at level warning they were 5% of it).
+    The processors' _level_filter stays for the other methods (``log``)."""
+
+    def debug(self, event: str, *args, **kw):
+        if _State.threshold > logging.DEBUG:
+            return None
+        return super().debug(event, *args, **kw)
+
+    def info(self, event: str, *args, **kw):
+        if _State.threshold > logging.INFO:
+            return None
+        return super().info(event, *args, **kw)
+
+    def warning(self, event: str, *args, **kw):
+        if _State.threshold > logging.WARNING:
+            return None
+        return super().warning(event, *args, **kw)
+
+    msg, warn = info, warning
+
+
 def _level_filter(logger, method_name, event_dict):
     if _METHOD_LEVELS.get(method_name, logging.INFO) < _State.threshold:
         raise structlog.DropEvent
@@ -104,7 +128,7 @@ def setup(fmt: str = "auto", level: str = "info", stream=None) -> None:
             _capture,
             _render,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        wrapper_class=_Logger,
         logger_factory=structlog.WriteLoggerFactory(_State.stream),
         cache_logger_on_first_use=True,
     )

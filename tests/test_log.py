@@ -60,3 +60,40 @@ def check_both_formats():
         assert "\x1b" not in out and "\x9b" not in out and out.count("\n") == 1, out
         if fmt == "json":
             assert json.loads(out)["text"] == EVIL  # exact, escaped by JSON itself
+
+
+def test_a_call_below_the_level_makes_no_record_and_a_reload_changes_the_level():
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    seen = []
+    try:
+        stream = io.StringIO()
+        logsetup.setup("json", "warning", stream)
+        logsetup.set_capture(seen.append)
+        processed = []
+
+        def counted(logger, method_name, event_dict):
+            processed.append(method_name)
+            return event_dict
+        structlog.configure(processors=[counted, *structlog.get_config()["processors"]])
+        log = structlog.get_logger("t").bind(task="t")
+        log.info("hidden")
+        log.debug("hidden")
+        log.msg("hidden")
+        assert processed == [] and seen == [] and stream.getvalue() == ""   # no record made
+        log.warning("shown")
+        log.warn("shown too")
+        log.error("bad")
+        logsetup.reconfigure("json", "debug")   # as a reload does: the same logger
+        log.debug("now shown")
+        log.info("and this")
+        assert [e["event"] for e in seen] == ["shown", "shown too", "bad", "now shown",
+                                              "and this"]
+        assert processed == ["warning", "warning", "error", "debug", "info"]   # (warn is warning)
+        assert [json.loads(line)["level"] for line in stream.getvalue().splitlines()] == [
+            "warning", "warning", "error", "debug", "info"]
+    finally:
+        logsetup.set_capture(None)
+        structlog.reset_defaults()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
