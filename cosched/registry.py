@@ -211,6 +211,7 @@ class Registry:
         self._roots: dict[str, dict[int, Task]] = {}
         self._alive: dict[str, int] = {}
         self._listed: dict[str, int] = {}
+        self._parents: dict[str, dict[int, Task]] = {}   # job -> listed tasks that spawned
         self._live: dict[str, Task] = {}         # name -> the alive task of that name
         self._suffix: dict[str, int] = {}        # base name -> next suffix worth trying
         self._ended: deque[int] = deque()        # ids of ended tasks still listed, oldest first
@@ -267,6 +268,7 @@ class Registry:
             children = parent._children
             if children is None:
                 children = parent._children = {}
+                self._parents.setdefault(job, {})[parent.id] = parent
             children[t.id] = t
 
     def retire(self, t: Task) -> None:
@@ -302,6 +304,9 @@ class Registry:
             self._listed[job] -= 1
         else:
             self._listed.pop(job, None)
+        parents = self._parents.get(job)
+        if parents is not None and parents.pop(tid, None) is not None and not parents:
+            del self._parents[job]
 
     def count_alive(self) -> int:
         return sum(len(self.by_state[s]) for s in ALIVE if s in self.by_state)
@@ -314,22 +319,21 @@ class Registry:
         return self._listed.get(job, 0)
 
     def _of_job(self, job: str) -> list[int] | None:
-        """The ids of a job's listed tasks, in order: its alive top-level tasks and the
-        ended ones still listed, and the alive children of both, theirs, and so on (a
-        task spawns children of its own job). None in the rare case that misses some:
-        an alive child whose parent was forgotten already."""
-        tasks, found = self.tasks, []
-        ended = [t for t in map(tasks.get, self._ended) if t is not None and t.job.name == job]
-        todo = [*self._roots.get(job, {}).values(), *ended]
-        while todo:
-            t = todo.pop()
-            found.append(t.id)
-            if t._children:
-                todo.extend(c for c in t._children.values() if c.alive)
-        ids = set(found)
+        """The ids of a job's listed tasks, in order: its alive top-level tasks, the alive
+        children of each of its tasks that spawned (a task spawns children of its own
+        job; the ended ones keep theirs until they end too) and its ended tasks still
+        listed, copied at C speed but for these few loops. None in the rare case that
+        misses some: an alive child whose parent was forgotten already."""
+        tasks = self.tasks
+        ids = list(self._roots.get(job, ()))
+        for parent in self._parents.get(job, {}).values():
+            ids.extend(parent.children)   # (alive ones only: pruned as they end)
+        ids.extend(tid for tid in self._ended
+                   if (t := tasks.get(tid)) is not None and t.job.name == job)
         if len(ids) != self._listed.get(job, 0):
             return None
-        return sorted(ids)
+        ids.sort()
+        return ids
 
     def ended_listed(self) -> list[Task]:
         """The ended tasks still listed, oldest first (at most ENDED_KEPT)."""
