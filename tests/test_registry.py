@@ -281,3 +281,45 @@ def test_a_job_s_tasks_are_found_through_its_top_level_tasks_and_their_children(
     for t in (kid2, grandkid, kid, root):
         end(reg, t)
     assert list(reg.matching(job="job")) == [root] and reg.count_listed_of("job") == 1
+
+
+def test_a_job_s_ids_are_copied_from_its_parents_tables_without_looking_at_each_child():
+    class Leaf(Task):   # a task that spawned nothing: nothing of it is read for its job's ids
+        __slots__ = ()
+        locked = False
+
+        def _look(self, what):
+            if Leaf.locked:
+                raise AssertionError(f"a child was looked at ({what})")
+
+        @property
+        def alive(self):
+            self._look("alive")
+            return Task.alive.fget(self)
+
+        @property
+        def children(self):
+            self._look("children")
+            return Task.children.fget(self)
+
+        @property
+        def _children(self):
+            self._look("_children")
+            return Task._children.fget(self)
+
+        @_children.setter
+        def _children(self, value):
+            Task._children.fset(self, value)
+
+    reg = Registry()
+    root = make(reg, "job")
+    kids = [Task(reg.new_id(), None, JOB, None, None, (), root)]
+    kids += [Leaf(reg.new_id(), None, JOB, None, None, (), root) for _ in range(50)]
+    grandkids = [Leaf(reg.new_id(), None, JOB, None, None, (), kids[0]) for _ in range(5)]
+    for t in kids + grandkids:
+        reg.add(t)
+    Leaf.locked = True
+    try:
+        assert reg._of_job("job") == [root.id] + [t.id for t in kids + grandkids]
+    finally:
+        Leaf.locked = False
