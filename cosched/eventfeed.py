@@ -152,17 +152,10 @@ class _Ring:
             name = None if name == f"{job}.{tid}" else name
         if name is None:
             name = _IMPLIED
-        if len(keys) == 1:   # the usual
-            slot = (shape, kind, name, tid, job, t.state, *fields.values(), None)
+        if len(keys) == 1:   # the usual ("started": restarts), without _slot's tuple of the rest
+            self._put(when, (shape, kind, name, tid, job, t.state, *fields.values(), None))
         else:
-            slot = _slot(shape, kind, name, (tid, job, t.state, *fields.values()))
-        i = self._added % self.size
-        if i < len(self._times):
-            self._added += 1
-            self._times[i] = when
-            self._slots[i * STRIDE:(i + 1) * STRIDE] = slot
-        else:
-            self._put(when, slot)
+            self._put(when, _slot(shape, kind, name, (tid, job, t.state, *fields.values())))
 
     def _put(self, time: float, slot: tuple) -> None:
         i = self._added % self.size
