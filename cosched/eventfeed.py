@@ -283,10 +283,7 @@ class EventLog:
     def _listen(self) -> None:
         wanted = bool(self._ring.size or self._feeds)
         if wanted and self._unsubscribe is None:
-            events = self._events
-            unsubscribes = (events.subscribe(self._heard, tasks=False),
-                            events.watch_tasks(self._watched))
-            self._unsubscribe = lambda: [stop() for stop in unsubscribes]
+            self._unsubscribe = self._events.listen(self._heard, self._watched)
         elif not wanted and self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

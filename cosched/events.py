@@ -75,6 +75,12 @@ class Events:
         self._watchers += (watcher,)
         return lambda: self._remove(watcher)
 
+    def listen(self, on_job: Listener, on_task: TaskWatcher) -> Callable[[], None]:
+        """``subscribe(on_job, tasks=False)`` and ``watch_tasks(on_task)``, as the daemon's
+        own listeners do; the function returned removes both."""
+        stops = (self.subscribe(on_job, tasks=False), self.watch_tasks(on_task))
+        return lambda: [stop() for stop in stops]
+
     def _remove(self, listener: Callable[..., None]) -> None:
         self._of_tasks = tuple(x for x in self._of_tasks if x is not listener)
         self._of_jobs = tuple(x for x in self._of_jobs if x is not listener)

@@ -80,9 +80,7 @@ class Recorder:
                           "job-refused": self._job, "job-removed": self._job}
         sup.reg.next_id = max(sup.reg.next_id, initial.next_id)
         sup.durable = self
-        unsubscribes = (sup.events.subscribe(self.on_event, tasks=False),
-                        sup.events.watch_tasks(self.on_task))
-        self.unsubscribe = lambda: [stop() for stop in unsubscribes]
+        self.unsubscribe = sup.events.listen(self.on_event, self.on_task)
 
     # ------------------------------------------------------------ task.state
 

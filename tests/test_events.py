@@ -144,6 +144,20 @@ def test_a_watcher_hears_task_events_as_they_are_made_and_no_dict_is_made_for_it
     assert len(watched) == 2 and len(heard) == 2
 
 
+def test_listen_takes_job_events_as_dicts_and_task_events_undressed_until_removed():
+    events = Events()
+    jobs, tasks = [], []
+    stop = events.listen(jobs.append, lambda *event: tasks.append(event[1]))
+    task = SimpleNamespace(name="t", id=1, job=SimpleNamespace(name="a"), state="running")
+    events.task("started", task)
+    events.job("job-loaded", "a")
+    assert tasks == ["started"] and [e["event"] for e in jobs] == ["job-loaded"]
+    stop()
+    events.task("finished", task)
+    events.job("job-removed", "a")
+    assert tasks == ["started"] and len(jobs) == 1 and not events
+
+
 def test_a_failing_watcher_is_dropped_and_the_others_still_hear():
     events = Events()
     watched, heard = [], []
