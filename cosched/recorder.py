@@ -325,9 +325,12 @@ class _Waiter:
 
 
 def _start_row(t: Any, when: float, restarts: int) -> tuple:
-    """A task's row in the history (made in the writer thread: these fields never change)."""
-    return (t.id, _text(t.name), t.job.name, t.parent.id if t.parent is not None else None,
-            _text(str(t.job.path)), when, restarts)
+    """A task's row in the history (made in the writer thread: these fields never change).
+    A task named <job>.<id> is stored with the name '' (its name is not made for it)."""
+    name = t.own_name()
+    return (t.id, _text(name) if name is not None else "", t.job.name,
+            t.parent.id if t.parent is not None else None, _text(str(t.job.path)), when,
+            restarts)
 
 
 def _first_start_row(t: Any) -> tuple:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -70,10 +71,13 @@ LINGER = 0.01            # seconds a batch nobody waits for may wait for more to
 LINGER_OPS = 1000        # ... unless it has this many operations already
 MAX_COMMIT_OPS = 4000    # operations in one transaction at most
 RUN_STARTS = 256         # starts sharing one queued operation at most (see task_started_from)
-FLUSH_ROWS = 64          # history rows gathered for one executemany at most: CPython keeps
+FLUSH_ROWS = 64          # history rows gathered for one write at most (a power of two, see
+                         # _insert): CPython keeps
                          # up to 2,000 freed tuples of each length for reuse, so rows made
                          # by the thousand stayed allocated (0.2 KB a task of a small daemon);
                          # 256 rows with their names and paths held 85 KB while a spawn ran
+STATEMENT_ROWS = 16      # rows one INSERT of the history writes at most (see _insert)
+PAD_ROWS = 4             # ... and the statement that writes the rest
 CACHE_KIB = 64           # SQLite's page cache: it would grow to 2 MB as the history is written
                          # (pages written once, read rarely; the kernel caches the file anyway).
                          # 64 writes history rows as fast as 128 (at 32 each row cost 2.5x
@@ -110,8 +114,19 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX tasks_ended ON tasks (ended_seq) WHERE ended_seq IS NOT NULL",
         "DROP INDEX events_time",
     ],
+    [   # 3: a task's first start is its tasks row, placed among the events by started_seq
+        # (one row a start, not two: a burst of a million starts writes them all); a task
+        # named <job>.<id> (a child its job's task spawned without a name) keeps '' as its
+        # name (indexed names are the others; see NAME)
+        "ALTER TABLE tasks ADD COLUMN started_seq INTEGER",
+        "CREATE INDEX tasks_start ON tasks (started_seq) WHERE started_seq IS NOT NULL",
+        "CREATE INDEX tasks_job ON tasks (job, started_seq) WHERE started_seq IS NOT NULL",
+        "DROP INDEX tasks_name",
+        "CREATE INDEX tasks_name ON tasks (name, id) WHERE name <> ''",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+NAME = "CASE t.name WHEN '' THEN t.job || '.' || t.id ELSE t.name END"   # a tasks row t's name
 
 
 class StoreError(Exception):
@@ -309,15 +324,16 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         self._prune(conn)
-        self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        self._seq = _top_seq(conn)
         return init
 
     def _end_lost(self, conn: sqlite3.Connection, now: float) -> list[int]:
         lost = [row[0] for row in conn.execute("SELECT id FROM tasks WHERE ended IS NULL")]
         data = json.dumps({"error": LOST})
         for tid in lost:
-            last, job = conn.execute("SELECT max(e.time), t.job FROM tasks t LEFT JOIN events e "
-                                     "ON e.task = t.id WHERE t.id = ?", (tid,)).fetchone()
+            last, job = conn.execute("SELECT coalesce(max(e.time), t.started), t.job FROM tasks t "
+                                     "LEFT JOIN events e ON e.task = t.id WHERE t.id = ?",
+                                     (tid,)).fetchone()
             conn.execute("INSERT INTO events (time, task, job, event, data) VALUES (?, ?, ?, ?, ?)",
                          (now, tid, job, "lost", data))
             conn.execute("UPDATE tasks SET ended = ?, ended_seq = last_insert_rowid(), state = "
@@ -463,10 +479,14 @@ class Store:
             return
         if tid in rows.ended:
             self._flush(conn, rows)
-        rows.starts.append(made)
-        rows.events.append((self._new_seq(), started, tid, job, "started",
-                            json.dumps({"restarts": restarts}) if restarts else None))
-        if len(rows.events) >= FLUSH_ROWS:
+        if restarts:   # a later life: an event of its own
+            rows.starts.append((*made, None))
+            rows.events.append((self._new_seq(), started, tid, job, "started",
+                                json.dumps({"restarts": restarts})))
+        else:          # the first: its place among the events is kept in its row
+            rows.starts.append((*made, self._new_seq()))
+            self._since_prune += 1
+        if len(rows.starts) >= FLUSH_ROWS:
             self._flush(conn, rows)
 
     def _new_seq(self) -> int:
@@ -476,11 +496,11 @@ class Store:
     def _flush(self, conn: sqlite3.Connection, rows: _Rows) -> None:
         if rows.starts:
             _insert(conn, "INSERT INTO tasks (id, name, job, parent, path, started, state, "
-                          "restarts) VALUES ", "(?, ?, ?, ?, ?, ?, 'running', ?)",
+                          "restarts, started_seq) ", "(?, ?, ?, ?, ?, ?, 'running', ?, ?)",
                     " ON CONFLICT (id) DO UPDATE SET ended = NULL, ended_seq = NULL, "
                     "state = 'running', restarts = excluded.restarts", rows.starts)
         if rows.events:
-            _insert(conn, "INSERT INTO events (seq, time, task, job, event, data) VALUES ",
+            _insert(conn, "INSERT INTO events (seq, time, task, job, event, data) ",
                     "(?, ?, ?, ?, ?, ?)", "", rows.events)
             self._since_prune += len(rows.events)
         if rows.ends:
@@ -505,22 +525,22 @@ class Store:
     # ------------------------------------------------------------ retention
 
     def _prune(self, conn: sqlite3.Connection) -> None:
-        """Delete events beyond max_rows or older than max_days, then ended tasks without
-        events; each statement bounded to PRUNE_CHUNK rows (the rest waits for the next
-        prune), so a commit never takes long."""
-        top = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-        cutoff = top - self.max_rows
-        statements = [("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? "
-                       "ORDER BY seq LIMIT ?)", (cutoff, PRUNE_CHUNK))]
-        if self.max_days > 0:   # the events before the first one young enough (times
-            old = self.clock() - self.max_days * 86400   # follow seqs; after a clock step
-            statements.append((                         # back, max_rows prunes the rest)
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < (SELECT "
-                "coalesce((SELECT seq FROM events WHERE time >= ? ORDER BY seq LIMIT 1), "
-                "1 << 62)) ORDER BY seq LIMIT ?)", (old, PRUNE_CHUNK)))
+        """Drop the history's events (first starts too: their rows forget their seq) beyond
+        max_rows or older than max_days, then ended tasks without events; each statement
+        bounded to PRUNE_CHUNK rows (the rest waits for the next prune), so a commit never
+        takes long."""
+        floor = _top_seq(conn) - self.max_rows + 1   # the events below it go
+        if self.max_days > 0:   # and those before the first one young enough (times follow
+            old = self.clock() - self.max_days * 86400   # seqs; after a clock step back,
+            floor = max(floor, _first_young(conn, old))  # max_rows prunes the rest)
         first = "(SELECT coalesce(min(seq), 1 << 62) FROM events)"
-        statements.append((f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
-                           f"ended_seq < {first} ORDER BY ended_seq LIMIT ?)", (PRUNE_CHUNK,)))
+        statements = [
+            ("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < ? "
+             "ORDER BY seq LIMIT ?)", (floor, PRUNE_CHUNK)),
+            ("UPDATE tasks SET started_seq = NULL WHERE id IN (SELECT id FROM tasks WHERE "
+             "started_seq < ? ORDER BY started_seq LIMIT ?)", (floor, PRUNE_CHUNK)),
+            (f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE ended_seq < {first} "
+             "ORDER BY ended_seq LIMIT ?)", (PRUNE_CHUNK,))]
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, args in statements:
@@ -537,6 +557,9 @@ class Store:
 
     def task_started(self, tid: int, name: str, job: str, parent: int | None, path: str,
                      started: float, restarts: int) -> None:
+        """A life of a task began: its first (``restarts`` 0: its row is written, and is
+        its "started" event) or a later one (counted by ``restarts``: an event). A name
+        '' is the task's job's name and its id, ``<job>.<id>``."""
         self._submit(("start", _as_is, (tid, name, job, parent, path, started, restarts), None))
 
     def task_started_from(self, row: Callable[..., tuple], *source: Any) -> None:
@@ -605,6 +628,23 @@ class Store:
         return True
 
 
+def _top_seq(conn: sqlite3.Connection) -> int:
+    """The history's last seq: of an event, or of a first start kept in its tasks row."""
+    return conn.execute("SELECT max((SELECT coalesce(max(seq), 0) FROM events), (SELECT "
+                        "coalesce(max(started_seq), 0) FROM tasks WHERE started_seq IS NOT "
+                        "NULL))").fetchone()[0]
+
+
+def _first_young(conn: sqlite3.Connection, old: float) -> int:
+    """The seq of the history's first event (or first start) at or after ``old``."""
+    found = [row[0] for row in (
+        conn.execute("SELECT seq FROM events WHERE time >= ? ORDER BY seq LIMIT 1",
+                     (old,)).fetchone(),
+        conn.execute("SELECT started_seq FROM tasks WHERE started_seq IS NOT NULL AND "
+                     "started >= ? ORDER BY started_seq LIMIT 1", (old,)).fetchone()) if row]
+    return min(found, default=1 << 62)
+
+
 def _count(op: tuple) -> int:
     """Operations in ``op``: a run of starts counts each."""
     return len(op[3]) // op[2] if op[0] == "starts" else 1
@@ -628,13 +668,27 @@ class _Rows:
 
 def _insert(conn: sqlite3.Connection, head: str, values: str, tail: str,
             rows: list[tuple]) -> None:
-    """``executemany(head + values + tail, rows)`` as one statement of FLUSH_ROWS rows at
-    most: fewer steps of SQLite's, each of which lets the GIL go and takes it back from
-    the event loop (7,500 instructions fewer a start, by callgrind)."""
-    for at in range(0, len(rows), FLUSH_ROWS):
-        chunk = rows[at:at + FLUSH_ROWS]
-        conn.execute(head + ", ".join([values] * len(chunk)) + tail,
-                     [value for row in chunk for value in row])
+    """``executemany(head + "VALUES " + values + tail, rows)`` as statements of many rows:
+    fewer steps of SQLite's, each of which lets the GIL go and takes it back from the event
+    loop (10,000 instructions fewer a start, by callgrind). Two statements only, of
+    STATEMENT_ROWS rows and of PAD_ROWS, the last one padded with rows of NULLs that it
+    skips: the connection keeps every statement it compiled, and a statement's memory grows
+    with its rows (statements of 1 to 64 rows held 0.3 KB a task of a daemon of 1,000, the
+    two of 64 and 8 rows as much: the writer thread's heap)."""
+    width, at, left = values.count("?"), 0, len(rows)
+    while left:
+        n = STATEMENT_ROWS if left >= STATEMENT_ROWS else PAD_ROWS
+        flat = [value for row in rows[at:at + n] for value in row]
+        if left < n:
+            flat += [None] * (width * (n - left))
+        conn.execute(_statement(head, values, tail, n), flat)
+        at, left = at + n, max(0, left - n)
+
+
+@functools.lru_cache(maxsize=16)
+def _statement(head: str, values: str, tail: str, n: int) -> str:
+    return (f"{head}SELECT * FROM (VALUES {', '.join([values] * n)}) WHERE column1 IS NOT NULL"
+            f"{tail}")
 
 
 def _interrupted(conn: sqlite3.Connection, job: str, task: int | None, when: float) -> None:
@@ -668,28 +722,51 @@ _WRITERS: dict[str, Callable[..., None]] = {
 def history_query(target: int | str | None, since: float | None,
                   limit: int) -> Callable[[sqlite3.Connection], dict]:
     """Events of a task (an id), of a job or task name, or of all; newest ``limit``, oldest
-    first; ``more`` tells whether older ones matched too."""
-    where, args = [], []
+    first; ``more`` tells whether older ones matched too. First starts are read from their
+    tasks rows (see MIGRATIONS[2]), each source newest first through an index."""
+    events, starts = [], []   # (condition, args): of events e; of tasks rows t
     if isinstance(target, int):
-        where.append("e.task = ?")
-        args.append(target)
+        events.append(("e.task = ?", [target]))
+        starts.append(("t.id = ?", [target]))
     elif target is not None:
-        where.append("(e.job = ? OR e.task IN (SELECT id FROM tasks WHERE name = ?))")
-        args += [target, target]
+        named, args = _named(target)
+        events.append((f"(e.job = ? OR e.task IN ({named}))", [target, *args]))
+        starts.append(("t.job = ?", [target]))   # two scans, each in order by an index
+        starts.append((f"t.id IN ({named}) AND t.job <> ?", [*args, target]))
+    else:
+        starts.append(("1", []))
     if since is not None:
-        where.append("e.time >= ?")
-        args.append(since)
-    sql = ("SELECT e.seq, e.time, e.task, t.name, e.job, e.event, e.data FROM events e "
-           "LEFT JOIN tasks t ON t.id = e.task" + (" WHERE " + " AND ".join(where) if where
-                                                    else "") + " ORDER BY e.seq DESC LIMIT ?")
+        events.append(("e.time >= ?", [since]))
+        starts = [(f"{where} AND t.started >= ?", [*args, since]) for where, args in starts]
+    where = " AND ".join(w for w, _ in events) or "1"
+    parts = [(f"SELECT e.seq, e.time, e.task, {NAME}, e.job, e.event, e.data FROM events e "
+              f"LEFT JOIN tasks t ON t.id = e.task WHERE {where} ORDER BY e.seq DESC LIMIT ?",
+              [a for _, args in events for a in args])]
+    parts += [(f"SELECT t.started_seq, t.started, t.id, {NAME}, t.job, 'started', NULL FROM "
+               f"tasks t WHERE t.started_seq IS NOT NULL AND {w} ORDER BY t.started_seq DESC "
+               "LIMIT ?", args) for w, args in starts]
+    sql = " UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts) + \
+        " ORDER BY 1 DESC LIMIT ?"
+    args = [a for _, part_args in parts for a in (*part_args, limit + 1)] + [limit + 1]
 
     def run(conn: sqlite3.Connection) -> dict:
-        rows = conn.execute(sql, (*args, limit + 1)).fetchall()
+        rows = conn.execute(sql, args).fetchall()
         events = [{"seq": seq, "time": when, "task": task, "name": name, "job": job,
                    "event": kind, **(json.loads(data) if data else {})}
                   for seq, when, task, name, job, kind, data in reversed(rows[:limit])]
         return {"events": events, "more": len(rows) > limit}
     return run
+
+
+def _named(target: str) -> tuple[str, list]:
+    """SQL of the ids of the tasks named ``target``, and its arguments: a name kept as ''
+    is <job>.<id>."""
+    by_name = "SELECT id FROM tasks WHERE name = ? AND name <> ''"   # (tasks_name's rows)
+    job, _, tid = target.rpartition(".")
+    if job and tid.isascii() and tid.isdigit() and len(tid) <= 18:
+        return (f"{by_name} UNION ALL SELECT id FROM tasks WHERE id = ? AND name = '' AND "
+                "job = ?", [target, int(tid), job])
+    return by_name, [target]
 
 
 def known_query(target: int | str) -> Callable[[sqlite3.Connection], bool]:
@@ -698,9 +775,11 @@ def known_query(target: int | str) -> Callable[[sqlite3.Connection], bool]:
         if isinstance(target, int):
             row = conn.execute("SELECT 1 FROM tasks WHERE id = ?", (target,)).fetchone()
             return row is not None
-        return conn.execute("SELECT 1 WHERE EXISTS (SELECT 1 FROM events WHERE job = ?) OR "
-                            "EXISTS (SELECT 1 FROM tasks WHERE name = ?)",
-                            (target, target)).fetchone() is not None
+        named, args = _named(target)
+        return conn.execute(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM events WHERE job = ?) OR EXISTS (SELECT 1 "
+            "FROM tasks WHERE job = ? AND started_seq IS NOT NULL) OR EXISTS "
+            f"({named})", (target, target, *args)).fetchone() is not None
     return run
 
 
@@ -709,10 +788,13 @@ def task_query(ref: int | str) -> Callable[[sqlite3.Connection], dict | None]:
     interruption's values; None if the history has none."""
     columns = ("id", "name", "job", "parent", "path", "started", "ended", "state", "restarts",
                "result", "error", "traceback")
-    by = "id = ?" if isinstance(ref, int) else "name = ? ORDER BY id DESC LIMIT 1"
+    by, args = ("t.id = ?", [ref]) if isinstance(ref, int) else _named(ref)
+    if not isinstance(ref, int):
+        by = f"t.id IN ({by}) ORDER BY t.id DESC LIMIT 1"
+    select = ", ".join(NAME if c == "name" else f"t.{c}" for c in columns)
 
     def run(conn: sqlite3.Connection) -> dict | None:
-        row = conn.execute(f"SELECT {', '.join(columns)} FROM tasks WHERE {by}", (ref,)).fetchone()
+        row = conn.execute(f"SELECT {select} FROM tasks t WHERE {by}", args).fetchone()
         if row is None:
             return None
         task = dict(zip(columns, row, strict=True))

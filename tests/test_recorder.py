@@ -519,6 +519,9 @@ def test_a_first_start_is_recorded_from_the_task_and_a_restart_with_its_time(tmp
         out["child"] = await recorder.read(task_query(3), "a task")
         out["root"] = await recorder.read(task_query(1), "a task")
         out["events"] = (await recorder.history(None, None, 100))["events"]
+        out["by name"] = (await recorder.history("many.3", None, 100))["events"]
+        out["kept names"] = await recorder.read(
+            lambda conn: dict(conn.execute("SELECT id, name FROM tasks")), "the names")
 
     with_recorder(tmp_path, {"many": MANY}, "[job.many]\nconfig = { n = 3 }\n", scenario)
     child, root = out["child"], out["root"]
@@ -530,3 +533,7 @@ def test_a_first_start_is_recorded_from_the_task_and_a_restart_with_its_time(tmp
     started = [(e["task"], e["time"]) for e in out["events"] if e["event"] == "started"]
     assert dict(started)[3] == pytest.approx(out["made"], abs=0.01)
     assert started[-1] == (1, 12345.5)
+    # a child named <job>.<id> keeps '' in its row, and is found and shown by that name
+    assert out["kept names"] == {1: "many", 2: "", 3: "", 4: ""}
+    assert [(e["task"], e["name"], e["event"]) for e in out["by name"]] == [
+        (3, "many.3", "started")]

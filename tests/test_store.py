@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cosched.store import (CACHE_KIB, DB_NAME, FLUSH_ROWS, ID_BLOCK, LOST, RUN_STARTS, SCHEMA_VERSION, Store,
-                           StoreError, history_query, task_query)
+from cosched.store import (CACHE_KIB, DB_NAME, FLUSH_ROWS, ID_BLOCK, LOST, RUN_STARTS, SCHEMA_VERSION,
+                           STATEMENT_ROWS, Store, StoreError, history_query, known_query,
+                           task_query)
 
 WAIT = 10.0
 
@@ -224,10 +225,14 @@ def test_retention_keeps_max_rows_and_drops_ended_tasks_without_events(tmp_path)
     done = Done()
     store.barrier(done)
     done.wait()
+    history = read(store, history_query(None, None, 10_000))["events"]
     conn = sqlite3.connect(tmp_path / DB_NAME)
-    events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     tasks = conn.execute("SELECT min(id), count(*) FROM tasks").fetchone()
-    assert 100 <= events <= 150, events       # pruned at every 50 new events down to 100
+    assert 100 <= len(history) <= 150, len(history)   # pruned every 50 new events to 100
+    seqs = [e["seq"] for e in history]          # (first starts are kept in tasks rows)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[-1] == 601
+    assert conn.execute("SELECT count(*) FROM tasks WHERE started_seq < ?",
+                        (seqs[0],)).fetchone()[0] == 0   # pruned starts forget their seq
     assert tasks[1] <= 75 and tasks[0] > 200, tasks   # only tasks that still have events
     store.close()
 
@@ -340,10 +345,10 @@ def test_a_burst_of_starts_is_queued_as_runs_and_written_in_order(tmp_path):
     store.barrier(lambda result, error: (held.set(), release.wait(WAIT)))
     assert held.wait(WAIT)
 
-    def row(tid: int, when: float) -> tuple:
+    def row(tid: int, when: float, restarts: int = 0) -> tuple:
         if tid == 5:
             raise ValueError("a broken row")
-        return (tid, f"t{tid}", "job", None, "/j.py", when, 0)
+        return (tid, f"t{tid}", "job", None, "/j.py", when, restarts)
 
     def other(tid: int) -> tuple:   # another row maker: a run of its own
         return (tid, f"o{tid}", "job", None, "/j.py", 0.5, 0)
@@ -353,7 +358,7 @@ def test_a_burst_of_starts_is_queued_as_runs_and_written_in_order(tmp_path):
         store.task_started_from(row, tid, float(tid))
     store.task_started_from(other, n + 1)
     store.task_ended(3, 3.5, "job", "finished", None, "finished", None, None, None)
-    store.task_started_from(row, 3, 4.0)   # after the end: a new run, written after it
+    store.task_started_from(row, 3, 4.0, 1)   # after the end: a new run, written after it
     runs = [op for op in store._queue if op[0] == "starts"]
     assert [len(op[3]) // op[2] for op in runs] == [RUN_STARTS, 10, 1, 1]
     assert store.stats()["queued"] == n + 3
@@ -436,9 +441,15 @@ def test_a_database_of_the_first_schema_migrates_keeping_its_history(tmp_path):
     events = read(store, history_query(None, None, 50))["events"]
     assert [(e["seq"], e["event"]) for e in events] == [(1, "started"), (2, "finished"),
                                                         (3, "started"), (4, "lost")]
+    store.task_started(initial.next_id, "", "job", 2, "/j.py", 5.0, 0)   # a first start now
+    events = read(store, history_query("job", None, 50))["events"]       # is its row
+    assert [(e["seq"], e["task"], e["event"]) for e in events][-2:] == [
+        (4, 2, "lost"), (5, initial.next_id, "started")]
+    assert events[-1]["name"] == f"job.{initial.next_id}"
+    assert read(store, task_query("b"))["state"] == "lost"   # old names are found as before
     store.close()
     conn = sqlite3.connect(tmp_path / DB_NAME)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
                                 "AND sql IS NOT NULL"))
     assert "events_time" not in indexes and "WHERE ended_seq IS NOT NULL" in indexes[
@@ -466,4 +477,96 @@ def test_a_burst_of_starts_and_ends_is_written_in_statements_of_many_rows(tmp_pa
     assert read(store, task_query(3))["state"] == "running"
     assert read(store, task_query(3))["restarts"] == 1
     assert read(store, task_query(n))["name"] == f"t{n}"
+    store.close()
+
+
+def test_a_first_start_is_its_tasks_row_placed_among_the_events(tmp_path):
+    """A first start writes no event row: its tasks row keeps its seq, and every query
+    gives it in its place (by id, job, name, a name kept as '', time); a restart is an
+    event of its own and leaves the first start where it was."""
+    store, _ = opened(tmp_path, max_days=0)
+    store.task_started(1, "job", "job", None, "/j.py", 1.0, 0)
+    store.event(2.0, 1, "job", "suspended", None)
+    store.task_started(2, "", "job", 1, "/j.py", 3.0, 0)           # named job.2
+    store.task_started(3, "job.x", "job", 1, "/j.py", 4.0, 0)
+    store.task_started(4, "", "other", None, "/o.py", 5.0, 0)
+    store.task_ended(1, 6.0, "job", "failed", None, "failed", None, "E", None)
+    store.task_started(1, "job", "job", None, "/j.py", 7.0, 1)     # a restart
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    rows = lambda q: [(e["seq"], e["task"], e["name"], e["event"])
+                      for e in read(store, q)["events"]]
+    assert rows(history_query(None, None, 50)) == [
+        (1, 1, "job", "started"), (2, 1, "job", "suspended"), (3, 2, "job.2", "started"),
+        (4, 3, "job.x", "started"), (5, 4, "other.4", "started"), (6, 1, "job", "failed"),
+        (7, 1, "job", "started")]
+    assert rows(history_query("job", None, 50)) == [
+        r for r in rows(history_query(None, None, 50)) if r[1] != 4]
+    assert rows(history_query("job.2", None, 50)) == [(3, 2, "job.2", "started")]
+    assert rows(history_query("job.x", None, 50)) == [(4, 3, "job.x", "started")]
+    assert rows(history_query(1, 3.5, 50)) == [(6, 1, "job", "failed"), (7, 1, "job", "started")]
+    assert rows(history_query(None, 4.5, 2)) == [(6, 1, "job", "failed"), (7, 1, "job", "started")]
+    assert read(store, history_query(None, 4.5, 2))["more"] is True
+    assert read(store, task_query("job.2"))["name"] == "job.2"
+    assert read(store, task_query("other.4"))["id"] == 4
+    assert read(store, task_query("job.4")) is None    # task 4 is other's
+    assert [read(store, known_query(t)) for t in ("job.2", "other", "job.9", "other.9")] == [
+        True, True, False, False]
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 3   # no first start
+    assert conn.execute("SELECT id, started_seq FROM tasks ORDER BY id").fetchall() == [
+        (1, 1), (2, 3), (3, 4), (4, 5)]
+    conn.close()
+    store.close()
+    store, initial = opened(tmp_path, max_days=0)   # after a restart (which ends the four
+    top = rows(history_query(None, None, 50))[-1]   # alive as lost) the seqs go on
+    assert top[0] == 11 and top[3] == "lost"
+    store.task_started(initial.next_id, "", "job", 1, "/j.py", 8.0, 0)
+    assert rows(history_query(initial.next_id, None, 5)) == [
+        (12, initial.next_id, f"job.{initial.next_id}", "started")]
+    store.close()
+
+
+def test_retention_by_age_prunes_first_starts_in_order_with_the_events(tmp_path):
+    now = [1_000_000.0]
+    store, _ = opened(tmp_path, max_rows=10_000, max_days=1, clock=lambda: now[0])
+    store.prune_every = 1
+    store.task_started(1, "", "job", None, "/j.py", now[0] - 3 * 86400, 0)   # old
+    store.event(now[0] - 2 * 86400, 1, "job", "suspended", None)              # old
+    store.task_started(2, "", "job", None, "/j.py", now[0] - 10, 0)          # young
+    store.event(now[0] - 5 * 86400, 2, "job", "suspended", None)   # old, after a young one
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    store.event(now[0], None, "job", "job-loaded", None)   # a prune follows
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    events = read(store, history_query(None, None, 50))["events"]
+    assert [(e["task"], e["event"]) for e in events] == [
+        (2, "started"), (2, "suspended"), (None, "job-loaded")]
+    assert read(store, task_query(1))["state"] == "running"   # alive: its row stays
+    store.close()
+
+
+def test_history_rows_are_written_by_two_statements_whatever_their_count(tmp_path):
+    """Every count of rows is written, in order, by a statement of STATEMENT_ROWS rows and
+    one padded with rows that are skipped: a statement for each count of rows was kept
+    compiled by the connection (memory held in the writer for good)."""
+    from cosched import store as store_module
+    store_module._statement.cache_clear()
+    store, _ = opened(tmp_path, max_days=0)
+    tid = 0
+    for count in (1, 2, 3, 5, STATEMENT_ROWS - 1, STATEMENT_ROWS + 3, 2 * STATEMENT_ROWS):
+        for _ in range(count):
+            tid += 1
+            store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
+        done = Done()
+        store.barrier(done)
+        done.wait()
+    events = read(store, history_query(None, None, 1000))["events"]
+    assert [(e["task"], e["seq"], e["name"]) for e in events] == [
+        (i, i, f"t{i}") for i in range(1, tid + 1)]
+    assert store_module._statement.cache_info().currsize == 2   # (of the tasks rows)
     store.close()
