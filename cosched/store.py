@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import json
 import os
 import sqlite3
@@ -71,13 +70,10 @@ LINGER = 0.01            # seconds a batch nobody waits for may wait for more to
 LINGER_OPS = 1000        # ... unless it has this many operations already
 MAX_COMMIT_OPS = 4000    # operations in one transaction at most
 RUN_STARTS = 256         # starts sharing one queued operation at most (see task_started_from)
-FLUSH_ROWS = 64          # history rows gathered for one write at most (a power of two, see
-                         # _insert): CPython keeps
+FLUSH_ROWS = 64          # history rows gathered for one executemany at most: CPython keeps
                          # up to 2,000 freed tuples of each length for reuse, so rows made
                          # by the thousand stayed allocated (0.2 KB a task of a small daemon);
                          # 256 rows with their names and paths held 85 KB while a spawn ran
-STATEMENT_ROWS = 16      # rows one INSERT of the history writes at most (see _insert)
-PAD_ROWS = 4             # ... and the statement that writes the rest
 CACHE_KIB = 64           # SQLite's page cache: it would grow to 2 MB as the history is written
                          # (pages written once, read rarely; the kernel caches the file anyway).
                          # 64 writes history rows as fast as 128 (at 32 each row cost 2.5x
@@ -495,13 +491,16 @@ class Store:
 
     def _flush(self, conn: sqlite3.Connection, rows: _Rows) -> None:
         if rows.starts:
-            _insert(conn, "INSERT INTO tasks (id, name, job, parent, path, started, state, "
-                          "restarts, started_seq) ", "(?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-                    " ON CONFLICT (id) DO UPDATE SET ended = NULL, ended_seq = NULL, "
-                    "state = 'running', restarts = excluded.restarts", rows.starts)
+            # (a row a step: statements of 4 to 64 rows wrote a start with 2,000 to 6,600
+            # instructions fewer, but the connection keeps each statement it compiled,
+            # 10-70 KB each: 0.04-0.3 KB a task of a daemon of 1,000)
+            conn.executemany("INSERT INTO tasks (id, name, job, parent, path, started, state, "
+                             "restarts, started_seq) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?) "
+                             "ON CONFLICT (id) DO UPDATE SET ended = NULL, ended_seq = NULL, "
+                             "state = 'running', restarts = excluded.restarts", rows.starts)
         if rows.events:
-            _insert(conn, "INSERT INTO events (seq, time, task, job, event, data) ",
-                    "(?, ?, ?, ?, ?, ?)", "", rows.events)
+            conn.executemany("INSERT INTO events (seq, time, task, job, event, data) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows.events)
             self._since_prune += len(rows.events)
         if rows.ends:
             conn.executemany("UPDATE tasks SET ended = ?, ended_seq = ?, state = ?, result = ?, "
@@ -664,31 +663,6 @@ class _Rows:
         self.events: list[tuple] = []
         self.ends: list[tuple] = []
         self.ended: set[int] = set()   # tasks with an end among them
-
-
-def _insert(conn: sqlite3.Connection, head: str, values: str, tail: str,
-            rows: list[tuple]) -> None:
-    """``executemany(head + "VALUES " + values + tail, rows)`` as statements of many rows:
-    fewer steps of SQLite's, each of which lets the GIL go and takes it back from the event
-    loop (10,000 instructions fewer a start, by callgrind). Two statements only, of
-    STATEMENT_ROWS rows and of PAD_ROWS, the last one padded with rows of NULLs that it
-    skips: the connection keeps every statement it compiled, and a statement's memory grows
-    with its rows (statements of 1 to 64 rows held 0.3 KB a task of a daemon of 1,000, the
-    two of 64 and 8 rows as much: the writer thread's heap)."""
-    width, at, left = values.count("?"), 0, len(rows)
-    while left:
-        n = STATEMENT_ROWS if left >= STATEMENT_ROWS else PAD_ROWS
-        flat = [value for row in rows[at:at + n] for value in row]
-        if left < n:
-            flat += [None] * (width * (n - left))
-        conn.execute(_statement(head, values, tail, n), flat)
-        at, left = at + n, max(0, left - n)
-
-
-@functools.lru_cache(maxsize=16)
-def _statement(head: str, values: str, tail: str, n: int) -> str:
-    return (f"{head}SELECT * FROM (VALUES {', '.join([values] * n)}) WHERE column1 IS NOT NULL"
-            f"{tail}")
 
 
 def _interrupted(conn: sqlite3.Connection, job: str, task: int | None, when: float) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from cosched.store import (CACHE_KIB, DB_NAME, FLUSH_ROWS, ID_BLOCK, LOST, RUN_STARTS, SCHEMA_VERSION,
-                           STATEMENT_ROWS, Store, StoreError, history_query, known_query,
-                           task_query)
+                           Store, StoreError, history_query, known_query, task_query)
 
 WAIT = 10.0
 
@@ -547,26 +546,4 @@ def test_retention_by_age_prunes_first_starts_in_order_with_the_events(tmp_path)
     assert [(e["task"], e["event"]) for e in events] == [
         (2, "started"), (2, "suspended"), (None, "job-loaded")]
     assert read(store, task_query(1))["state"] == "running"   # alive: its row stays
-    store.close()
-
-
-def test_history_rows_are_written_by_two_statements_whatever_their_count(tmp_path):
-    """Every count of rows is written, in order, by a statement of STATEMENT_ROWS rows and
-    one padded with rows that are skipped: a statement for each count of rows was kept
-    compiled by the connection (memory held in the writer for good)."""
-    from cosched import store as store_module
-    store_module._statement.cache_clear()
-    store, _ = opened(tmp_path, max_days=0)
-    tid = 0
-    for count in (1, 2, 3, 5, STATEMENT_ROWS - 1, STATEMENT_ROWS + 3, 2 * STATEMENT_ROWS):
-        for _ in range(count):
-            tid += 1
-            store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
-        done = Done()
-        store.barrier(done)
-        done.wait()
-    events = read(store, history_query(None, None, 1000))["events"]
-    assert [(e["task"], e["seq"], e["name"]) for e in events] == [
-        (i, i, f"t{i}") for i in range(1, tid + 1)]
-    assert store_module._statement.cache_info().currsize == 2   # (of the tasks rows)
     store.close()
