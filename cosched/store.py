@@ -326,14 +326,16 @@ class Store:
     def _end_lost(self, conn: sqlite3.Connection, now: float) -> list[int]:
         lost = [row[0] for row in conn.execute("SELECT id FROM tasks WHERE ended IS NULL")]
         data = json.dumps({"error": LOST})
+        seq = _top_seq(conn)   # (numbered after the last first start too, not only events)
         for tid in lost:
             last, job = conn.execute("SELECT coalesce(max(e.time), t.started), t.job FROM tasks t "
                                      "LEFT JOIN events e ON e.task = t.id WHERE t.id = ?",
                                      (tid,)).fetchone()
-            conn.execute("INSERT INTO events (time, task, job, event, data) VALUES (?, ?, ?, ?, ?)",
-                         (now, tid, job, "lost", data))
-            conn.execute("UPDATE tasks SET ended = ?, ended_seq = last_insert_rowid(), state = "
-                         "'lost', error = ? WHERE id = ?", (last or now, LOST, tid))
+            seq += 1
+            conn.execute("INSERT INTO events (seq, time, task, job, event, data) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (seq, now, tid, job, "lost", data))
+            conn.execute("UPDATE tasks SET ended = ?, ended_seq = ?, state = 'lost', error = ? "
+                         "WHERE id = ?", (last or now, seq, LOST, tid))
         return lost
 
     @staticmethod
@@ -711,7 +713,7 @@ def history_query(target: int | str | None, since: float | None,
         starts.append(("1", []))
     if since is not None:
         events.append(("e.time >= ?", [since]))
-        starts = [(f"{where} AND t.started >= ?", [*args, since]) for where, args in starts]
+        starts = [(f"{w} AND t.started >= ?", [*a, since]) for w, a in starts]
     where = " AND ".join(w for w, _ in events) or "1"
     parts = [(f"SELECT e.seq, e.time, e.task, {NAME}, e.job, e.event, e.data FROM events e "
               f"LEFT JOIN tasks t ON t.id = e.task WHERE {where} ORDER BY e.seq DESC LIMIT ?",

@@ -527,6 +527,27 @@ def test_a_first_start_is_its_tasks_row_placed_among_the_events(tmp_path):
     store.close()
 
 
+def test_tasks_lost_in_a_crash_are_numbered_after_the_last_first_start(tmp_path):
+    """The history's last entry a first start (kept in its row, not in events): the lost
+    tasks' events come after it, not beside the events table's last."""
+    store, _ = opened(tmp_path, max_days=0)
+    store.event(1.0, None, "job", "job-loaded", None)
+    store.task_started(1, "job", "job", None, "/j.py", 2.0, 0)
+    store.task_started(2, "", "job", 1, "/j.py", 3.0, 0)
+    done = Done()
+    store.barrier(done)
+    done.wait()
+    store._release()             # killed: nothing ended the tasks
+    store, initial = opened(tmp_path, max_days=0)
+    assert initial.lost == [1, 2]
+    events = read(store, history_query(None, None, 50))["events"]
+    assert [(e["seq"], e["task"], e["event"]) for e in events] == [
+        (1, None, "job-loaded"), (2, 1, "started"), (3, 2, "started"), (4, 1, "lost"),
+        (5, 2, "lost")]
+    assert read(store, task_query("job.2"))["state"] == "lost"
+    store.close()
+
+
 def test_retention_by_age_prunes_first_starts_in_order_with_the_events(tmp_path):
     now = [1_000_000.0]
     store, _ = opened(tmp_path, max_rows=10_000, max_days=1, clock=lambda: now[0])
