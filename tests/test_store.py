@@ -44,6 +44,13 @@ def opened(folder: Path, **kw) -> tuple[Store, object]:
     return store, initial
 
 
+def committed(store: Store) -> None:
+    """Wait until everything queued so far is committed."""
+    done = Done()
+    store.barrier(done)
+    done.wait()
+
+
 def read(store: Store, query):
     done = Done()
     store.read(query, done)
@@ -78,9 +85,7 @@ def test_ids_are_reserved_ahead_and_never_handed_out_twice(tmp_path):
     assert initial.next_id == 1
     store.task_started(1, "a", "a", None, "/j/a.py", 1.0, 0)
     store.reserve_ids(5000)      # what the recorder does before its ids reach the block's end
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     store._thread.join(0)        # no close: as if the daemon had been killed
     store._release()
     again = Store(tmp_path)
@@ -98,9 +103,7 @@ def test_tasks_alive_when_the_daemon_died_are_recorded_as_lost(tmp_path):
     now = time.time()
     store.task_started(3, "t", "job", None, "/j/job.py", now - 2, 0)
     store.event(now - 1, 3, "job", "suspended", '{"values":["q"]}')
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     store._release()             # killed: nothing ended the task
     store, initial = opened(tmp_path)
     assert initial.lost == [3]
@@ -192,9 +195,7 @@ def test_history_queries_by_task_job_name_since_and_limit(tmp_path):
     store.task_ended(2, 13.0, "ask", "failed", '{"error":"E: x"}', "failed", None, "E: x", "tb")
     store.task_started(3, "other", "other", None, "/j/other.py", 14.0, 0)
     store.event(15.0, None, "other", "job-loaded", '{"path":"/j/other.py"}')
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     kinds = lambda q: [(e["task"], e["event"]) for e in read(store, q)["events"]]
     assert kinds(history_query(1, None, 50)) == [(1, "started"), (1, "suspended")]
     assert kinds(history_query("ask", None, 50)) == [(1, "started"), (1, "suspended"),
@@ -217,13 +218,9 @@ def test_retention_keeps_max_rows_and_drops_ended_tasks_without_events(tmp_path)
     for tid in range(1, 301):   # 300 tasks, 2 events each
         store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
         store.task_ended(tid, tid + 0.5, "job", "finished", "{}", "finished", "1", None, None)
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     store.event(999.0, None, "job", "job-loaded", None)   # one more batch: the prune follows it
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     history = read(store, history_query(None, None, 10_000))["events"]
     conn = sqlite3.connect(tmp_path / DB_NAME)
     tasks = conn.execute("SELECT min(id), count(*) FROM tasks").fetchone()
@@ -242,13 +239,9 @@ def test_retention_by_age(tmp_path):
     store.prune_every = 1
     store.event(now[0] - 2 * 86400, None, "job", "job-loaded", None)
     store.event(now[0] - 10, None, "job", "job-removed", None)
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     store.event(now[0], None, "job", "job-loaded", None)
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     events = read(store, history_query(None, None, 50))["events"]
     assert [e["event"] for e in events] == ["job-removed", "job-loaded"]
     store.close()
@@ -278,9 +271,7 @@ def test_a_start_row_made_in_the_writer_thread_and_one_that_fails_loses_only_its
 
     for tid in (1, 2, 3):
         store.task_started_from(row, tid, float(tid))
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     assert set(made_in) == {"cosched state writer"}
     assert read(store, task_query(1))["name"] == "t1"
     assert read(store, task_query(2)) is None
@@ -298,10 +289,8 @@ def test_the_writer_holds_nothing_of_a_batch_once_it_is_written(tmp_path):
     source = Source()
     gone = weakref.ref(source)
     store.task_started_from(lambda s: (s.tid, "t", "job", None, "/j.py", 1.0, 0), source)
-    done = Done()
-    store.barrier(done)
-    done.wait()
-    del source, done
+    committed(store)
+    del source
     for _ in range(100):   # the writer lets go of its batch right after its last callback
         if gone() is None:
             break
@@ -323,9 +312,7 @@ def test_a_batch_longer_than_one_flush_keeps_each_task_s_rows_in_order(tmp_path)
     store.task_started(1, "t1", "job", None, "/j.py", n + 1.0, 1)   # 1 starts again
     assert len(store._queue) == 2 * n + 1
     release.set()
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     for tid in (2, FLUSH_ROWS, n):
         task = read(store, task_query(tid))
         assert (task["state"], task["ended"]) == ("finished", tid + 0.5)
@@ -362,9 +349,7 @@ def test_a_burst_of_starts_is_queued_as_runs_and_written_in_order(tmp_path):
     assert [len(op[3]) // op[2] for op in runs] == [RUN_STARTS, 10, 1, 1]
     assert store.stats()["queued"] == n + 3
     release.set()
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     assert store.operations == 1 + n + 3 + 1   # each start counted, the two barriers too
     assert read(store, task_query(5)) is None   # its row failed: only it is lost
     for tid in (1, RUN_STARTS, n):
@@ -410,13 +395,9 @@ def test_retention_by_age_goes_in_order_and_stops_at_the_first_young_event(tmp_p
     store.prune_every = 1
     for kind, age in (("a", 3), ("b", 2), ("c", 0), ("d", 5), ("e", 0)):
         store.event(now[0] - age * 86400, None, "job", kind, None)
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     store.event(now[0], None, "job", "f", None)   # a prune follows
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     events = read(store, history_query(None, None, 50))["events"]
     assert [e["event"] for e in events] == ["c", "d", "e", "f"]
     store.close()
@@ -467,9 +448,7 @@ def test_a_burst_of_starts_and_ends_is_written_in_statements_of_many_rows(tmp_pa
         store.task_started(tid, f"t{tid}", "job", None, "/j.py", float(tid), 0)
     store.task_ended(3, 1e6, "job", "finished", None, "finished", None, None, None)
     store.task_started(3, "t3", "job", None, "/j.py", 2e6, 1)
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     events = read(store, history_query(None, None, 10 * n))["events"]
     assert len(events) == n + 2 and [e["seq"] for e in events] == list(range(1, n + 3))
     assert [(e["task"], e["event"]) for e in events[-2:]] == [(3, "finished"), (3, "started")]
@@ -491,9 +470,7 @@ def test_a_first_start_is_its_tasks_row_placed_among_the_events(tmp_path):
     store.task_started(4, "", "other", None, "/o.py", 5.0, 0)
     store.task_ended(1, 6.0, "job", "failed", None, "failed", None, "E", None)
     store.task_started(1, "job", "job", None, "/j.py", 7.0, 1)     # a restart
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     rows = lambda q: [(e["seq"], e["task"], e["name"], e["event"])
                       for e in read(store, q)["events"]]
     assert rows(history_query(None, None, 50)) == [
@@ -534,9 +511,7 @@ def test_tasks_lost_in_a_crash_are_numbered_after_the_last_first_start(tmp_path)
     store.event(1.0, None, "job", "job-loaded", None)
     store.task_started(1, "job", "job", None, "/j.py", 2.0, 0)
     store.task_started(2, "", "job", 1, "/j.py", 3.0, 0)
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     store._release()             # killed: nothing ended the tasks
     store, initial = opened(tmp_path, max_days=0)
     assert initial.lost == [1, 2]
@@ -556,13 +531,9 @@ def test_retention_by_age_prunes_first_starts_in_order_with_the_events(tmp_path)
     store.event(now[0] - 2 * 86400, 1, "job", "suspended", None)              # old
     store.task_started(2, "", "job", None, "/j.py", now[0] - 10, 0)          # young
     store.event(now[0] - 5 * 86400, 2, "job", "suspended", None)   # old, after a young one
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     store.event(now[0], None, "job", "job-loaded", None)   # a prune follows
-    done = Done()
-    store.barrier(done)
-    done.wait()
+    committed(store)
     events = read(store, history_query(None, None, 50))["events"]
     assert [(e["task"], e["event"]) for e in events] == [
         (2, "started"), (2, "suspended"), (None, "job-loaded")]
