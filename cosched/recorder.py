@@ -47,7 +47,7 @@ import trio
 
 from . import protocol
 from .events import task_event
-from .protocol import NO_SUCH_TASK, ControlError
+from .protocol import MAX_TASK_ID, NO_SUCH_TASK, ControlError
 from .saferepr import safe_repr
 from .statejson import StateError, decode_state, encode_state
 from .store import ID_BLOCK, Initial, Store, history_query, known_query, task_query
@@ -216,7 +216,7 @@ class Recorder:
         """``query(connection)`` in the writer thread, after everything queued so far."""
         waiter = _Waiter(self._wakeups)
         self.store.read(query, waiter.done)
-        return await waiter.wait(what)
+        return await waiter.wait(what, "read")
 
     async def history(self, target: int | str | None, since: float | None,
                       limit: int) -> dict | protocol.Chunked:
@@ -252,8 +252,10 @@ class Recorder:
         restart, or long ago): what was recorded, in the shape of a live task's show."""
         if not self.recording:
             return None
-        ref = int(ref) if isinstance(ref, str) and ref.isascii() and ref.isdigit() \
-            and len(ref) <= 19 else ref
+        if isinstance(ref, str) and ref.isascii() and ref.isdigit() and len(ref) <= 19:
+            ref = int(ref)
+            if ref > MAX_TASK_ID:   # (more than SQLite's integers hold: no task has it)
+                return None
         row = await self.read(task_query(ref), "the history")
         if row is None:
             return None
@@ -317,10 +319,12 @@ class _Waiter:
         self.result, self.error = result, error
         self.wakeups.post(self)
 
-    async def wait(self, what: str) -> Any:
+    async def wait(self, what: str, doing: str = "save") -> Any:
         await self.event.wait()
         if self.error is not None:
-            raise StateError(f"could not save {what} in the state database: {self.error}")
+            where = "in" if doing == "save" else "from"
+            raise StateError(f"could not {doing} {what} {where} the state database: "
+                             f"{self.error}")
         return self.result
 
 

@@ -537,3 +537,31 @@ def test_a_first_start_is_recorded_from_the_task_and_a_restart_with_its_time(tmp
     assert out["kept names"] == {1: "many", 2: "", 3: "", 4: ""}
     assert [(e["task"], e["name"], e["event"]) for e in out["by name"]] == [
         (3, "many.3", "started")]
+
+
+def test_show_of_an_id_beyond_any_task_is_no_such_task(restartable):
+    """An id too large for the database (but short enough to read as one) names no
+    task: the usual refusal, not an error of the database."""
+    d = restartable({"idle": "import trio\n\nasync def main(task):\n    await trio.sleep(3600)\n"})
+    for ref in ("9223372036854775808", "9999999999999999999"):
+        rc, _, err = d.ctl("show", ref)
+        assert rc == 1 and "no-such-task" in err and "database" not in err, err
+    rc, _, err = d.ctl("show", "9223372036854775807")   # the largest id: looked up, not found
+    assert rc == 1 and "no-such-task" in err, err
+
+
+def test_a_failed_read_of_the_database_says_it_could_not_read(tmp_path):
+    from cosched.recorder import StateError
+    from test_supervisor import MANY
+    out = {}
+
+    async def scenario(sup, store, recorder):
+        try:
+            await recorder.read(lambda conn: conn.execute("SELECT no_such_column FROM tasks"),
+                                "the history")
+        except StateError as e:
+            out["error"] = str(e)
+
+    with_recorder(tmp_path, {"many": MANY}, "[job.many]\nconfig = { n = 1 }\n", scenario)
+    assert out["error"].startswith("could not read the history from the state database: ")
+    assert "no_such_column" in out["error"]
