@@ -224,9 +224,11 @@ class Recorder:
         the daemon have never heard of, so that a typo is not an empty answer."""
         if not self.recording:
             return {"events": [], "more": False, "recording": False}
-        found = await self.read(history_query(target, since, limit), "the history")
+        storable = not isinstance(target, str) or _text(target) is target  # (names are)
+        found = await self.read(history_query(target, since, limit), "the history") \
+            if storable else {"events": [], "more": False}
         if target is not None and not found["events"] and not self._knows(target):
-            if not await self.read(known_query(target), "the history"):
+            if not storable or not await self.read(known_query(target), "the history"):
                 raise ControlError(NO_SUCH_TASK, f"no task or job {target!r} in the history "
                                                  "(see coschedctl jobs and status)")
         if len(found["events"]) <= CHUNK:
@@ -256,6 +258,8 @@ class Recorder:
             ref = int(ref)
             if ref > MAX_TASK_ID:   # (more than SQLite's integers hold: no task has it)
                 return None
+        elif isinstance(ref, str) and _text(ref) is not ref:   # text no stored name is
+            return None
         row = await self.read(task_query(ref), "the history")
         if row is None:
             return None

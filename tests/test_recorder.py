@@ -565,3 +565,20 @@ def test_a_failed_read_of_the_database_says_it_could_not_read(tmp_path):
     with_recorder(tmp_path, {"many": MANY}, "[job.many]\nconfig = { n = 1 }\n", scenario)
     assert out["error"].startswith("could not read the history from the state database: ")
     assert "no_such_column" in out["error"]
+
+
+def test_a_name_no_database_can_hold_is_no_such_task(restartable):
+    """A lone surrogate (valid in a JSON string) names nothing the history stored: show
+    and history refuse it as unknown, not with an error of the database."""
+    import socket
+
+    d = restartable({"idle": "import trio\n\nasync def main(task):\n    await trio.sleep(3600)\n"})
+    for n, (cmd, arg) in enumerate((("show", "task"), ("history", "target"))):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(WAIT)
+            s.connect(str(d.socket))
+            s.sendall(b'{"id": %d, "cmd": "%s", "args": {"%s": "job\\udcff"}}\n'
+                      % (n, cmd.encode(), arg.encode()))
+            answer = json.loads(s.makefile("rb").readline())
+        assert answer["ok"] is False and answer["error"]["code"] == "no-such-task", answer
+    assert d.ok("ping")["pong"] is True
