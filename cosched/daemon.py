@@ -66,6 +66,7 @@ __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG", "EXIT_STUCK"]
 DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOG_DRAIN = 5.0   # seconds the last log lines get to reach stderr at exit
 STREAM_DRAIN = 0.5  # seconds followers' last lines get to be written at exit
+LOST_NAMED = 20    # ids of tasks found lost at start that the warning names (it counts all)
 
 log = structlog.get_logger("cosched.daemon")
 
@@ -288,9 +289,10 @@ def open_state(config) -> tuple[Store, Initial]:
             raise
         log.warning("strict_modes is off: using an unsafe state folder", reason=str(e))
     initial = store.open()
-    if initial.lost:
+    if initial.lost:   # (a million ids would be one line of megabytes: the first twenty)
         log.warning("coschedd last ended without stopping these tasks (killed or crashed); "
-                    "they are recorded as lost", tasks=initial.lost)
+                    "they are recorded as lost", tasks=initial.lost[:LOST_NAMED],
+                    count=len(initial.lost))
     log.info("state database open", path=str(store.path), next_task_id=initial.next_id,
              saved_states=len(initial.states), interrupted=sorted(initial.interrupted))
     store.start()

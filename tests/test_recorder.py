@@ -582,3 +582,24 @@ def test_a_name_no_database_can_hold_is_no_such_task(restartable):
             answer = json.loads(s.makefile("rb").readline())
         assert answer["ok"] is False and answer["error"]["code"] == "no-such-task", answer
     assert d.ok("ping")["pong"] is True
+
+
+def test_after_a_kill_the_start_names_twenty_lost_tasks_and_counts_them_all(restartable):
+    """A million lost tasks would be one log line of megabytes: the warning names the
+    first twenty ids and counts every one; the history has them all."""
+    many = ("import trio\n\nasync def child(task):\n    await trio.sleep(3600)\n\n"
+            "async def main(task):\n    for _ in range(30):\n        task.spawn(child)\n"
+            "    await trio.sleep(3600)\n")
+    d = restartable({"many": many})
+    d.wait_status(lambda s: len(s["tasks"]) == 31, "31 tasks")
+    wait_for(lambda: sum(e["event"] == "started" for e in d.ok(
+        "history", "many", "--limit", "100")["events"]) == 31, "31 starts recorded", d)
+    d.proc.send_signal(signal.SIGKILL)
+    assert d.wait_exit() == -signal.SIGKILL
+    d = restartable({"many": many})
+    warning = [json.loads(line) for line in d.log_text().splitlines()
+               if "recorded as lost" in line]
+    assert len(warning) == 1, d.log_tail()
+    assert warning[0]["tasks"] == list(range(1, 21)) and warning[0]["count"] == 31
+    lost = [e for e in d.ok("history", "many", "--limit", "200")["events"] if e["event"] == "lost"]
+    assert sorted(e["task"] for e in lost) == list(range(1, 32))
