@@ -706,27 +706,28 @@ def history_query(target: int | str | None, since: float | None,
     """Events of a task (an id), of a job or task name, or of all; newest ``limit``, oldest
     first; ``more`` tells whether older ones matched too. First starts are read from their
     tasks rows (see MIGRATIONS[2]), each source newest first through an index."""
-    events, starts = [], []   # (condition, args): of events e; of tasks rows t
+    events, starts = [], []   # (condition, args) of each scan: of events e; of tasks rows t
     if isinstance(target, int):
         events.append(("e.task = ?", [target]))
         starts.append(("t.id = ?", [target]))
-    elif target is not None:
-        named, args = _named(target)
-        events.append((f"(e.job = ? OR e.task IN ({named}))", [target, *args]))
-        starts.append(("t.job = ?", [target]))   # two scans, each in order by an index
-        starts.append((f"t.id IN ({named}) AND t.job <> ?", [*args, target]))
+    elif target is not None:   # a job's, and its named tasks' of other jobs: two scans of
+        named, args = _named(target)   # each source, each newest first through an index
+        events += [("e.job = ?", [target]), (f"e.task IN ({named}) AND e.job <> ?",
+                                             [*args, target])]
+        starts += [("t.job = ?", [target]), (f"t.id IN ({named}) AND t.job <> ?",
+                                             [*args, target])]
     else:
+        events.append(("1", []))
         starts.append(("1", []))
     if since is not None:
-        events.append(("e.time >= ?", [since]))
+        events = [(f"{w} AND e.time >= ?", [*a, since]) for w, a in events]
         starts = [(f"{w} AND t.started >= ?", [*a, since]) for w, a in starts]
-    where = " AND ".join(w for w, _ in events) or "1"
     parts = [(f"SELECT e.seq, e.time, e.task, {NAME}, e.job, e.event, e.data FROM events e "
-              f"LEFT JOIN tasks t ON t.id = e.task WHERE {where} ORDER BY e.seq DESC LIMIT ?",
-              [a for _, args in events for a in args])]
+              f"LEFT JOIN tasks t ON t.id = e.task WHERE {w} ORDER BY e.seq DESC LIMIT ?", a)
+             for w, a in events]
     parts += [(f"SELECT t.started_seq, t.started, t.id, {NAME}, t.job, 'started', NULL FROM "
                f"tasks t WHERE t.started_seq IS NOT NULL AND {w} ORDER BY t.started_seq DESC "
-               "LIMIT ?", args) for w, args in starts]
+               "LIMIT ?", a) for w, a in starts]
     sql = " UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts) + \
         " ORDER BY 1 DESC LIMIT ?"
     args = [a for _, part_args in parts for a in (*part_args, limit + 1)] + [limit + 1]

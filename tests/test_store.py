@@ -539,3 +539,29 @@ def test_retention_by_age_prunes_first_starts_in_order_with_the_events(tmp_path)
         (2, "started"), (2, "suspended"), (None, "job-loaded")]
     assert read(store, task_query(1))["state"] == "running"   # alive: its row stays
     store.close()
+
+
+def test_a_jobs_history_reads_its_newest_events_not_all_of_them(tmp_path):
+    """`history JOB` of a job with thousands of events reads about as many as it answers
+    (each source newest first through its index): it ran in the writer thread, whose
+    commits waited while a job of 500,000 events was read and sorted whole (1 s).
+    Counted in SQLite's virtual machine steps, which no machine's speed changes."""
+    import sqlite3 as sqlite
+    from cosched import store as store_module
+    conn = sqlite.connect(":memory:")
+    for migration in store_module.MIGRATIONS:
+        for statement in migration:
+            conn.execute(statement)
+    n = 5000
+    conn.executemany("INSERT INTO tasks (id, name, job, started, ended, ended_seq, state, "
+                     "started_seq) VALUES (?, '', 'many', ?, ?, ?, 'finished', ?)",
+                     [(i, float(i), i + 0.5, n + i, i) for i in range(1, n + 1)])
+    conn.executemany("INSERT INTO events (seq, time, task, job, event) VALUES "
+                     "(?, ?, ?, 'many', 'finished')", [(n + i, i + 0.5, i) for i in range(1, n + 1)])
+    steps = []
+    conn.set_progress_handler(lambda: steps.append(1) and 0, 100)   # every 100 steps
+    found = history_query("many", None, 10)(conn)
+    conn.set_progress_handler(None, 0)
+    assert [(e["task"], e["event"]) for e in found["events"]] == [
+        (i, "finished") for i in range(n - 9, n + 1)] and found["more"]
+    assert len(steps) < 50, len(steps)   # (reading all 5,000 events: over 1,500)
