@@ -565,3 +565,34 @@ def test_a_jobs_history_reads_its_newest_events_not_all_of_them(tmp_path):
     assert [(e["task"], e["event"]) for e in found["events"]] == [
         (i, "finished") for i in range(n - 9, n + 1)] and found["more"]
     assert len(steps) < 50, len(steps)   # (reading all 5,000 events: over 1,500)
+
+
+def test_history_since_finds_its_first_entry_by_bisection(tmp_path):
+    """`history --since T` with few entries after T reads about those (no index by time
+    is kept: times follow seqs, so the first young entry is found by bisection); the
+    answer is the same as a search of every entry by time, for each kind of entry."""
+    import sqlite3 as sqlite
+    from cosched import store as store_module
+    conn = sqlite.connect(":memory:")
+    for migration in store_module.MIGRATIONS:
+        for statement in migration:
+            conn.execute(statement)
+    n = 5000   # tasks: first start (seq 2i-1) and end (seq 2i), one second apart
+    conn.executemany("INSERT INTO tasks (id, name, job, started, ended, ended_seq, state, "
+                     "started_seq) VALUES (?, '', 'many', ?, ?, ?, 'finished', ?)",
+                     [(i, 2.0 * i - 1, 2.0 * i, 2 * i, 2 * i - 1) for i in range(1, n + 1)])
+    conn.executemany("INSERT INTO events (seq, time, task, job, event) VALUES "
+                     "(?, ?, ?, 'many', 'finished')", [(2 * i, 2.0 * i, i) for i in range(1, n + 1)])
+    for since, expected in ((2 * n - 2.5, [(n - 1, "finished"), (n, "started"), (n, "finished")]),
+                            (2 * n + 1.0, []), (0.0, None)):
+        for target in (None, "many"):
+            steps = []
+            conn.set_progress_handler(lambda: steps.append(1) and 0, 100)
+            found = history_query(target, since, 50)(conn)["events"]
+            conn.set_progress_handler(None, 0)
+            got = [(e["task"], e["event"]) for e in found]
+            if expected is None:   # all young: the newest 50, in order
+                assert [e["seq"] for e in found] == list(range(2 * n - 49, 2 * n + 1))
+            else:
+                assert got == expected, (since, target, got)
+            assert len(steps) < 60, (since, target, len(steps))   # (a scan: over 2,000)
