@@ -144,18 +144,22 @@ class _Ring:
         keys = tuple(fields)
         shape = _TASK_SHAPES.get(keys) or _task_shape(keys)
         job, tid = t.job.name, t.id
-        own = getattr(t, "own_name", None)
-        if own is not None:
-            name = own()
-        else:
-            name = t.name
-            name = None if name == f"{job}.{tid}" else name
-        if name is None:
-            name = _IMPLIED
+        name = _kept_name(t, job, tid)
         if len(keys) == 1:   # the usual ("started": restarts), without _slot's tuple of the rest
             self._put(when, (shape, kind, name, tid, job, t.state, *fields.values(), None))
         else:
             self._put(when, _slot(shape, kind, name, (tid, job, t.state, *fields.values())))
+
+    def append_started(self, times: list[float], tasks: list[Any]) -> None:
+        """``append_task(when, "started", t, {"restarts": 0})`` of first starts heard in
+        a batch (``Events.flush``): their state then was "running", whatever it is now."""
+        if not self.size:
+            return
+        shape = _TASK_SHAPES.get(_FIRST_KEYS) or _task_shape(_FIRST_KEYS)
+        put = self._put
+        for when, t in zip(times, tasks, strict=True):
+            job, tid = t.job.name, t.id
+            put(when, (shape, "started", _kept_name(t, job, tid), tid, job, "running", 0, None))
 
     def _put(self, time: float, slot: tuple) -> None:
         i = self._added % self.size
@@ -270,6 +274,21 @@ def _made(ring: _Ring) -> Callable[[list[int]], list[dict]]:
     return lambda numbers: [e for e in map(ring.event, numbers) if e is not None]
 
 
+_FIRST_KEYS = ("restarts",)   # the fields of a first start
+
+
+def _kept_name(t: Any, job: str, tid: int) -> Any:
+    """The name a slot keeps: _IMPLIED for a task named <job>.<id> (a Task tells it by
+    ``own_name`` without making it)."""
+    own = getattr(t, "own_name", None)
+    if own is not None:
+        name = own()
+    else:
+        name = t.name
+        name = None if name == f"{job}.{tid}" else name
+    return _IMPLIED if name is None else name
+
+
 class EventLog:
     """The newest events, and the followers of new ones."""
 
@@ -283,7 +302,8 @@ class EventLog:
     def _listen(self) -> None:
         wanted = bool(self._ring.size or self._feeds)
         if wanted and self._unsubscribe is None:
-            self._unsubscribe = self._events.listen(self._heard, self._watched)
+            self._unsubscribe = self._events.listen(self._heard, self._watched,
+                                                    self._watched_started)
         elif not wanted and self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -301,6 +321,14 @@ class EventLog:
         else:
             self._ring.append_task(when, kind, t, fields)
 
+    def _watched_started(self, times: list[float], tasks: list[Any]) -> None:
+        """First starts heard in a batch (their state then was "running")."""
+        if not self._feeds:
+            self._ring.append_started(times, tasks)
+            return
+        for when, t in zip(times, tasks, strict=True):
+            self._heard({**task_event(when, "started", t, {"restarts": 0}), "state": "running"})
+
     def _heard(self, event: dict) -> None:
         if not _JOB_VALUES.isdisjoint(event):  # a copy: other listeners get theirs
             event = {k: _bounded(v) if k in _JOB_VALUES else v for k, v in event.items()}
@@ -314,6 +342,7 @@ class EventLog:
     def recent(self, lines: int, job: str | None = None) -> list[dict]:
         """The newest ``lines`` events (of ``job``), oldest first: looked for from the
         newest, an event made only for each one taken."""
+        self._events.flush()
         ring = self._ring
         return _made(ring)([k for k in _search(ring, lines, job, None) if k is not None])
 
@@ -322,6 +351,7 @@ class EventLog:
         chunk at a time (events_kept may be a million: made at once, the answer held
         the loop for seconds). Events that leave the ring while the answer is sent
         (new ones wrote over them) are left out of it."""
+        self._events.flush()
         ring = self._ring   # (a reload may put another in its place meanwhile)
         if len(ring) <= CHUNK:
             return {"events": self.recent(lines, job)}
@@ -331,6 +361,7 @@ class EventLog:
     def follow(self, lines: int, job: str | None, queue: int) -> Stream:
         """A stream of the newest ``lines`` events, then of every new one (the newest
         are searched for as the stream is sent: see ``answer``)."""
+        self._events.flush()   # (first starts before the follow: its backlog's)
         feed = Feed(queue)
         self._feeds[feed] = job
         self._listen()

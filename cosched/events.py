@@ -16,6 +16,13 @@ hear them as they are made, ``(time, kind, task, fields)`` (``watch_tasks``):
 at every start of a million children, a dict made and read key by key by each
 was a fifth of the cost of a spawn. The event's dict (``task_event``) is made
 once, and only when a listener of dicts listens.
+
+First starts (``started``: a task's first life began) reach the watchers in
+batches, each watcher called once with the tasks and their times (a chain of
+calls a start was 12% of a spawn): held back until another event is made, a
+watcher's keeper is read (``flush``), or the loop's pass ends (``Events`` is a
+trio instrument of ``before_io_wait``). Nothing is heard out of order: every
+other event flushes them first. Listeners of dicts hear each as it happens.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def task_event(when: float, kind: str, t: Any, fields: dict[str, Any]) -> dict[s
 
 
 class Events:
-    __slots__ = ("_of_tasks", "_of_jobs", "_watchers")
+    __slots__ = ("_of_tasks", "_of_jobs", "_watchers", "_batched", "_firsts", "_first_times")
 
     def __init__(self) -> None:
         # Tuples, replaced on each change: emitting (every start) iterates one as it is,
@@ -54,6 +61,9 @@ class Events:
         self._of_tasks: tuple[Listener, ...] = ()
         self._of_jobs: tuple[Listener, ...] = ()
         self._watchers: tuple[TaskWatcher, ...] = ()   # hear task events undressed
+        self._batched: dict[TaskWatcher, Callable[[list[float], list[Any]], None]] = {}
+        self._firsts: list[Any] = []          # first starts not heard yet, in order ...
+        self._first_times: list[float] = []   # ... and their times (invariant: as long)
 
     def __bool__(self) -> bool:
         return bool(self._of_tasks or self._of_jobs or self._watchers)
@@ -68,26 +78,70 @@ class Events:
             self._of_jobs += (listener,)
         return lambda: self._remove(listener)
 
-    def watch_tasks(self, watcher: TaskWatcher) -> Callable[[], None]:
+    def watch_tasks(self, watcher: TaskWatcher,
+                    started: Callable[[list[float], list[Any]], None] | None = None
+                    ) -> Callable[[], None]:
         """Add a listener of task events that takes ``(time, kind, task, fields)`` (the
-        task object as it is when the event is made: read what is needed at once);
+        task object as it is when the event is made: read what is needed at once), and
+        first starts in batches as ``started(times, tasks)`` (without it: one call each;
+        either way the task is as it is at the flush, its state then was "running");
         returns the function that removes it."""
         self._watchers += (watcher,)
+        if started is not None:
+            self._batched[watcher] = started
         return lambda: self._remove(watcher)
 
-    def listen(self, on_job: Listener, on_task: TaskWatcher) -> Callable[[], None]:
-        """``subscribe(on_job, tasks=False)`` and ``watch_tasks(on_task)``, as the daemon's
-        own listeners do; the function returned removes both."""
-        stops = (self.subscribe(on_job, tasks=False), self.watch_tasks(on_task))
+    def listen(self, on_job: Listener, on_task: TaskWatcher,
+               on_started: Callable[[list[float], list[Any]], None] | None = None
+               ) -> Callable[[], None]:
+        """``subscribe(on_job, tasks=False)`` and ``watch_tasks(on_task, on_started)``, as
+        the daemon's own listeners do; the function returned removes both."""
+        stops = (self.subscribe(on_job, tasks=False), self.watch_tasks(on_task, on_started))
         return lambda: [stop() for stop in stops]
 
     def _remove(self, listener: Callable[..., None]) -> None:
         self._of_tasks = tuple(x for x in self._of_tasks if x is not listener)
         self._of_jobs = tuple(x for x in self._of_jobs if x is not listener)
         self._watchers = tuple(x for x in self._watchers if x is not listener)
+        self._batched.pop(listener, None)
+
+    def started(self, t: Any) -> None:
+        """``task("started", t, restarts=0)``: t's first life began. Watchers hear it in
+        a batch (see the module docstring); listeners of dicts at once."""
+        if self._of_tasks:
+            self.task("started", t, restarts=0)
+        elif self._watchers:
+            self._firsts.append(t)
+            self._first_times.append(time.time())
+
+    def flush(self) -> None:
+        """Watchers hear the first starts held back, in order."""
+        tasks = self._firsts
+        if not tasks:
+            return
+        times = self._first_times
+        self._firsts, self._first_times = [], []
+        for watcher in self._watchers:
+            try:
+                many = self._batched.get(watcher)
+                if many is not None:
+                    many(times, tasks)
+                    continue
+                for when, t in zip(times, tasks, strict=True):
+                    watcher(when, "started", t, {"restarts": 0})
+            except Exception:  # noqa: BLE001 - as _send
+                log.exception("event listener failed; removing it", listener=repr(watcher))
+                self._remove(watcher)
+
+    def before_io_wait(self, timeout: float) -> None:
+        """(trio instrument) The loop's pass ends: the first starts of the pass are heard."""
+        if self._firsts:
+            self.flush()
 
     def task(self, kind: str, t: Any, **fields: Any) -> None:
         """A task event: time, event, task (name), id, job, state, plus ``fields``."""
+        if self._firsts:   # first starts held back come before it
+            self.flush()
         watchers, of_tasks = self._watchers, self._of_tasks
         if not (watchers or of_tasks):
             return
@@ -102,6 +156,8 @@ class Events:
             self._send(of_tasks, task_event(now, kind, t, fields))
 
     def job(self, kind: str, job: str, **fields: Any) -> None:
+        if self._firsts:
+            self.flush()
         if self._of_jobs:
             self._send(self._of_jobs, {"time": time.time(), "event": kind, "job": job,
                                        **fields})

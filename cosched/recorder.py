@@ -80,7 +80,7 @@ class Recorder:
                           "job-refused": self._job, "job-removed": self._job}
         sup.reg.next_id = max(sup.reg.next_id, initial.next_id)
         sup.durable = self
-        self.unsubscribe = sup.events.listen(self.on_event, self.on_task)
+        self.unsubscribe = sup.events.listen(self.on_event, self.on_task, self.on_started)
 
     # ------------------------------------------------------------ task.state
 
@@ -146,11 +146,23 @@ class Recorder:
         except Exception:  # noqa: BLE001 - raising would unsubscribe us: log, carry on
             log.exception("recording an event failed", event=e.get("event"), task=e.get("id"))
 
-    def _started(self, when: float, t: Any, restarts: int) -> None:
-        tid = t.id
+    def on_started(self, times: list[float], tasks: list[Any]) -> None:
+        """First starts heard in a batch (``Events.flush``): queued as the tasks alone (a
+        burst of a million waits for the writer: a pointer each)."""
+        try:
+            self._reserve(max(t.id for t in tasks))
+            if self.recording:
+                self.store.task_started_many(_first_start_row, tasks)
+        except Exception:  # noqa: BLE001 - as on_event
+            log.exception("recording first starts failed", tasks=len(tasks))
+
+    def _reserve(self, tid: int) -> None:
         if tid >= self._ceiling - ID_BLOCK // 2:   # reserve the next block well before use
             self._ceiling = max(self._ceiling, tid) + ID_BLOCK
             self.store.reserve_ids(self._ceiling)
+
+    def _started(self, when: float, t: Any, restarts: int) -> None:
+        self._reserve(t.id)
         if not self.recording:
             return
         if restarts:
@@ -214,6 +226,7 @@ class Recorder:
 
     async def read(self, query, what: str) -> Any:
         """``query(connection)`` in the writer thread, after everything queued so far."""
+        self.sup.events.flush()   # (first starts held back are queued before it)
         waiter = _Waiter(self._wakeups)
         self.store.read(query, waiter.done)
         return await waiter.wait(what, "read")
@@ -273,6 +286,7 @@ class Recorder:
 
     async def close(self, timeout: float) -> bool:
         """Commit everything queued, then close the database (off the loop)."""
+        self.sup.events.flush()
         waiter = _Waiter(self._wakeups)
         self.store.reserve_ids(self.sup.reg.next_id)   # exact: no block is skipped next start
         self.store.barrier(waiter.done)

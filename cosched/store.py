@@ -586,6 +586,21 @@ class Store:
             if self._idle:
                 self._cond.notify()
 
+    def task_started_many(self, row: Callable[[Any], tuple], sources: list[Any]) -> None:
+        """``task_started_from(row, source)`` of each of ``sources``, under one lock."""
+        with self._mutex:
+            queue = self._queue
+            last = queue[-1] if queue else None
+            first = 0
+            if last is not None and last[0] == "starts" and last[1] is row and last[2] == 1:
+                first = RUN_STARTS - len(last[3])
+                last[3].extend(sources[:first])
+            for at in range(first, len(sources), RUN_STARTS):
+                queue.append(("starts", row, 1, sources[at:at + RUN_STARTS], None))
+            self._queued += len(sources)
+            if self._idle:
+                self._cond.notify()
+
     def event(self, when: float, task: int | None, job: str, kind: str,
               data: str | None, done: Done | None = None) -> None:
         self._submit(("event", when, task, job, kind, data, done))

@@ -138,6 +138,7 @@ class Supervisor:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the jobs folder, start what autostarts, and supervise until cancelled."""
         trio.lowlevel.add_instrument(self.guard)
+        trio.lowlevel.add_instrument(self.events)   # (its first starts: at each pass's end)
         trio.lowlevel.add_instrument(self.loop)
         self.guard.start()
         self.task_logs.start()
@@ -153,8 +154,10 @@ class Supervisor:
         finally:
             restore_output()
             logsetup.set_capture(None)
+            self.events.flush()   # (first starts held back: heard before the end)
             self.event_log.close()
             trio.lowlevel.remove_instrument(self.guard)
+            trio.lowlevel.remove_instrument(self.events)
             trio.lowlevel.remove_instrument(self.loop)
             self.guard.close()
             self.gc.close()
@@ -410,7 +413,10 @@ class Supervisor:
         if rare:                     # of one is a property call, at every start)
             t.error = t.traceback = t.result = t.scope = None
         t.state = "running"
-        self.events.task("started", t, restarts=t.restarts if rare else 0)
+        if rare:
+            self.events.task("started", t, restarts=t.restarts)
+        else:   # (heard in a batch: see cosched.events)
+            self.events.started(t)
         # A life runs inside a scope of its own only where trio cannot have one spliced
         # in when a kill comes (see cosched.cancels): a million parked tasks pay for it.
         # (Entered and left by hand: a `with` in _supervise would hold its __exit__.)

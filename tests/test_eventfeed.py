@@ -378,3 +378,29 @@ def test_events_from_a_long_ring_come_whole_from_a_real_daemon(daemon):  # noqa:
         [e["id"] for e in got[-3:]]
     rc, out, _ = d.ctl("events", "-n", "1100", json_output=False)
     assert rc == 0 and len(out.splitlines()) == 1100
+
+
+def test_first_starts_heard_in_a_batch_are_kept_running_and_reach_followers():
+    """The ring keeps a batch of first starts as their events (state "running", as it
+    was then, whatever it is at the flush); a follower gets them as dicts, in order,
+    before the event that flushed them; reading the ring flushes what is held back."""
+    from cosched.registry import Task
+
+    job = type("J", (), {"name": "many"})
+    root = Task(1, "many", job, None, None, (), None)
+    children = [Task(i, None, job, None, None, (), root) for i in (2, 3)]
+    events = Events()
+    log = EventLog(events, kept=10)
+    for child in children:
+        events.started(child)
+    children[0]._state = "suspended"   # changed before the flush
+    assert [(e["id"], e["event"], e["state"], e["task"]) for e in log.recent(10)] == [
+        (2, "started", "running", "many.2"), (3, "started", "running", "many.3")]
+    stream = log.follow(0, None, 100)
+    events.started(root)
+    events.task("killed", children[1])
+
+    async def take():
+        return [await stream.__anext__() for _ in range(2)]
+    got = [(item["id"], item["event"], item["state"]) for item in trio.run(take)]
+    assert got == [(1, "started", "running"), (3, "killed", "starting")]

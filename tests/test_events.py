@@ -189,3 +189,61 @@ def test_a_stop_is_announced_before_the_tasks_it_kills(tmp_path):
     kinds = [e["event"] for e in seen]
     assert kinds[-2:] == ["stopping", "killed"], kinds
     assert seen[-1]["traceback"] is None and seen[-1]["error"] is None
+
+
+def test_first_starts_reach_watchers_in_a_batch_before_any_other_event():
+    """A first start is held back: a watcher with a batch function hears the batch once
+    (times and tasks, in order), one without hears each; any other event, task or job,
+    is heard after them; listeners of dicts hear each at once."""
+    events = Events()
+    batches, one_by_one = [], []
+    events.watch_tasks(lambda *e: batches.append(("event", e[1], e[2].id)),
+                       lambda times, tasks: batches.append(
+                           ("batch", [t.id for t in tasks], times)))
+    events.watch_tasks(lambda *e: one_by_one.append((e[1], e[2].id, e[3])))
+    tasks = [SimpleNamespace(name=f"a.{i}", id=i, job=SimpleNamespace(name="a"),
+                             state="running") for i in (1, 2, 3)]
+    for t in tasks[:2]:
+        events.started(t)
+    assert batches == [] and one_by_one == []   # held back
+    events.task("suspended", tasks[0], values=[1])   # flushes first
+    events.started(tasks[2])
+    events.job("job-removed", "a")                   # as does a job event
+    assert [b[:2] for b in batches] == [("batch", [1, 2]), ("event", "suspended"),
+                                        ("batch", [3])]
+    times = batches[0][2]
+    assert len(times) == 2 and times[0] <= times[1] <= batches[2][2][0]
+    assert one_by_one == [("started", 1, {"restarts": 0}), ("started", 2, {"restarts": 0}),
+                          ("suspended", 1, {"values": [1]}), ("started", 3, {"restarts": 0})]
+    heard: list[dict] = []
+    events.subscribe(heard.append)
+    events.started(tasks[0])   # a listener of dicts: heard at once, by everyone
+    assert [e["event"] for e in heard] == ["started"] and heard[0]["restarts"] == 0
+    assert one_by_one[-1] == ("started", 1, {"restarts": 0})
+
+
+def test_first_starts_are_heard_at_the_end_of_the_loops_pass_and_on_flush():
+    """Events is a trio instrument of before_io_wait: the first starts of a pass are
+    heard before the loop waits, without any other event; a failing batch watcher is
+    dropped and the others still hear."""
+    events = Events()
+    heard: list[int] = []
+
+    def broken(times, tasks):
+        raise RuntimeError("watcher bug")
+
+    events.watch_tasks(lambda *e: None, broken)
+    events.watch_tasks(lambda *e: None, lambda times, tasks: heard.extend(t.id for t in tasks))
+    task = SimpleNamespace(name="a.1", id=1, job=SimpleNamespace(name="a"), state="running")
+
+    async def main():
+        trio.lowlevel.add_instrument(events)
+        events.started(task)
+        assert heard == []
+        await trio.sleep(0.01)   # the loop waits: the pass ended first
+        assert heard == [1]
+        events.started(task)
+        events.flush()
+        assert heard == [1, 1] and len(events._watchers) == 1
+
+    trio.run(main)

@@ -596,3 +596,26 @@ def test_history_since_finds_its_first_entry_by_bisection(tmp_path):
             else:
                 assert got == expected, (since, target, got)
             assert len(steps) < 60, (since, target, len(steps))   # (a scan: over 2,000)
+
+
+def test_a_batch_of_first_starts_joins_the_last_run_and_is_written_in_order(tmp_path):
+    """task_started_many: one lock for the batch; it fills the last run of the same row
+    up to RUN_STARTS and queues the rest as runs; each start counts as an operation."""
+    store, _ = opened(tmp_path, max_days=0)
+    held, release = threading.Event(), threading.Event()
+    store.barrier(lambda result, error: (held.set(), release.wait(WAIT)))
+    assert held.wait(WAIT)
+
+    def row(tid: int) -> tuple:
+        return (tid, "", "job", None, "/j.py", float(tid), 0)
+
+    store.task_started_from(row, 1)
+    n = 2 * RUN_STARTS + 10
+    store.task_started_many(row, list(range(2, n + 2)))
+    runs = [len(op[3]) for op in store._queue if op[0] == "starts"]
+    assert runs == [RUN_STARTS, RUN_STARTS, 11] and store.stats()["queued"] == n + 1
+    release.set()
+    committed(store)
+    events = read(store, history_query("job", None, 10 * n))["events"]
+    assert [(e["task"], e["seq"]) for e in events] == [(i, i) for i in range(1, n + 2)]
+    store.close()
