@@ -20,9 +20,12 @@ once, and only when a listener of dicts listens.
 First starts (``started``: a task's first life began) reach the watchers in
 batches, each watcher called once with the tasks and their times (a chain of
 calls a start was 12% of a spawn): held back until another event is made, a
-watcher's keeper is read (``flush``), or the loop's pass ends (``Events`` is a
-trio instrument of ``before_io_wait``). Nothing is heard out of order: every
-other event flushes them first. Listeners of dicts hear each as it happens.
+watcher's keeper is read (``flush``), or the loop's next turn (a callback of
+``run_sync_soon``, asked for by the first start held back: it runs as a task
+step, so a follower it wakes is run, where a trio instrument's
+``before_io_wait`` ran after the loop had chosen to sleep). Nothing is heard
+out of order: every other event flushes them first. Listeners of dicts hear
+each as it happens.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+import trio
 
 __all__ = ["Events", "TASK_EVENTS", "JOB_EVENTS", "task_event"]
 
@@ -111,8 +115,22 @@ class Events:
         if self._of_tasks:
             self.task("started", t, restarts=0)
         elif self._watchers:
+            if not self._firsts:
+                self._flush_soon()
             self._firsts.append(t)
             self._first_times.append(time.time())
+
+    def _flush_soon(self) -> None:
+        try:
+            trio.lowlevel.current_trio_token().run_sync_soon(self._flush_at_turn)
+        except RuntimeError:   # not in trio (a test of this class): the next event flushes
+            pass
+
+    def _flush_at_turn(self) -> None:
+        try:   # (run_sync_soon's callbacks must not raise: it would end the trio run)
+            self.flush()
+        except Exception:  # noqa: BLE001 - flush catches its watchers'; this is a bug of ours
+            log.exception("hearing first starts failed")
 
     def flush(self) -> None:
         """Watchers hear the first starts held back, in order."""
@@ -132,11 +150,6 @@ class Events:
             except Exception:  # noqa: BLE001 - as _send
                 log.exception("event listener failed; removing it", listener=repr(watcher))
                 self._remove(watcher)
-
-    def before_io_wait(self, timeout: float) -> None:
-        """(trio instrument) The loop's pass ends: the first starts of the pass are heard."""
-        if self._firsts:
-            self.flush()
 
     def task(self, kind: str, t: Any, **fields: Any) -> None:
         """A task event: time, event, task (name), id, job, state, plus ``fields``."""

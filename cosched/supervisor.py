@@ -138,7 +138,6 @@ class Supervisor:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the jobs folder, start what autostarts, and supervise until cancelled."""
         trio.lowlevel.add_instrument(self.guard)
-        trio.lowlevel.add_instrument(self.events)   # (its first starts: at each pass's end)
         trio.lowlevel.add_instrument(self.loop)
         self.guard.start()
         self.task_logs.start()
@@ -157,7 +156,6 @@ class Supervisor:
             self.events.flush()   # (first starts held back: heard before the end)
             self.event_log.close()
             trio.lowlevel.remove_instrument(self.guard)
-            trio.lowlevel.remove_instrument(self.events)
             trio.lowlevel.remove_instrument(self.loop)
             self.guard.close()
             self.gc.close()

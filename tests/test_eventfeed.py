@@ -404,3 +404,33 @@ def test_first_starts_heard_in_a_batch_are_kept_running_and_reach_followers():
         return [await stream.__anext__() for _ in range(2)]
     got = [(item["id"], item["event"], item["state"]) for item in trio.run(take)]
     assert got == [(1, "started", "running"), (3, "killed", "starting")]
+
+
+def test_a_follower_waiting_on_an_idle_loop_gets_a_first_start_at_once():
+    """The first start held back is heard at the loop's next turn, as a task step: a
+    follower it wakes runs then (heard from the loop's last hook before it sleeps, it
+    would have waited for the next wake-up of an idle loop)."""
+    from cosched.registry import Task
+
+    job = type("J", (), {"name": "many"})
+    root = Task(1, "many", job, None, None, (), None)
+    events = Events()
+    log = EventLog(events, kept=10)
+    stream = log.follow(0, None, 100)
+    got = []
+
+    async def follower(done):
+        got.append(await stream.__anext__())
+        done.cancel()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            done = trio.CancelScope()
+            nursery.start_soon(follower, done)
+            await trio.sleep(0.05)   # the follower waits; the loop goes idle
+            events.started(Task(2, None, job, None, None, (), root))
+            with trio.fail_after(5), done:
+                await trio.sleep_forever()   # nothing else wakes the loop but the start
+
+    trio.run(main)
+    assert [(e["id"], e["event"], e["state"]) for e in got] == [(2, "started", "running")]
