@@ -51,7 +51,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -574,30 +574,25 @@ class Store:
         of starts waits for the writer: consecutive ones with the same ``row`` and as many
         sources share one operation, a run of their sources laid flat (a pointer each,
         where an operation tuple of its own cost 104 bytes a start)."""
-        with self._mutex:
-            queue = self._queue
-            last = queue[-1] if queue else None
-            if (last is not None and last[0] == "starts" and last[1] is row
-                    and last[2] == len(source) and len(last[3]) < RUN_STARTS * len(source)):
-                last[3].extend(source)
-            else:
-                queue.append(("starts", row, len(source), list(source), None))
-            self._queued += 1
-            if self._idle:
-                self._cond.notify()
+        self._queue_starts(row, len(source), source)
 
     def task_started_many(self, row: Callable[[Any], tuple], sources: list[Any]) -> None:
         """``task_started_from(row, source)`` of each of ``sources``, under one lock."""
+        self._queue_starts(row, 1, sources)
+
+    def _queue_starts(self, row: Callable[..., tuple], arity: int, flat: Sequence[Any]) -> None:
+        """Queue the starts whose sources ``flat`` lays out ``arity`` at a time: into the
+        last run if it has the same row and arity, then in runs of RUN_STARTS."""
         with self._mutex:
             queue = self._queue
             last = queue[-1] if queue else None
-            first = 0
-            if last is not None and last[0] == "starts" and last[1] is row and last[2] == 1:
-                first = RUN_STARTS - len(last[3])
-                last[3].extend(sources[:first])
-            for at in range(first, len(sources), RUN_STARTS):
-                queue.append(("starts", row, 1, sources[at:at + RUN_STARTS], None))
-            self._queued += len(sources)
+            size, first = RUN_STARTS * arity, 0
+            if last is not None and last[0] == "starts" and last[1] is row and last[2] == arity:
+                first = size - len(last[3])
+                last[3].extend(flat[:first])
+            for at in range(first, len(flat), size):
+                queue.append(("starts", row, arity, list(flat[at:at + size]), None))
+            self._queued += len(flat) // arity
             if self._idle:
                 self._cond.notify()
 
