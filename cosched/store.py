@@ -807,9 +807,11 @@ def task_query(ref: int | str) -> Callable[[sqlite3.Connection], dict | None]:
     interruption's values; None if the history has none."""
     columns = ("id", "name", "job", "parent", "path", "started", "ended", "state", "restarts",
                "result", "error", "traceback")
-    by, args = ("t.id = ?", [ref]) if isinstance(ref, int) else _named(ref)
-    if not isinstance(ref, int):
-        by = f"t.id IN ({by}) ORDER BY t.id DESC LIMIT 1"
+    if isinstance(ref, int):
+        by, args = "t.id = ?", [ref]
+    else:   # the newest of that name
+        named, args = _named(ref)
+        by = f"t.id IN ({named}) ORDER BY t.id DESC LIMIT 1"
     select = ", ".join(NAME if c == "name" else f"t.{c}" for c in columns)
 
     def run(conn: sqlite3.Connection) -> dict | None:
